@@ -1,0 +1,27 @@
+//! Link-time facts about libtorch that cargo cannot express in Cargo.toml.
+//!
+//! torch-sys (our direct dependency, `links = "tch"`) tells us where libtorch's shared
+//! libraries are through `DEP_TCH_LIBTORCH_LIB`. We use that to:
+//! - put that directory in the binary's rpath, so `carwatch` runs without
+//!   `LD_LIBRARY_PATH` on the machine that built it;
+//! - link `libtorch_cuda.so` even though no symbol of ours refers to it. rustc passes
+//!   `--as-needed` to the linker, which drops it, and libtorch then silently runs on CPU
+//!   on a GPU host. Loading it needs no GPU: on a machine without one CUDA reports
+//!   zero devices and carwatch falls back to CPU.
+
+use std::env;
+use std::path::Path;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    let Ok(lib_dir) = env::var("DEP_TCH_LIBTORCH_LIB") else {
+        println!("cargo:warning=torch-sys did not report libtorch's directory: no rpath set");
+        return;
+    };
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
+    if Path::new(&lib_dir).join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+}
