@@ -1,0 +1,418 @@
+//! The head cascade: backbone features -> view, make and model probabilities.
+//!
+//! Each head is a small MLP (Linear -> ReLU -> Dropout -> Linear -> softmax) on the
+//! flattened features. The tree starts with a view head; each view leads to a make
+//! head, each (view, make) to a model head. The idea this follows switched heads by
+//! the previous head's answer; we run *every* head on every image instead (they are a
+//! few matrix products next to 39 GFLOP of convolutions) and keep two readings:
+//!
+//! - the greedy path, the answer of the head that the previous answer selects, which is
+//!   what a person reading `classify` output expects, and
+//! - the probability of every leaf (view, make, model) as the product of conditionals
+//!   along its branch, from which marginals follow: P(make) sums over views
+//!   P(view) * P(make | view). The matcher asks "how likely is this a BMW 3 Series"
+//!   of the marginal, so a hesitant view head does not hide a confident make head.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::ModelError;
+use super::manifest::Manifest;
+use super::weights::WeightFile;
+
+/// A level of the tree. The order is fixed: view, then make, then model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    View,
+    Make,
+    Model,
+}
+
+impl Level {
+    pub const ALL: [Level; 3] = [Level::View, Level::Make, Level::Model];
+
+    /// The level a head of this level leads to.
+    pub fn below(self) -> Option<Level> {
+        match self {
+            Level::View => Some(Level::Make),
+            Level::Make => Some(Level::Model),
+            Level::Model => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::View => "view",
+            Level::Make => "make",
+            Level::Model => "model",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One fully connected head's weights, on the model's device, fp32.
+pub struct Mlp {
+    w1: Tensor,
+    b1: Tensor,
+    w2: Tensor,
+    b2: Tensor,
+}
+
+impl Mlp {
+    /// Tensor names of a PyTorch `nn.Sequential(Linear, ReLU, Dropout, Linear)`.
+    pub const NAMES: [&'static str; 4] = ["0.weight", "0.bias", "3.weight", "3.bias"];
+
+    fn load(path: &Path, inputs: i64, hidden: i64, outputs: i64, device: Device) -> Result<Mlp, ModelError> {
+        let f = WeightFile::open(path)?;
+        let shapes = [vec![hidden, inputs], vec![hidden], vec![outputs, hidden], vec![outputs]];
+        let mut t = Vec::with_capacity(4);
+        for (name, shape) in Self::NAMES.iter().zip(shapes) {
+            t.push(f.tensor(name, &shape, Kind::Float, device)?);
+        }
+        let [w1, b1, w2, b2]: [Tensor; 4] = t
+            .try_into()
+            .map_err(|_| ModelError::Corrupt { path: path.to_path_buf(), reason: "head weights incomplete".into() })?;
+        Ok(Mlp { w1, b1, w2, b2 })
+    }
+
+    /// Class probabilities `[N, k]` for flattened features `[N, inputs]`.
+    fn probabilities(&self, x: &Tensor) -> Result<Tensor, tch::TchError> {
+        x.f_linear(&self.w1, Some(&self.b1))?.f_relu()?.f_linear(&self.w2, Some(&self.b2))?.f_softmax(-1, Kind::Float)
+    }
+}
+
+/// One node of the tree.
+struct Node {
+    id: String,
+    level: Level,
+    labels: Vec<String>,
+    /// Index of the node each label leads to (none at the model level).
+    next: Vec<Option<usize>>,
+    /// Absent for a single-label node, whose answer is certain.
+    mlp: Option<Mlp>,
+}
+
+/// A complete answer: view, make and model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Leaf {
+    pub view: String,
+    pub make: String,
+    pub model: String,
+}
+
+impl Leaf {
+    pub fn label(&self, level: Level) -> &str {
+        match level {
+            Level::View => &self.view,
+            Level::Make => &self.make,
+            Level::Model => &self.model,
+        }
+    }
+}
+
+/// The loaded cascade.
+pub struct Cascade {
+    nodes: Vec<Node>,
+    root: usize,
+    leaves: Arc<[Leaf]>,
+    /// For each leaf, the (node, label) steps from the root down to it.
+    leaf_steps: Vec<[(usize, usize); 3]>,
+    feature_len: i64,
+    notice: Option<String>,
+}
+
+/// Flattened fp32 features `[N, C*H*W]` in NCHW order (whatever the memory layout of
+/// the backbone's output), which is the order heads are trained on.
+pub fn flatten(features: &Tensor) -> Result<Tensor, ModelError> {
+    features
+        .f_to_kind(Kind::Float)
+        .and_then(|f| f.f_contiguous())
+        .and_then(|f| f.f_flatten(1, -1))
+        .map_err(ModelError::torch("flattening features"))
+}
+
+impl Cascade {
+    /// Loads every head's weights, checking their shapes against the manifest and the
+    /// backbone's feature length.
+    pub fn load(manifest: &Manifest, feature_len: i64, device: Device) -> Result<Cascade, ModelError> {
+        let index: HashMap<&str, usize> = manifest.heads.iter().enumerate().map(|(i, h)| (h.id.as_str(), i)).collect();
+        let mut nodes = Vec::with_capacity(manifest.heads.len());
+        for h in &manifest.heads {
+            let mlp = match manifest.head_weights_path(h) {
+                Some(path) => Some(Mlp::load(&path, feature_len, h.hidden, h.labels.len() as i64, device)?),
+                None => None,
+            };
+            let next = h.labels.iter().map(|l| h.next.get(l).map(|id| index[id.as_str()])).collect();
+            nodes.push(Node { id: h.id.clone(), level: h.level, labels: h.labels.clone(), next, mlp });
+        }
+        let root = index[manifest.root.as_str()];
+        Ok(Cascade::from_nodes(nodes, root, feature_len, manifest.notice.clone()))
+    }
+
+    fn from_nodes(nodes: Vec<Node>, root: usize, feature_len: i64, notice: Option<String>) -> Cascade {
+        let mut leaves = Vec::new();
+        let mut leaf_steps = Vec::new();
+        // Depth-first over (view, make, model); the manifest was validated to be a tree
+        // of exactly these three levels.
+        let view = &nodes[root];
+        for (vi, v) in view.labels.iter().enumerate() {
+            let Some(make_node) = view.next[vi] else { continue };
+            for (mi, m) in nodes[make_node].labels.iter().enumerate() {
+                let Some(model_node) = nodes[make_node].next[mi] else { continue };
+                for (oi, o) in nodes[model_node].labels.iter().enumerate() {
+                    leaves.push(Leaf { view: v.clone(), make: m.clone(), model: o.clone() });
+                    leaf_steps.push([(root, vi), (make_node, mi), (model_node, oi)]);
+                }
+            }
+        }
+        Cascade { nodes, root, leaves: leaves.into(), leaf_steps, feature_len, notice }
+    }
+
+    /// Every (view, make, model) the cascade can answer.
+    pub fn leaves(&self) -> &[Leaf] {
+        &self.leaves
+    }
+
+    /// Every distinct label at `level` (first spelling seen), in tree order.
+    pub fn labels(&self, level: Level) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for leaf in self.leaves.iter() {
+            let l = leaf.label(level);
+            if !out.iter().any(|o| o.eq_ignore_ascii_case(l)) {
+                out.push(l.to_string());
+            }
+        }
+        out
+    }
+
+    /// The manifest's notice (set for the synthetic demo model).
+    pub fn notice(&self) -> Option<&str> {
+        self.notice.as_deref()
+    }
+
+    pub fn feature_len(&self) -> i64 {
+        self.feature_len
+    }
+
+    /// Predictions for backbone features `[N, C, 7, 7]` (or already flat `[N, F]`).
+    pub fn run(&self, features: &Tensor) -> Result<Vec<Prediction>, ModelError> {
+        let x = if features.dim() == 2 {
+            features.f_to_kind(Kind::Float).map_err(ModelError::torch("features"))?
+        } else {
+            flatten(features)?
+        };
+        let n = x.size()[0] as usize;
+        let mut probs: Vec<Vec<f32>> = Vec::with_capacity(self.nodes.len());
+        tch::no_grad(|| -> Result<(), ModelError> {
+            for node in &self.nodes {
+                let p = match &node.mlp {
+                    Some(mlp) => {
+                        let p = mlp
+                            .probabilities(&x)
+                            .and_then(|p| p.f_to_device(Device::Cpu))
+                            .and_then(|p| p.f_contiguous())
+                            .map_err(ModelError::torch(format!("head `{}`", node.id)))?;
+                        Vec::<f32>::try_from(p.f_flatten(0, -1).map_err(ModelError::torch("head output"))?)
+                            .map_err(ModelError::torch(format!("head `{}` output", node.id)))?
+                    }
+                    None => vec![1.0; n * node.labels.len()],
+                };
+                probs.push(p);
+            }
+            Ok(())
+        })?;
+        Ok((0..n).map(|i| self.combine(&probs, i)).collect())
+    }
+
+    /// Prediction for image `i` from every node's output `probs[node][i * k + label]`.
+    fn combine(&self, probs: &[Vec<f32>], i: usize) -> Prediction {
+        let p = |node: usize, label: usize| probs[node][i * self.nodes[node].labels.len() + label];
+        let leaf_p = self.leaf_steps.iter().map(|steps| steps.iter().map(|&(n, l)| p(n, l)).product()).collect();
+        let mut path = Vec::with_capacity(3);
+        let mut node = Some(self.root);
+        while let Some(n) = node {
+            let k = self.nodes[n].labels.len();
+            let mut ranked: Vec<(usize, f32)> = (0..k).map(|l| (l, p(n, l))).collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let (best, best_p) = ranked[0];
+            path.push(Choice {
+                level: self.nodes[n].level,
+                label: self.nodes[n].labels[best].clone(),
+                p: best_p,
+                top: ranked.iter().take(3).map(|&(l, q)| (self.nodes[n].labels[l].clone(), q)).collect(),
+            });
+            node = self.nodes[n].next[best];
+        }
+        Prediction { path, leaves: Arc::clone(&self.leaves), leaf_p }
+    }
+}
+
+/// The answer of one head along the greedy path.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Choice {
+    pub level: Level,
+    pub label: String,
+    /// Probability of `label` given the choices above it.
+    pub p: f32,
+    /// The three most likely labels of this head, best first (includes `label`).
+    pub top: Vec<(String, f32)>,
+}
+
+/// What the cascade says about one image (or one region of a frame).
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// Greedy path, one [`Choice`] per level.
+    pub path: Vec<Choice>,
+    leaves: Arc<[Leaf]>,
+    /// Joint probability of each leaf, aligned with [`Cascade::leaves`].
+    leaf_p: Vec<f32>,
+}
+
+impl Prediction {
+    /// The greedy path's label at `level`.
+    pub fn label(&self, level: Level) -> &str {
+        self.path.get(level.index()).map_or("", |c| c.label.as_str())
+    }
+
+    /// Probability of the greedy path as a whole (product of its conditionals).
+    pub fn confidence(&self) -> f32 {
+        self.path.iter().map(|c| c.p).product()
+    }
+
+    /// Marginal probability of each label at `level`, summed over all branches (labels
+    /// compared case-insensitively), most likely first. Sums to 1.
+    pub fn marginal(&self, level: Level) -> Vec<(String, f32)> {
+        let mut out: Vec<(String, f32)> = Vec::new();
+        for (leaf, &p) in self.leaves.iter().zip(&self.leaf_p) {
+            let l = leaf.label(level);
+            match out.iter_mut().find(|(o, _)| o.eq_ignore_ascii_case(l)) {
+                Some((_, q)) => *q += p,
+                None => out.push((l.to_string(), p)),
+            }
+        }
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out
+    }
+
+    /// Probability that the image shows `make` (and `model`, and from `view`, when
+    /// given), summed over every branch. Labels compare case-insensitively.
+    pub fn probability(&self, view: Option<&str>, make: &str, model: Option<&str>) -> f32 {
+        let eq = |a: &str, b: Option<&str>| b.is_none_or(|b| a.eq_ignore_ascii_case(b));
+        self.leaves
+            .iter()
+            .zip(&self.leaf_p)
+            .filter(|(leaf, _)| leaf.make.eq_ignore_ascii_case(make) && eq(&leaf.model, model) && eq(&leaf.view, view))
+            .map(|(_, &p)| p)
+            .sum()
+    }
+
+    /// Marginal probability of every (make, model) pair, most likely first.
+    pub fn make_models(&self) -> Vec<((String, String), f32)> {
+        let mut out: Vec<((String, String), f32)> = Vec::new();
+        for (leaf, &p) in self.leaves.iter().zip(&self.leaf_p) {
+            match out
+                .iter_mut()
+                .find(|((m, o), _)| m.eq_ignore_ascii_case(&leaf.make) && o.eq_ignore_ascii_case(&leaf.model))
+            {
+                Some((_, q)) => *q += p,
+                None => out.push(((leaf.make.clone(), leaf.model.clone()), p)),
+            }
+        }
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, level: Level, labels: &[&str], next: Vec<Option<usize>>) -> Node {
+        Node { id: id.into(), level, labels: labels.iter().map(|s| s.to_string()).collect(), next, mlp: None }
+    }
+
+    /// view(front, angled) -> make per view (audi, bmw) -> model per make.
+    fn tree() -> Cascade {
+        let nodes = vec![
+            node("view", Level::View, &["front", "angled"], vec![Some(1), Some(2)]),
+            node("front/make", Level::Make, &["audi", "bmw"], vec![Some(3), Some(4)]),
+            node("angled/make", Level::Make, &["audi", "BMW"], vec![Some(5), Some(6)]),
+            node("front/audi/model", Level::Model, &["a4"], vec![None]),
+            node("front/bmw/model", Level::Model, &["3-series", "x5"], vec![None, None]),
+            node("angled/audi/model", Level::Model, &["a4"], vec![None]),
+            node("angled/bmw/model", Level::Model, &["3-series", "x5"], vec![None, None]),
+        ];
+        Cascade::from_nodes(nodes, 0, 8, None)
+    }
+
+    /// Outputs for one image, node by node.
+    fn outputs(rows: &[&[f32]]) -> Vec<Vec<f32>> {
+        rows.iter().map(|r| r.to_vec()).collect()
+    }
+
+    #[test]
+    fn leaves_enumerate_every_branch() {
+        let c = tree();
+        assert_eq!(c.leaves().len(), 6);
+        assert_eq!(c.labels(Level::Make), vec!["audi", "bmw"]);
+    }
+
+    #[test]
+    fn marginals_sum_to_one_per_level() {
+        let c = tree();
+        let probs = outputs(&[&[0.3, 0.7], &[0.2, 0.8], &[0.9, 0.1], &[1.0], &[0.6, 0.4], &[1.0], &[0.25, 0.75]]);
+        let p = c.combine(&probs, 0);
+        for level in Level::ALL {
+            let total: f32 = p.marginal(level).iter().map(|(_, q)| q).sum();
+            assert!((total - 1.0).abs() < 1e-5, "{level}: {total}");
+        }
+        let total: f32 = p.make_models().iter().map(|(_, q)| q).sum();
+        assert!((total - 1.0).abs() < 1e-5);
+        // P(bmw) = 0.3 * 0.8 + 0.7 * 0.1
+        assert!((p.probability(None, "bmw", None) - (0.3 * 0.8 + 0.7 * 0.1)).abs() < 1e-6);
+        // P(bmw x5 | front) joint = 0.3 * 0.8 * 0.4
+        assert!((p.probability(Some("FRONT"), "Bmw", Some("X5")) - 0.3 * 0.8 * 0.4).abs() < 1e-6);
+    }
+
+    #[test]
+    fn disagreeing_view_heads_are_resolved_by_the_marginal() {
+        // The view head leans front (0.55). The front make head leans audi (0.6); the
+        // angled make head is sure it is a BMW. Greedy reading: front, audi. Marginal:
+        // P(audi) = 0.55 * 0.6 = 0.33, P(bmw) = 0.55 * 0.4 + 0.45 * 1.0 = 0.67.
+        let c = tree();
+        let probs = outputs(&[&[0.55, 0.45], &[0.6, 0.4], &[0.0, 1.0], &[1.0], &[0.5, 0.5], &[1.0], &[0.5, 0.5]]);
+        let p = c.combine(&probs, 0);
+        assert_eq!(p.label(Level::View), "front");
+        assert_eq!(p.label(Level::Make), "audi");
+        let makes = p.marginal(Level::Make);
+        assert_eq!(makes[0].0, "bmw");
+        assert!((makes[0].1 - 0.67).abs() < 1e-5, "{makes:?}");
+        assert!((p.probability(None, "audi", None) - 0.33).abs() < 1e-5);
+    }
+
+    #[test]
+    fn greedy_path_reports_conditionals_and_top_three() {
+        let c = tree();
+        let probs = outputs(&[&[0.1, 0.9], &[0.5, 0.5], &[0.2, 0.8], &[1.0], &[0.5, 0.5], &[1.0], &[0.3, 0.7]]);
+        let p = c.combine(&probs, 0);
+        let labels: Vec<&str> = p.path.iter().map(|c| c.label.as_str()).collect();
+        assert_eq!(labels, vec!["angled", "BMW", "x5"]);
+        assert!((p.confidence() - 0.9 * 0.8 * 0.7).abs() < 1e-6);
+        assert_eq!(p.path[0].top, vec![("angled".to_string(), 0.9), ("front".to_string(), 0.1)]);
+    }
+}

@@ -1,0 +1,193 @@
+//! From RGB pixels to the backbone's input: crop, resize to 224x224, normalise.
+//!
+//! This is the only place that knows the network's input convention: RGB channel order,
+//! values scaled to [0, 1], then ImageNet's per-channel mean and standard deviation.
+//! Training (`train`), `classify` and the camera path all come through here, so a change
+//! of convention cannot make them disagree.
+//!
+//! Resizing is bilinear with antialiasing (what torchvision's `Resize` does on tensors
+//! with `antialias=True`): camera crops are often several times larger than 224 pixels
+//! and plain bilinear sampling would alias their texture. The aspect ratio is not kept:
+//! regions are squeezed to the square input, the same way in training and inference.
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use super::{ModelError, Placement};
+
+/// Side of the square network input.
+pub const INPUT_SIDE: i64 = 224;
+/// ImageNet channel means (RGB) of pixel values in [0, 1].
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet channel standard deviations (RGB).
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// A borrowed 8-bit RGB image: `height` rows of `stride` bytes, the first `width * 3` of
+/// each being pixels (decoders pad rows; a `Vec` from the `image` crate does not).
+#[derive(Clone, Copy)]
+pub struct RgbImage<'a> {
+    data: &'a [u8],
+    width: u32,
+    height: u32,
+    stride: usize,
+}
+
+impl<'a> RgbImage<'a> {
+    /// Checks that `data` holds `height` rows of `stride` bytes of which `width * 3` are
+    /// pixels.
+    pub fn new(data: &'a [u8], width: u32, height: u32, stride: usize) -> Result<Self, String> {
+        let row = width as usize * 3;
+        if width == 0 || height == 0 {
+            return Err(format!("empty image ({width}x{height})"));
+        }
+        if stride < row {
+            return Err(format!("row stride {stride} is shorter than {width} RGB pixels"));
+        }
+        let needed = stride * (height as usize - 1) + row;
+        if data.len() < needed {
+            return Err(format!("{} bytes cannot hold a {width}x{height} RGB image with stride {stride}", data.len()));
+        }
+        Ok(RgbImage { data, width, height, stride })
+    }
+
+    /// A view of an `image::RgbImage` (tightly packed rows).
+    pub fn from_image(img: &'a image::RgbImage) -> Self {
+        RgbImage { data: img.as_raw(), width: img.width(), height: img.height(), stride: img.width() as usize * 3 }
+    }
+
+    pub fn width(&self) -> u32 {
+        self.width
+    }
+
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+
+    /// The whole image as a crop.
+    pub fn full(&self) -> Crop {
+        Crop { x: 0, y: 0, width: self.width, height: self.height }
+    }
+
+    /// The pixels of `crop`, rows packed: one copy out of the (possibly padded) source.
+    fn crop_bytes(&self, crop: Crop) -> Vec<u8> {
+        let row = crop.width as usize * 3;
+        let mut out = Vec::with_capacity(row * crop.height as usize);
+        for y in crop.y..crop.y + crop.height {
+            let start = y as usize * self.stride + crop.x as usize * 3;
+            out.extend_from_slice(&self.data[start..start + row]);
+        }
+        out
+    }
+}
+
+/// A rectangle in pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Crop {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Crop {
+    /// Whether the crop is non-empty and lies inside a `width` x `height` image.
+    pub fn fits(&self, width: u32, height: u32) -> bool {
+        self.width > 0
+            && self.height > 0
+            && self.x.checked_add(self.width).is_some_and(|r| r <= width)
+            && self.y.checked_add(self.height).is_some_and(|b| b <= height)
+    }
+}
+
+/// One normalised batch `[N, 3, 224, 224]` (fp32 values, in the placement's precision,
+/// on its device) from (image, crop) pairs.
+pub fn batch(images: &[(RgbImage<'_>, Crop)], placement: Placement) -> Result<Tensor, ModelError> {
+    let device = placement.device;
+    let mut items = Vec::with_capacity(images.len());
+    for (i, (image, crop)) in images.iter().enumerate() {
+        if !crop.fits(image.width, image.height) {
+            return Err(ModelError::Device(format!(
+                "batch item {i}: crop {crop:?} does not fit a {}x{} image",
+                image.width, image.height
+            )));
+        }
+        let bytes = image.crop_bytes(*crop);
+        let t = Tensor::f_from_data_size(&bytes, &[crop.height as i64, crop.width as i64, 3], Kind::Uint8)
+            .and_then(|t| t.f_to_device(device))
+            .and_then(|t| t.f_permute([2, 0, 1]))
+            .and_then(|t| t.f_unsqueeze(0))
+            .and_then(|t| t.f_to_kind(Kind::Float))
+            .and_then(|t| resize(&t))
+            .map_err(ModelError::torch("preprocessing"))?;
+        items.push(t);
+    }
+    let scale: Vec<f32> = IMAGENET_STD.iter().map(|s| 1.0 / (255.0 * s)).collect();
+    let shift: Vec<f32> = IMAGENET_MEAN.iter().zip(IMAGENET_STD).map(|(m, s)| m / s).collect();
+    let result = Tensor::f_cat(&items, 0).and_then(|x| {
+        let scale = Tensor::from_slice(&scale).f_view([1, 3, 1, 1])?.f_to_device(device)?;
+        let shift = Tensor::from_slice(&shift).f_view([1, 3, 1, 1])?.f_to_device(device)?;
+        (x * scale - shift).f_to_kind(placement.precision.kind())
+    });
+    result.map_err(ModelError::torch("normalising batch"))
+}
+
+fn resize(t: &Tensor) -> Result<Tensor, tch::TchError> {
+    let size = t.size();
+    if size[2] == INPUT_SIDE && size[3] == INPUT_SIDE {
+        return Ok(t.shallow_clone());
+    }
+    t.f_internal_upsample_bilinear2d_aa([INPUT_SIDE, INPUT_SIDE], false, None, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Precision;
+    use tch::Device;
+
+    fn cpu() -> Placement {
+        Placement { device: Device::Cpu, precision: Precision::Fp32 }
+    }
+
+    #[test]
+    fn normalises_rgb_in_imagenet_order() {
+        // A pure red 224x224 image: R = 255, G = B = 0.
+        let img = image::RgbImage::from_pixel(224, 224, image::Rgb([255, 0, 0]));
+        let view = RgbImage::from_image(&img);
+        let b = batch(&[(view, view.full())], cpu()).unwrap();
+        assert_eq!(b.size(), vec![1, 3, 224, 224]);
+        let px = |c: i64| b.double_value(&[0, c, 100, 100]) as f32;
+        assert!((px(0) - (1.0 - 0.485) / 0.229).abs() < 1e-4, "red channel {}", px(0));
+        assert!((px(1) - (0.0 - 0.456) / 0.224).abs() < 1e-4, "green channel {}", px(1));
+        assert!((px(2) - (0.0 - 0.406) / 0.225).abs() < 1e-4, "blue channel {}", px(2));
+    }
+
+    #[test]
+    fn crops_honour_stride_and_offset() {
+        // 4x2 image with 2 bytes of row padding; the crop takes the right half of row 1,
+        // painted white, while everything else is black.
+        let (w, h, stride) = (4u32, 2u32, 14usize);
+        let mut data = vec![0u8; stride * h as usize];
+        for x in 2..4 {
+            for c in 0..3 {
+                data[stride + x * 3 + c] = 255;
+            }
+        }
+        let view = RgbImage::new(&data, w, h, stride).unwrap();
+        let crop = Crop { x: 2, y: 1, width: 2, height: 1 };
+        let b = batch(&[(view, crop)], cpu()).unwrap();
+        let min = b.min().double_value(&[]);
+        let white_r = (1.0 - 0.485) / 0.229;
+        assert!((min - (1.0 - 0.406) / 0.225).abs() < 1e-3 || min > 1.5, "crop saw black pixels: min {min}");
+        assert!((b.double_value(&[0, 0, 50, 50]) - white_r).abs() < 1e-3);
+    }
+
+    #[test]
+    fn rejects_crops_outside_the_image() {
+        let img = image::RgbImage::new(10, 10);
+        let view = RgbImage::from_image(&img);
+        let crop = Crop { x: 5, y: 5, width: 6, height: 2 };
+        assert!(batch(&[(view, crop)], cpu()).is_err());
+        assert!(RgbImage::new(&[0u8; 10], 4, 1, 12).is_err());
+    }
+}
