@@ -1,4 +1,8 @@
-fn main() {
-    let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
-    println!("{} cuda={}", t.sum(tch::Kind::Float).double_value(&[]), tch::Cuda::is_available());
+//! The `carwatch` binary: parse arguments, set up logging, run the subcommand.
+//! Everything else is in the library; see `lib.rs` for a tour.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
 }

@@ -1,0 +1,403 @@
+//! Subcommands and their output. This is the only code that prints to stdout: the
+//! library reports through return values and `tracing`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+use carwatch::config::{self, Config, ConfigError};
+use carwatch::model::{
+    self, Crop, DeviceChoice, Level, Placement, PrecisionChoice, Prediction, Recognizer, RgbImage, VggSpec,
+};
+use carwatch::train::{self, TrainOptions, fit::FitOptions};
+
+/// Exit status for a configuration the operator must fix (distinct from runtime failures).
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "carwatch", version, about = "Watches camera feeds for wanted vehicles")]
+struct Cli {
+    /// Log line format on stderr (filter with RUST_LOG, e.g. RUST_LOG=carwatch=debug).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train the head cascade from a folder of labelled photos.
+    Train(TrainArgs),
+    /// Classify images (files or http(s) URLs) through backbone and cascade.
+    Classify(ClassifyArgs),
+    /// Validate the config, the alert file and the models; list every problem.
+    Check(CheckArgs),
+    /// Generate synthetic data: labelled vehicle images or random backbone weights.
+    #[command(subcommand)]
+    Synth(SynthCommand),
+}
+
+#[derive(Args)]
+struct PlacementArgs {
+    /// Where to run the backbone: auto, cpu, cuda, cuda:N.
+    #[arg(long)]
+    device: Option<DeviceChoice>,
+    /// Backbone precision: auto, fp32, bf16, fp16 (CUDA only).
+    #[arg(long)]
+    precision: Option<PrecisionChoice>,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Photos in DIR/<view>/<make>/<model>/*.{jpg,jpeg,png}.
+    #[arg(long)]
+    data: PathBuf,
+    /// VGG-19 weights (safetensors, torchvision names); see docs/models.md.
+    #[arg(long)]
+    backbone: PathBuf,
+    /// Output models directory: cascade.toml and heads/.
+    #[arg(long)]
+    out: PathBuf,
+    /// Feature cache [default: $XDG_CACHE_HOME/carwatch/features or ~/.cache/carwatch/features].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    placement: PlacementArgs,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Share of each class held out for validation.
+    #[arg(long, default_value_t = 0.2)]
+    validation: f64,
+    /// Also train on mirror images of the training photos.
+    #[arg(long)]
+    flip: bool,
+    /// Most epochs per head (early stopping usually ends sooner).
+    #[arg(long, default_value_t = 100)]
+    epochs: usize,
+    /// Hidden units per head.
+    #[arg(long, default_value_t = 256)]
+    hidden: i64,
+    /// Images per backbone batch while extracting features.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Text stored in cascade.toml and shown whenever the model is loaded.
+    #[arg(long)]
+    notice: Option<String>,
+}
+
+#[derive(Args)]
+struct ClassifyArgs {
+    /// Models directory (holding cascade.toml) [default: model.dir of the config].
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// Config file, read for model.dir/device/precision when present.
+    #[arg(long, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    #[command(flatten)]
+    placement: PlacementArgs,
+    /// One JSON object per input on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Image files or http(s) URLs.
+    #[arg(required = true)]
+    inputs: Vec<String>,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[arg(long, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum SynthCommand {
+    /// Write generated vehicle photos in the layout `train` reads.
+    Dataset {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 24)]
+        per_class: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Image height in pixels (width varies a little above it).
+        #[arg(long, default_value_t = 128)]
+        size: u32,
+    },
+    /// Write randomly initialised VGG weights (torchvision names) as safetensors.
+    Backbone {
+        #[arg(long)]
+        out: PathBuf,
+        /// Channel widths of the five blocks, e.g. 8,16,32,64,64 [default: VGG-19's].
+        #[arg(long, value_delimiter = ',')]
+        widths: Option<Vec<i64>>,
+        #[arg(long, default_value_t = 1)]
+        seed: i64,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let result = match cli.command {
+        Command::Train(a) => train_cmd(a),
+        Command::Classify(a) => classify_cmd(a),
+        Command::Check(a) => check_cmd(a),
+        Command::Synth(a) => synth_cmd(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(ConfigError::Invalid(problems)) = e.downcast_ref::<ConfigError>() {
+                eprintln!("{problems}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn resolve_placement(args: &PlacementArgs, from_config: Option<&config::ModelConfig>) -> Result<Placement> {
+    let device = args.device.or(from_config.map(|m| m.device)).unwrap_or_default();
+    let precision = args.precision.or(from_config.map(|m| m.precision)).unwrap_or_default();
+    Ok(Placement::resolve(device, precision)?)
+}
+
+fn default_cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("carwatch/features");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".cache/carwatch/features"),
+        None => PathBuf::from(".carwatch-cache/features"),
+    }
+}
+
+fn train_cmd(a: TrainArgs) -> Result<ExitCode> {
+    let placement = resolve_placement(&a.placement, None)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let opts = TrainOptions {
+        data: a.data,
+        backbone: a.backbone,
+        out: a.out,
+        cache_dir: a.cache_dir.unwrap_or_else(default_cache_dir),
+        placement,
+        seed: a.seed,
+        validation_fraction: a.validation,
+        flip: a.flip,
+        fit: FitOptions { hidden: a.hidden, max_epochs: a.epochs, ..Default::default() },
+        batch_size: a.batch.max(1),
+        progress: true,
+        notice: a.notice,
+    };
+    let report = train::run(&opts)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<28} {:<6} {:>6} {:>6} {:>5} {:>8} {:>7}",
+        "head", "level", "labels", "train", "val", "val acc", "epochs"
+    )?;
+    for h in &report.heads {
+        let acc = h.val_accuracy.map_or("-".to_string(), |a| format!("{a:.3}"));
+        writeln!(
+            out,
+            "{:<28} {:<6} {:>6} {:>6} {:>5} {:>8} {:>7}",
+            h.id, h.level, h.labels, h.train_samples, h.val_samples, acc, h.epochs
+        )?;
+    }
+    writeln!(
+        out,
+        "{} photos; features: {} from cache, {} computed; {} skipped; wrote {}",
+        report.photos,
+        report.cached,
+        report.computed,
+        report.skipped.len(),
+        report.manifest.display()
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn classify_cmd(a: ClassifyArgs) -> Result<ExitCode> {
+    let config = if a.config.exists() { Some(Config::load(&a.config)?) } else { None };
+    let models =
+        a.models.clone().or(config.as_ref().map(|c| c.model.dir.clone())).unwrap_or_else(|| PathBuf::from("models"));
+    let placement = resolve_placement(&a.placement, config.as_ref().map(|c| &c.model))?;
+    let recognizer =
+        Recognizer::load(&models, placement).with_context(|| format!("loading models from {}", models.display()))?;
+    if let Some(notice) = recognizer.cascade.notice() {
+        eprintln!("NOTE: {notice}");
+    }
+    tracing::info!("classifying on {}", placement.describe());
+
+    let mut out = std::io::stdout().lock();
+    let mut failed = 0;
+    // Load and classify in small batches (one backbone pass each, memory bounded);
+    // results come out in input order.
+    for chunk in a.inputs.chunks(8) {
+        let loaded: Vec<Result<image::RgbImage, String>> =
+            chunk.iter().map(|input| carwatch::input::load(input).map_err(|e| e.to_string())).collect();
+        let views: Vec<(RgbImage<'_>, Crop)> = loaded
+            .iter()
+            .flatten()
+            .map(|img| {
+                let v = RgbImage::from_image(img);
+                (v, v.full())
+            })
+            .collect();
+        let mut predictions = match recognizer.classify(&views) {
+            Ok(p) => p.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => views.iter().map(|_| Err(e.to_string())).collect(),
+        }
+        .into_iter();
+        for (input, image) in chunk.iter().zip(loaded) {
+            let result = image.and_then(|_| predictions.next().unwrap_or_else(|| Err("no prediction".into())));
+            match result {
+                Ok(p) if a.json => writeln!(out, "{}", prediction_json(input, &p))?,
+                Ok(p) => write_prediction(&mut out, input, &p)?,
+                Err(e) => {
+                    failed += 1;
+                    report_failure(&mut out, a.json, input, &e)?;
+                }
+            }
+        }
+    }
+    Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn report_failure(out: &mut impl Write, json: bool, input: &str, error: &str) -> Result<()> {
+    if json {
+        writeln!(out, "{}", json!({ "input": input, "error": error }))?;
+    }
+    eprintln!("{input}: {error}");
+    Ok(())
+}
+
+fn prediction_json(input: &str, p: &Prediction) -> serde_json::Value {
+    let levels: Vec<_> = p
+        .path
+        .iter()
+        .map(|c| {
+            json!({
+                "level": c.level,
+                "label": c.label,
+                "probability": c.p,
+                "top": c.top.iter().map(|(l, q)| json!({ "label": l, "probability": q })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let marginal =
+        |level| p.marginal(level).into_iter().map(|(l, q)| json!({ "label": l, "probability": q })).collect::<Vec<_>>();
+    json!({
+        "input": input,
+        "view": p.label(Level::View),
+        "make": p.label(Level::Make),
+        "model": p.label(Level::Model),
+        "confidence": p.confidence(),
+        "levels": levels,
+        "marginals": {
+            "view": marginal(Level::View),
+            "make": marginal(Level::Make),
+            "make_model": p.make_models().into_iter().map(|((m, o), q)| json!({ "make": m, "model": o, "probability": q })).collect::<Vec<_>>(),
+        },
+    })
+}
+
+fn write_prediction(out: &mut impl Write, input: &str, p: &Prediction) -> Result<()> {
+    writeln!(
+        out,
+        "{input}: {} / {} / {}  (confidence {:.3})",
+        p.label(Level::View),
+        p.label(Level::Make),
+        p.label(Level::Model),
+        p.confidence()
+    )?;
+    for c in &p.path {
+        let alternatives: Vec<String> = c.top.iter().skip(1).map(|(l, q)| format!("{l} {q:.3}")).collect();
+        writeln!(out, "  {:<6} {:<16} {:.3}   {}", c.level.name(), c.label, c.p, alternatives.join(", "))?;
+    }
+    Ok(())
+}
+
+fn check_cmd(a: CheckArgs) -> Result<ExitCode> {
+    let config = match Config::load(&a.config) {
+        Ok(c) => c,
+        Err(ConfigError::Invalid(problems)) => {
+            println!("{problems}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+        Err(e) => {
+            println!("{e}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let mut problems: Vec<String> = Vec::new();
+    // Shapes are checked by loading on the CPU in fp32: no GPU needed to check a config.
+    let cpu = Placement { device: tch::Device::Cpu, precision: model::Precision::Fp32 };
+    match Recognizer::load(&config.model.dir, cpu) {
+        Ok(r) => {
+            if let Some(n) = r.cascade.notice() {
+                println!("note: {n}");
+            }
+            println!(
+                "models {}: backbone widths {:?}, {} leaves",
+                config.model.dir.display(),
+                r.backbone.spec().widths,
+                r.cascade.leaves().len()
+            );
+        }
+        Err(e) => problems.push(format!("models {}: {e}", config.model.dir.display())),
+    }
+    if problems.is_empty() {
+        println!("{}: ok", config.file.display());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for p in &problems {
+            println!("{p}");
+        }
+        Ok(ExitCode::from(EXIT_CONFIG))
+    }
+}
+
+fn synth_cmd(cmd: SynthCommand) -> Result<ExitCode> {
+    match cmd {
+        SynthCommand::Dataset { out, per_class, seed, size } => {
+            let samples = carwatch::synthetic::write_dataset(&out, per_class, seed, size)
+                .with_context(|| format!("writing synthetic photos to {}", out.display()))?;
+            println!("wrote {} synthetic photos to {}", samples.len(), out.display());
+        }
+        SynthCommand::Backbone { out, widths, seed } => {
+            let spec = match widths {
+                Some(w) => {
+                    VggSpec { widths: w.try_into().map_err(|_| anyhow::anyhow!("--widths takes five numbers"))? }
+                }
+                None => VggSpec::VGG19,
+            };
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            }
+            model::weights::write_atomic(&out, &spec.random_state_dict(seed))?;
+            println!("wrote random VGG weights (widths {:?}) to {}", spec.widths, out.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

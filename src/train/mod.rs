@@ -1,0 +1,317 @@
+//! `carwatch train`: a cascade from a folder of labelled photos.
+//!
+//! 1. [`dataset`] scans `DIR/<view>/<make>/<model>/` and splits each leaf's photos into
+//!    training and validation (seeded, stratified).
+//! 2. [`features`] runs the frozen backbone once per photo (and once per mirrored photo
+//!    when flipping is on), caching results on disk: a second run skips the backbone.
+//! 3. [`fit`] trains each head on its slice of the features.
+//! 4. The heads and `cascade.toml` are written to the output directory, naming the
+//!    backbone file so that `classify --models DIR` needs nothing else.
+
+pub mod dataset;
+pub mod features;
+pub mod fit;
+
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tch::{Device, Kind, Tensor};
+
+use crate::model::manifest::{BackboneEntry, FORMAT, HeadEntry, Manifest};
+use crate::model::weights::write_atomic;
+use crate::model::{Backbone, Crop, Level, ModelError, Placement, RgbImage, preprocess};
+use dataset::Dataset;
+use features::{FeatureCache, ImageKey};
+use fit::{FitOptions, Split};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("dataset: {0}")]
+    Dataset(String),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// Everything `carwatch train` is told.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub data: PathBuf,
+    pub backbone: PathBuf,
+    pub out: PathBuf,
+    pub cache_dir: PathBuf,
+    pub placement: Placement,
+    pub seed: u64,
+    /// Share of each leaf's photos held out for validation.
+    pub validation_fraction: f64,
+    /// Also train on mirror images (features of each flipped photo are cached too).
+    pub flip: bool,
+    pub fit: FitOptions,
+    /// Images per backbone batch.
+    pub batch_size: usize,
+    /// Draw progress bars on stderr.
+    pub progress: bool,
+    /// Copied into the manifest (and from there into logs): the demo model says it is
+    /// synthetic here.
+    pub notice: Option<String>,
+}
+
+/// What training did, head by head.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    pub heads: Vec<HeadReport>,
+    pub photos: usize,
+    /// Feature vectors read from the cache / computed by the backbone.
+    pub cached: usize,
+    pub computed: usize,
+    pub skipped: Vec<(PathBuf, String)>,
+    pub manifest: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct HeadReport {
+    pub id: String,
+    pub level: Level,
+    pub labels: usize,
+    pub train_samples: usize,
+    pub val_samples: usize,
+    /// None for single-label heads (nothing to learn) or without validation photos.
+    pub val_accuracy: Option<f64>,
+    pub epochs: usize,
+}
+
+/// Runs the whole training.
+pub fn run(opts: &TrainOptions) -> Result<TrainReport, TrainError> {
+    let mut data = Dataset::scan(&opts.data)?;
+    data.split(opts.validation_fraction, opts.seed);
+    for (path, why) in &data.skipped {
+        tracing::warn!("skipping {}: {why}", path.display());
+    }
+    let backbone = Backbone::load(&opts.backbone, None, opts.placement)?;
+    tracing::info!(
+        "backbone {} (widths {:?}) on {}",
+        opts.backbone.display(),
+        backbone.spec().widths,
+        opts.placement.describe()
+    );
+    let cache = FeatureCache::open(&opts.cache_dir, &backbone)?;
+
+    let (features, flipped, mut skipped, cached, computed) = extract(&data, &backbone, &cache, opts)?;
+    skipped.extend(data.skipped.iter().cloned());
+
+    std::fs::create_dir_all(opts.out.join("heads"))
+        .map_err(|source| TrainError::Io { path: opts.out.clone(), source })?;
+    let mut entries = Vec::new();
+    let mut reports = Vec::new();
+    for (h, plan) in data.heads().into_iter().enumerate() {
+        let usable: Vec<(usize, usize)> =
+            plan.samples.iter().copied().filter(|(i, _)| features[*i].is_some()).collect();
+        let (train_idx, val_idx): (Vec<_>, Vec<_>) = usable.iter().partition(|(i, _)| !data.photos[*i].validation);
+        let mut report = HeadReport {
+            id: plan.id.clone(),
+            level: plan.level,
+            labels: plan.labels.len(),
+            train_samples: train_idx.len(),
+            val_samples: val_idx.len(),
+            val_accuracy: None,
+            epochs: 0,
+        };
+        let weights = if plan.labels.len() > 1 {
+            let mut rows: Vec<&(usize, usize)> = train_idx.iter().collect();
+            let flips: Vec<(usize, usize)> = train_idx.iter().filter(|(i, _)| flipped[*i].is_some()).copied().collect();
+            rows.extend(flips.iter());
+            let train = stack(&rows, |k, i| if k < train_idx.len() { &features[i] } else { &flipped[i] })?;
+            let val = stack(&val_idx.iter().collect::<Vec<_>>(), |_, i| &features[i])?;
+            let bar = bar(opts.progress, opts.fit.max_epochs as u64, &format!("head {}", plan.id));
+            let fitted =
+                fit::fit(&train, &val, plan.labels.len() as i64, &opts.fit, opts.seed as i64 + h as i64, |_| {
+                    bar.inc(1)
+                })?;
+            bar.finish_and_clear();
+            report.val_accuracy = fitted.val_accuracy;
+            report.epochs = fitted.epochs;
+            let rel = PathBuf::from("heads").join(format!("{}.safetensors", plan.id));
+            let path = opts.out.join(&rel);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|source| TrainError::Io { path: parent.to_path_buf(), source })?;
+            }
+            let named: Vec<(String, Tensor)> = fitted.vars.variables().into_iter().collect();
+            write_atomic(&path, &named)?;
+            Some(rel)
+        } else {
+            None
+        };
+        entries.push(HeadEntry {
+            id: plan.id,
+            level: plan.level,
+            labels: plan.labels,
+            weights,
+            hidden: opts.fit.hidden,
+            next: plan.next,
+            validation_accuracy: report.val_accuracy.map(|a| (a * 1e4).round() / 1e4),
+        });
+        reports.push(report);
+    }
+
+    let manifest = Manifest {
+        dir: opts.out.clone(),
+        format: FORMAT,
+        notice: opts.notice.clone(),
+        root: "view".into(),
+        backbone: BackboneEntry { file: backbone_reference(&opts.backbone, &opts.out)?, widths: backbone.spec() },
+        heads: entries,
+    };
+    manifest.save(&opts.out)?;
+    Ok(TrainReport {
+        heads: reports,
+        photos: data.photos.len(),
+        cached,
+        computed,
+        skipped,
+        manifest: opts.out.join(crate::model::manifest::MANIFEST_FILE),
+    })
+}
+
+type Extracted = (Vec<Option<Tensor>>, Vec<Option<Tensor>>, Vec<(PathBuf, String)>, usize, usize);
+
+/// Features of every photo (and of its mirror image for training photos when flipping),
+/// from the cache where possible. Photos that cannot be read are reported, not fatal.
+fn extract(
+    data: &Dataset,
+    backbone: &Backbone,
+    cache: &FeatureCache,
+    opts: &TrainOptions,
+) -> Result<Extracted, TrainError> {
+    let n = data.photos.len();
+    let mut features: Vec<Option<Tensor>> = (0..n).map(|_| None).collect();
+    let mut flipped: Vec<Option<Tensor>> = (0..n).map(|_| None).collect();
+    let mut skipped = Vec::new();
+    let (mut cached, mut computed) = (0, 0);
+    let bar = bar(opts.progress, n as u64, "features");
+    // (photo, flipped, key, image) waiting for the backbone
+    let mut pending: Vec<(usize, bool, ImageKey, image::RgbImage)> = Vec::new();
+    for (i, photo) in data.photos.iter().enumerate() {
+        bar.inc(1);
+        let bytes = match std::fs::read(&photo.path) {
+            Ok(b) => b,
+            Err(e) => {
+                skipped.push((photo.path.clone(), e.to_string()));
+                continue;
+            }
+        };
+        let want_flip = opts.flip && !photo.validation;
+        let mut decoded: Option<image::RgbImage> = None;
+        for flip in [false, true] {
+            if flip && !want_flip {
+                continue;
+            }
+            let key = ImageKey::of_bytes(&bytes, flip);
+            if let Some(t) = cache.get(&key) {
+                cached += 1;
+                if flip {
+                    flipped[i] = Some(t)
+                } else {
+                    features[i] = Some(t)
+                }
+                continue;
+            }
+            if decoded.is_none() {
+                match crate::input::decode(&photo.path.display().to_string(), &bytes) {
+                    Ok(img) => decoded = Some(img),
+                    Err(e) => {
+                        skipped.push((photo.path.clone(), e.to_string()));
+                        break;
+                    }
+                }
+            }
+            let Some(img) = decoded.as_ref() else { break };
+            let img = if flip { image::imageops::flip_horizontal(img) } else { img.clone() };
+            pending.push((i, flip, key, img));
+        }
+        if pending.len() >= opts.batch_size || (i + 1 == n && !pending.is_empty()) {
+            computed += pending.len();
+            for (i, flip, t) in run_backbone(backbone, cache, std::mem::take(&mut pending))? {
+                if flip { flipped[i] = Some(t) } else { features[i] = Some(t) }
+            }
+        }
+    }
+    if !pending.is_empty() {
+        computed += pending.len();
+        for (i, flip, t) in run_backbone(backbone, cache, pending)? {
+            if flip { flipped[i] = Some(t) } else { features[i] = Some(t) }
+        }
+    }
+    bar.finish_and_clear();
+    Ok((features, flipped, skipped, cached, computed))
+}
+
+fn run_backbone(
+    backbone: &Backbone,
+    cache: &FeatureCache,
+    items: Vec<(usize, bool, ImageKey, image::RgbImage)>,
+) -> Result<Vec<(usize, bool, Tensor)>, TrainError> {
+    let views: Vec<(RgbImage<'_>, Crop)> = items
+        .iter()
+        .map(|(_, _, _, img)| {
+            let v = RgbImage::from_image(img);
+            (v, v.full())
+        })
+        .collect();
+    let batch = preprocess::batch(&views, backbone.placement())?;
+    let flat = crate::model::cascade::flatten(&backbone.features(&batch)?)?
+        .f_to_device(Device::Cpu)
+        .map_err(ModelError::torch("copying features to the host"))?;
+    let mut out = Vec::with_capacity(items.len());
+    for (row, (i, flip, key, _)) in items.into_iter().enumerate() {
+        let t = flat.get(row as i64).contiguous();
+        cache.put(&key, &t)?;
+        out.push((i, flip, t));
+    }
+    Ok(out)
+}
+
+/// Stacks the features of `rows` (photo, label) into a [`Split`]; `source(k, photo)`
+/// picks which feature table row `k` comes from.
+fn stack<'a>(
+    rows: &[&(usize, usize)],
+    source: impl Fn(usize, usize) -> &'a Option<Tensor>,
+) -> Result<Split, TrainError> {
+    if rows.is_empty() {
+        return Ok(Split {
+            x: Tensor::zeros([0, 1], (Kind::Float, Device::Cpu)),
+            y: Tensor::zeros([0], (Kind::Int64, Device::Cpu)),
+        });
+    }
+    let mut xs = Vec::with_capacity(rows.len());
+    let mut ys = Vec::with_capacity(rows.len());
+    for (k, &&(i, label)) in rows.iter().enumerate() {
+        if let Some(t) = source(k, i) {
+            xs.push(t.shallow_clone());
+            ys.push(label as i64);
+        }
+    }
+    let x = Tensor::f_stack(&xs, 0).map_err(ModelError::torch("stacking features"))?;
+    Ok(Split { x, y: Tensor::from_slice(&ys) })
+}
+
+/// How the manifest names the backbone: relative when it lies inside the output
+/// directory (the pair can be moved together), else absolute.
+fn backbone_reference(backbone: &Path, out: &Path) -> Result<PathBuf, TrainError> {
+    let abs =
+        std::fs::canonicalize(backbone).map_err(|source| TrainError::Io { path: backbone.to_path_buf(), source })?;
+    let out_abs = std::fs::canonicalize(out).map_err(|source| TrainError::Io { path: out.to_path_buf(), source })?;
+    Ok(abs.strip_prefix(&out_abs).map(Path::to_path_buf).unwrap_or(abs))
+}
+
+fn bar(enabled: bool, len: u64, what: &str) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len).with_message(what.to_string());
+    if let Ok(style) = ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} {elapsed}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
