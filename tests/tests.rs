@@ -1,0 +1,7 @@
+//! Integration tests: the real `carwatch` binary against data and servers that each
+//! test makes itself. Shared helpers are in `support/`.
+
+mod support;
+
+mod check;
+mod train_classify;
