@@ -1,0 +1,519 @@
+//! Cameras: one GStreamer pipeline per camera, each on its own thread, delivering RGB
+//! frames at the configured analysis rate.
+//!
+//! - [`CameraConfig`] is a `[[camera]]` entry as written; [`Camera`] is what it resolves
+//!   to: a URI without credentials, a redacted form for logs, regions, rate.
+//! - [`pipeline`] builds and tears down the GStreamer pipeline and turns appsink samples
+//!   into [`Frame`]s.
+//! - [`supervisor`] is the per-camera loop (`camera:<name>` thread): open, stream,
+//!   and on error tear down and retry with backoff, reporting its [`State`].
+//!
+//! Frames go into one bounded channel shared by all cameras. A camera never waits on
+//! it: when it is full the oldest frame is taken out and counted as dropped for its
+//! camera, and the fresh one goes in (see [`FrameQueue`]).
+
+pub mod pipeline;
+pub mod supervisor;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
+
+use crate::config::values::{Name, Secret};
+use crate::model::Crop;
+
+/// A `[[camera]]` entry as the operator wrote it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    pub name: Name,
+    /// rtsp://, rtsps://, http(s)://, file:// or any URI GStreamer's uridecodebin takes.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A local video file (relative to the working directory): shorthand for a file://
+    /// URL.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Frames analysed per second.
+    #[serde(default = "default_fps")]
+    pub fps: f64,
+    /// Regions classified separately; none means the whole frame.
+    #[serde(default)]
+    pub regions: Vec<Region>,
+    #[serde(default)]
+    pub rtsp_transport: RtspTransport,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Play a file source again from the start when it ends (sample clips, tests).
+    #[serde(default, rename = "loop")]
+    pub looping: bool,
+}
+
+fn default_fps() -> f64 {
+    2.0
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How rtspsrc carries RTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RtspTransport {
+    /// Interleaved in the RTSP TCP connection: works through NAT and firewalls.
+    #[default]
+    Tcp,
+    Udp,
+    /// Let rtspsrc try UDP, then TCP.
+    Auto,
+}
+
+/// One coordinate of a region: whole pixels, or a fraction of the frame's side.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Coord {
+    Pixels(u32),
+    Fraction(f64),
+}
+
+impl Coord {
+    fn resolve(self, side: u32) -> u32 {
+        match self {
+            Coord::Pixels(p) => p,
+            Coord::Fraction(f) => (f * side as f64).round() as u32,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Coord {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Coord;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("whole pixels (an integer) or a fraction of the frame (0.0 to 1.0)")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Coord, E> {
+                u32::try_from(v)
+                    .map(Coord::Pixels)
+                    .map_err(|_| E::custom(format!("pixel coordinate {v} is negative or too large")))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Coord, E> {
+                u32::try_from(v).map(Coord::Pixels).map_err(|_| E::custom(format!("pixel coordinate {v} is too large")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Coord, E> {
+                if (0.0..=1.0).contains(&v) {
+                    Ok(Coord::Fraction(v))
+                } else {
+                    Err(E::custom(format!("fraction {v} is outside 0.0 to 1.0 (write whole pixels as integers)")))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A rectangle of the frame to classify on its own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Region {
+    /// Shown in hits; defaults to `region-<index>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub x: Coord,
+    pub y: Coord,
+    pub width: Coord,
+    pub height: Coord,
+}
+
+impl Region {
+    /// The region in pixels of a `width` x `height` frame, or why it does not fit.
+    pub fn resolve(&self, width: u32, height: u32) -> Result<Crop, String> {
+        let crop = Crop {
+            x: self.x.resolve(width),
+            y: self.y.resolve(height),
+            width: self.width.resolve(width),
+            height: self.height.resolve(height),
+        };
+        if crop.fits(width, height) {
+            Ok(crop)
+        } else {
+            Err(format!("region {crop:?} does not fit a {width}x{height} frame"))
+        }
+    }
+
+    /// Problems that do not depend on the frame size.
+    pub fn check(&self) -> Result<(), String> {
+        let frac = |c: Coord| match c {
+            Coord::Fraction(f) => Some(f),
+            Coord::Pixels(_) => None,
+        };
+        if let (Some(x), Some(w)) = (frac(self.x), frac(self.width))
+            && x + w > 1.0 + 1e-9
+        {
+            return Err(format!("x + width = {} is beyond the frame's right edge", x + w));
+        }
+        if let (Some(y), Some(h)) = (frac(self.y), frac(self.height))
+            && y + h > 1.0 + 1e-9
+        {
+            return Err(format!("y + height = {} is beyond the frame's bottom edge", y + h));
+        }
+        for (what, c) in [("width", self.width), ("height", self.height)] {
+            if matches!(c, Coord::Pixels(0)) || matches!(c, Coord::Fraction(f) if f <= 0.0) {
+                return Err(format!("{what} must be positive"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a camera's frames come from, with credentials kept apart from the URI.
+#[derive(Clone)]
+pub struct Source {
+    /// What GStreamer opens: no user or password in it.
+    pub uri: String,
+    /// The URI for logs and status: credentials removed, query string elided.
+    pub redacted: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// A live source (RTSP, HTTP) is read as fast as it comes; a file is played at its
+    /// own pace so that it behaves like a camera.
+    pub live: bool,
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Source")
+            .field("uri", &self.redacted)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .finish()
+    }
+}
+
+impl Source {
+    /// Builds the source of `c`: exactly one of `url` and `file`, credentials from the
+    /// fields, the password file or (moved out of) the URL.
+    pub fn from_config(c: &CameraConfig) -> Result<Source, String> {
+        let (mut url, live) = match (&c.url, &c.file) {
+            (Some(_), Some(_)) => return Err("give either url or file, not both".into()),
+            (None, None) => return Err("missing url (or file)".into()),
+            (Some(u), None) => {
+                let url = url::Url::parse(u).map_err(|e| format!("url is not a valid URL: {e}"))?;
+                let live = !matches!(url.scheme(), "file");
+                (url, live)
+            }
+            (None, Some(path)) => {
+                let abs = std::path::absolute(path).map_err(|e| format!("file {}: {e}", path.display()))?;
+                let url = url::Url::from_file_path(&abs)
+                    .map_err(|_| format!("file {} cannot be made a file:// URL", path.display()))?;
+                (url, false)
+            }
+        };
+        let mut username = c.username.clone();
+        let mut password = c.password.clone();
+        if c.password.is_some() && c.password_file.is_some() {
+            return Err("give either password or password_file, not both".into());
+        }
+        if let Some(file) = &c.password_file {
+            password = Some(Secret::from_file(file)?);
+        }
+        // Credentials in the URL are taken out: GStreamer gets them as properties and
+        // they never reach a log line.
+        if !url.username().is_empty() {
+            let user = percent_decode(url.username());
+            username.get_or_insert(user);
+        }
+        if let Some(p) = url.password() {
+            let p = percent_decode(p);
+            password.get_or_insert(Secret::new(p));
+        }
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        let mut redacted = url.clone();
+        if redacted.query().is_some() {
+            redacted.set_query(Some("..."));
+        }
+        Ok(Source { uri: url.to_string(), redacted: redacted.to_string(), username, password, live })
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+}
+
+/// A camera ready to run: everything resolved and checked.
+#[derive(Debug, Clone)]
+pub struct Camera {
+    pub name: Name,
+    pub source: Source,
+    pub fps: f64,
+    pub regions: Vec<Region>,
+    pub rtsp_transport: RtspTransport,
+    pub enabled: bool,
+    pub looping: bool,
+}
+
+impl Camera {
+    pub fn from_config(c: &CameraConfig) -> Result<Camera, String> {
+        if !(c.fps.is_finite() && c.fps > 0.0 && c.fps <= 120.0) {
+            return Err(format!("fps must be above 0 and at most 120, found {}", c.fps));
+        }
+        for (i, r) in c.regions.iter().enumerate() {
+            r.check().map_err(|e| format!("regions[{i}]: {e}"))?;
+        }
+        Ok(Camera {
+            name: c.name.clone(),
+            source: Source::from_config(c)?,
+            fps: c.fps,
+            regions: c.regions.clone(),
+            rtsp_transport: c.rtsp_transport,
+            enabled: c.enabled,
+            looping: c.looping,
+        })
+    }
+
+    /// The name of region `i` in hits.
+    pub fn region_name(&self, i: usize) -> String {
+        match self.regions.get(i).and_then(|r| r.name.clone()) {
+            Some(n) => n,
+            None if self.regions.is_empty() => "frame".into(),
+            None => format!("region-{i}"),
+        }
+    }
+}
+
+/// Where a camera is in its life, as its status topic shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Connecting,
+    Streaming,
+    Stalled,
+    BackingOff,
+    Disabled,
+    Stopped,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Connecting => "connecting",
+            State::Streaming => "streaming",
+            State::Stalled => "stalled",
+            State::BackingOff => "backing_off",
+            State::Disabled => "disabled",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
+/// A camera's state with when it began and why.
+#[derive(Debug, Clone)]
+pub struct StateInfo {
+    pub state: State,
+    pub since: SystemTime,
+    pub reason: Option<String>,
+}
+
+/// What the camera thread, the inference worker and the publisher share about a camera:
+/// counters (atomics, updated on the frame path without locks) and the current state
+/// (a mutex touched only on state changes and by the status publisher).
+#[derive(Debug)]
+pub struct CameraShared {
+    pub camera: Camera,
+    /// Frames the pipeline delivered (after rate limiting).
+    pub frames_in: AtomicU64,
+    /// Frames the inference worker classified.
+    pub analysed: AtomicU64,
+    /// Frames dropped because inference was behind.
+    pub dropped: AtomicU64,
+    pub state: Mutex<StateInfo>,
+}
+
+impl CameraShared {
+    pub fn new(camera: Camera) -> Arc<CameraShared> {
+        let state = if camera.enabled { State::Connecting } else { State::Disabled };
+        Arc::new(CameraShared {
+            camera,
+            frames_in: AtomicU64::new(0),
+            analysed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            state: Mutex::new(StateInfo { state, since: SystemTime::now(), reason: None }),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        self.camera.name.as_str()
+    }
+
+    /// The current state (a copy).
+    pub fn state(&self) -> StateInfo {
+        match self.state.lock() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Moves to `state`; returns whether it changed. Logs one line per change.
+    pub fn set_state(&self, state: State, reason: Option<String>) -> bool {
+        let mut guard = match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if guard.state == state && guard.reason == reason {
+            return false;
+        }
+        match &reason {
+            Some(r) => {
+                tracing::info!(camera = %self.camera.name, "camera {} is {}: {r}", self.camera.name, state.name())
+            }
+            None => tracing::info!(camera = %self.camera.name, "camera {} is {}", self.camera.name, state.name()),
+        }
+        *guard = StateInfo { state, since: SystemTime::now(), reason };
+        true
+    }
+}
+
+/// One decoded frame, tightly packed RGB.
+pub struct Frame {
+    pub camera: Arc<CameraShared>,
+    /// Wall-clock time the frame left the pipeline.
+    pub captured_at: SystemTime,
+    /// Stream time of the frame (buffer PTS), when the source gives one.
+    pub pts: Option<Duration>,
+    pub width: u32,
+    pub height: u32,
+    pub rgb: Vec<u8>,
+}
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Frame({} {}x{} at {:?})", self.camera.name(), self.width, self.height, self.pts)
+    }
+}
+
+/// The bounded frame channel as a camera sees it: pushing never blocks; when full the
+/// oldest queued frame is dropped (and counted against its own camera) to make room.
+#[derive(Clone)]
+pub struct FrameQueue {
+    tx: Sender<Arc<Frame>>,
+    /// Used only to take the oldest frame out when the channel is full.
+    rx: Receiver<Arc<Frame>>,
+}
+
+impl FrameQueue {
+    /// A queue holding at most `capacity` frames, and the receiving end for the worker.
+    pub fn bounded(capacity: usize) -> (FrameQueue, Receiver<Arc<Frame>>) {
+        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        (FrameQueue { tx, rx: rx.clone() }, rx)
+    }
+
+    /// Queues `frame`, evicting the oldest if needed. Never blocks. (The queue keeps a
+    /// receiver of its own, so it never disconnects: cameras stop on their stop message.)
+    pub fn push(&self, frame: Arc<Frame>) {
+        let mut frame = frame;
+        loop {
+            match self.tx.try_send(frame) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => return,
+                Err(TrySendError::Full(f)) => {
+                    if let Ok(old) = self.rx.try_recv() {
+                        old.camera.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    frame = f;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> CameraConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn regions_take_pixels_or_fractions() {
+        let c = config(
+            "name = \"a\"\nurl = \"rtsp://h/s\"\nregions = [{ x = 0.5, y = 0, width = 0.5, height = 1.0 }, { name = \"lane\", x = 10, y = 20, width = 100, height = 50 }]",
+        );
+        let cam = Camera::from_config(&c).unwrap();
+        assert_eq!(cam.regions[0].resolve(640, 360).unwrap(), Crop { x: 320, y: 0, width: 320, height: 360 });
+        assert_eq!(cam.regions[1].resolve(640, 360).unwrap(), Crop { x: 10, y: 20, width: 100, height: 50 });
+        assert!(cam.regions[1].resolve(64, 36).is_err());
+        assert_eq!(cam.region_name(0), "region-0");
+        assert_eq!(cam.region_name(1), "lane");
+        let bad =
+            config("name = \"a\"\nurl = \"rtsp://h/s\"\nregions = [{ x = 0.6, y = 0, width = 0.5, height = 1.0 }]");
+        assert!(Camera::from_config(&bad).unwrap_err().contains("right edge"));
+        assert!(
+            toml::from_str::<CameraConfig>("name = \"a\"\nregions = [{ x = 1.5, y = 0, width = 1, height = 1 }]")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn credentials_leave_the_url() {
+        let c = config("name = \"a\"\nurl = \"rtsp://admin:p%40ss@10.0.0.5:554/stream?token=abc\"");
+        let s = Source::from_config(&c).unwrap();
+        assert_eq!(s.username.as_deref(), Some("admin"));
+        assert_eq!(s.password.as_ref().unwrap().expose(), "p@ss");
+        assert_eq!(s.uri, "rtsp://10.0.0.5:554/stream?token=abc");
+        assert_eq!(s.redacted, "rtsp://10.0.0.5:554/stream?...");
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("p@ss") && !dbg.contains("abc"), "{dbg}");
+        assert!(s.live);
+    }
+
+    #[test]
+    fn file_sources_become_file_urls() {
+        let c = config("name = \"a\"\nfile = \"clip.mkv\"");
+        let s = Source::from_config(&c).unwrap();
+        assert!(s.uri.starts_with("file:///") && s.uri.ends_with("/clip.mkv"), "{}", s.uri);
+        assert!(!s.live);
+        assert!(Source::from_config(&config("name = \"a\"")).is_err());
+        assert!(Source::from_config(&config("name = \"a\"\nfile = \"x\"\nurl = \"rtsp://h/\"")).is_err());
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_and_counts_it_against_its_camera() {
+        let cam = |n: &str| {
+            CameraShared::new(Camera::from_config(&config(&format!("name = \"{n}\"\nurl = \"rtsp://h/\""))).unwrap())
+        };
+        let (a, b) = (cam("a"), cam("b"));
+        let frame = |c: &Arc<CameraShared>, i: u64| {
+            Arc::new(Frame {
+                camera: c.clone(),
+                captured_at: SystemTime::now(),
+                pts: Some(Duration::from_secs(i)),
+                width: 1,
+                height: 1,
+                rgb: vec![0; 3],
+            })
+        };
+        let (q, rx) = FrameQueue::bounded(2);
+        q.push(frame(&a, 1));
+        q.push(frame(&b, 2));
+        q.push(frame(&b, 3)); // evicts a's frame 1
+        assert_eq!(a.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(b.dropped.load(Ordering::Relaxed), 0);
+        let left: Vec<_> = rx.try_iter().map(|f| f.pts.unwrap().as_secs()).collect();
+        assert_eq!(left, vec![2, 3]);
+    }
+}

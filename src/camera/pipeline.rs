@@ -1,0 +1,223 @@
+//! The GStreamer side of a camera: build the pipeline, pull frames, tear it down.
+//!
+//! ```text
+//! uridecodebin uri=... (video only; rtspsrc set up in source-setup)
+//!   ! videorate drop-only=true ! video/x-raw,framerate=<fps>
+//!   ! videoconvert ! video/x-raw,format=RGB
+//!   ! appsink max-buffers=1 drop=true
+//! ```
+//!
+//! Frames are dropped to the analysis rate *before* colour conversion, so conversion
+//! costs only what is analysed. Decoding picks the highest-ranked decoder, so hardware
+//! decoders (nvh264dec) are used where GStreamer ranks them first. The appsink keeps
+//! one buffer and drops older ones: a slow consumer never stalls the decoder, and the
+//! freshest frame wins. Credentials go to rtspsrc as properties, never in the URI.
+//!
+//! Elements are built with factories (not a launch string) so that properties are set
+//! with types and the URI is never parsed as pipeline syntax.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
+use gstreamer_video::prelude::*;
+
+use super::{Camera, CameraShared, Frame, RtspTransport};
+
+/// What a pipeline has to say between frames.
+#[derive(Debug)]
+pub enum BusEvent {
+    /// The stream ended (a file without `loop`, or a live source that hung up).
+    Eos,
+    /// An element failed; the pipeline is unusable.
+    Error(String),
+}
+
+/// One running pipeline.
+pub struct Pipeline {
+    pipeline: gst::Pipeline,
+    appsink: gst_app::AppSink,
+    bus: gst::Bus,
+    camera: Arc<CameraShared>,
+}
+
+fn element(factory: &str) -> Result<gst::Element, String> {
+    gst::ElementFactory::make(factory)
+        .build()
+        .map_err(|_| format!("GStreamer element `{factory}` is missing; install the GStreamer plugins (make setup)"))
+}
+
+/// `fps` as a GStreamer fraction (0.5 -> 1/2, 2 -> 2/1, 7.5 -> 15/2).
+fn fraction(fps: f64) -> gst::Fraction {
+    gst::Fraction::approximate_f64(fps).unwrap_or_else(|| gst::Fraction::new((fps * 1000.0).round() as i32, 1000))
+}
+
+impl Pipeline {
+    /// Builds the pipeline for `camera` and sets it playing.
+    pub fn open(shared: &Arc<CameraShared>) -> Result<Pipeline, String> {
+        let camera: &Camera = &shared.camera;
+        let pipeline = gst::Pipeline::with_name(&format!("camera-{}", camera.name));
+        let src = element("uridecodebin")?;
+        src.set_property("uri", &camera.source.uri);
+        src.set_property("caps", gst::Caps::builder("video/x-raw").any_features().build());
+        src.set_property("expose-all-streams", false);
+        let rate = element("videorate")?;
+        rate.set_property("drop-only", true);
+        let rate_caps = element("capsfilter")?;
+        rate_caps
+            .set_property("caps", gst::Caps::builder("video/x-raw").field("framerate", fraction(camera.fps)).build());
+        let convert = element("videoconvert")?;
+        let appsink = gst_app::AppSink::builder()
+            .caps(&gst_video::VideoCapsBuilder::new().format(gst_video::VideoFormat::Rgb).build())
+            .max_buffers(1)
+            .drop(true)
+            .sync(!camera.source.live)
+            .build();
+        appsink.set_property("enable-last-sample", false);
+
+        pipeline
+            .add_many([&src, &rate, &rate_caps, &convert, appsink.upcast_ref()])
+            .map_err(|e| format!("building pipeline: {e}"))?;
+        gst::Element::link_many([&rate, &rate_caps, &convert, appsink.upcast_ref()])
+            .map_err(|e| format!("linking pipeline: {e}"))?;
+
+        // rtspsrc (and other sources) are created by uridecodebin once it sees the URI.
+        let username = camera.source.username.clone();
+        let password = camera.source.password.clone();
+        let transport = camera.rtsp_transport;
+        src.connect("source-setup", false, move |args| {
+            let source = args.get(1).and_then(|v| v.get::<gst::Element>().ok())?;
+            let factory = source.factory().map(|f| f.name().to_string()).unwrap_or_default();
+            if factory == "rtspsrc" {
+                let protocols = match transport {
+                    RtspTransport::Tcp => "tcp",
+                    RtspTransport::Udp => "udp",
+                    RtspTransport::Auto => "udp+udp-mcast+tcp",
+                };
+                source.set_property_from_str("protocols", protocols);
+                source.set_property("latency", 200u32);
+                if let Some(u) = &username {
+                    source.set_property("user-id", u);
+                }
+                if let Some(p) = &password {
+                    source.set_property("user-pw", p.expose());
+                }
+            } else if factory == "souphttpsrc" {
+                if let Some(u) = &username {
+                    source.set_property("user-id", u);
+                }
+                if let Some(p) = &password {
+                    source.set_property("user-pw", p.expose());
+                }
+            }
+            None
+        });
+        // Link the first video pad uridecodebin exposes. The closure holds a weak
+        // reference: a strong one would keep the pipeline alive forever.
+        let rate_weak = rate.downgrade();
+        src.connect_pad_added(move |_, pad| {
+            let Some(rate) = rate_weak.upgrade() else { return };
+            let Some(sink) = rate.static_pad("sink") else { return };
+            if sink.is_linked() {
+                return;
+            }
+            let is_video = pad
+                .current_caps()
+                .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
+                .unwrap_or(false);
+            if is_video && let Err(e) = pad.link(&sink) {
+                tracing::warn!("cannot link decoded video: {e:?}");
+            }
+        });
+
+        let bus = pipeline.bus().ok_or("pipeline has no bus")?;
+        let p = Pipeline { pipeline, appsink, bus, camera: Arc::clone(shared) };
+        if let Err(e) = p.pipeline.set_state(gst::State::Playing) {
+            let reason = p.take_error().unwrap_or_else(|| format!("cannot start pipeline: {e}"));
+            p.close(Duration::from_secs(2));
+            return Err(reason);
+        }
+        Ok(p)
+    }
+
+    /// The first error message on the bus, if any (for start-up failures).
+    fn take_error(&self) -> Option<String> {
+        while let Some(msg) = self.bus.pop_filtered(&[gst::MessageType::Error]) {
+            if let gst::MessageView::Error(e) = msg.view() {
+                return Some(e.error().to_string());
+            }
+        }
+        None
+    }
+
+    /// Waits up to `timeout` for the next frame.
+    pub fn pull(&self, timeout: Duration) -> Option<Frame> {
+        let sample = self.appsink.try_pull_sample(gst::ClockTime::from_nseconds(timeout.as_nanos() as u64))?;
+        let captured_at = SystemTime::now();
+        let caps = sample.caps()?;
+        let info = gst_video::VideoInfo::from_caps(caps).ok()?;
+        let buffer = sample.buffer()?;
+        let pts = buffer.pts().map(|t| Duration::from_nanos(t.nseconds()));
+        let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info).ok()?;
+        let (width, height) = (frame.width(), frame.height());
+        let stride = frame.plane_stride()[0] as usize;
+        let data = frame.plane_data(0).ok()?;
+        let row = width as usize * 3;
+        let mut rgb = Vec::with_capacity(row * height as usize);
+        for y in 0..height as usize {
+            rgb.extend_from_slice(&data[y * stride..y * stride + row]);
+        }
+        Some(Frame { camera: Arc::clone(&self.camera), captured_at, pts, width, height, rgb })
+    }
+
+    /// Errors and end-of-stream waiting on the bus.
+    pub fn poll_bus(&self) -> Option<BusEvent> {
+        while let Some(msg) =
+            self.bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos, gst::MessageType::Warning])
+        {
+            match msg.view() {
+                gst::MessageView::Eos(_) => return Some(BusEvent::Eos),
+                gst::MessageView::Error(e) => {
+                    let from = msg.src().map(|s| s.name().to_string()).unwrap_or_default();
+                    return Some(BusEvent::Error(format!("{} (from {from})", e.error())));
+                }
+                gst::MessageView::Warning(w) => {
+                    tracing::debug!(camera = %self.camera.name(), "GStreamer warning: {}", w.error());
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Plays a file source again from the start.
+    pub fn rewind(&self) -> Result<(), String> {
+        self.pipeline
+            .seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT, gst::ClockTime::ZERO)
+            .map_err(|e| format!("cannot rewind: {e}"))
+    }
+
+    /// Stops the pipeline. Setting a dead RTSP source to `Null` can block for many
+    /// seconds inside GStreamer, so it happens on a thread of its own; if it has not
+    /// finished within `limit` the pipeline is abandoned to that thread and we go on.
+    pub fn close(self, limit: Duration) {
+        let name = self.camera.name().to_string();
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+        let pipeline = self.pipeline;
+        let spawned = std::thread::Builder::new().name(format!("teardown:{name}")).spawn(move || {
+            let _ = pipeline.set_state(gst::State::Null);
+            let _ = done_tx.send(());
+        });
+        match spawned {
+            Ok(_) => {
+                if done_rx.recv_timeout(limit).is_err() {
+                    tracing::warn!(camera = %name, "pipeline teardown is taking longer than {limit:?}; abandoning it");
+                }
+            }
+            Err(e) => tracing::error!(camera = %name, "cannot start teardown thread: {e}"),
+        }
+    }
+}
