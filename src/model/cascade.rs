@@ -338,6 +338,28 @@ impl Prediction {
     }
 }
 
+/// Predictions built by hand, for tests of what consumes them.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A prediction whose leaves are `leaves` with their joint probabilities; the greedy
+    /// path is the most likely leaf.
+    pub fn prediction(leaves: &[((&str, &str, &str), f32)]) -> Prediction {
+        let table: Vec<Leaf> = leaves
+            .iter()
+            .map(|((v, m, o), _)| Leaf { view: v.to_string(), make: m.to_string(), model: o.to_string() })
+            .collect();
+        let leaf_p: Vec<f32> = leaves.iter().map(|(_, p)| *p).collect();
+        let best = (0..leaves.len()).max_by(|&a, &b| leaf_p[a].total_cmp(&leaf_p[b])).unwrap_or(0);
+        let path = Level::ALL
+            .iter()
+            .map(|&level| Choice { level, label: table[best].label(level).to_string(), p: leaf_p[best], top: vec![] })
+            .collect();
+        Prediction { path, leaves: table.into(), leaf_p }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

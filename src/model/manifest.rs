@@ -127,6 +127,24 @@ impl Manifest {
         head.weights.as_ref().map(|w| self.dir.join(w))
     }
 
+    /// Every (view, make, model) the cascade answers, in tree order, from the manifest
+    /// alone (no weights loaded). Call on a validated manifest.
+    pub fn leaves(&self) -> Vec<super::cascade::Leaf> {
+        let by_id: HashMap<&str, &HeadEntry> = self.heads.iter().map(|h| (h.id.as_str(), h)).collect();
+        let mut out = Vec::new();
+        let Some(root) = by_id.get(self.root.as_str()) else { return out };
+        for view in &root.labels {
+            let Some(make_head) = root.next.get(view).and_then(|id| by_id.get(id.as_str())) else { continue };
+            for make in &make_head.labels {
+                let Some(model_head) = make_head.next.get(make).and_then(|id| by_id.get(id.as_str())) else { continue };
+                for model in &model_head.labels {
+                    out.push(super::cascade::Leaf { view: view.clone(), make: make.clone(), model: model.clone() });
+                }
+            }
+        }
+        out
+    }
+
     /// Checks that the heads form one tree rooted at a view head, levels in order
     /// view -> make -> model, every label refined down to a model.
     pub fn validate(&self) -> Result<(), String> {
@@ -250,6 +268,8 @@ mod tests {
         let back: Manifest = toml::from_str(&text).unwrap();
         back.validate().unwrap();
         assert_eq!(back.heads.len(), 5);
+        let leaves: Vec<String> = back.leaves().iter().map(|l| format!("{}/{}/{}", l.view, l.make, l.model)).collect();
+        assert_eq!(leaves, vec!["front/bmw/3", "front/bmw/5", "angled/bmw/3", "angled/bmw/5"]);
     }
 
     #[test]

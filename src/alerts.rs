@@ -1,0 +1,384 @@
+//! Alert descriptions: what to look for, where, until when.
+//!
+//! An alert file holds `[[alert]]` tables:
+//!
+//! ```toml
+//! [[alert]]
+//! id = "amber-2291"            # unique; becomes the hit topic carwatch/hits/amber-2291
+//! make = "BMW"                 # compared case-insensitively with the cascade's labels
+//! model = "3-series"           # optional
+//! view = "front"               # optional
+//! cameras = ["gate-north"]     # optional; default every camera
+//! min_confidence = 0.6         # marginal probability of the description
+//! expires = 2026-12-01T00:00:00Z   # optional, RFC 3339 (TOML datetime or string)
+//! note = "Case 2291, silver child seat"
+//! confirm_frames = 2           # optional overrides of [matcher]
+//! confirm_window_s = 10
+//! cooldown_s = 60
+//! ```
+//!
+//! Makes, models and views must be ones the loaded cascade knows, and cameras must be
+//! configured: a typo would otherwise be an alert that can never fire. Every problem is
+//! reported with file:line:column.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::config::document::{Document, Problems};
+use crate::config::values::{Name, positive, probability, seconds};
+use crate::matcher::{MatcherConfig, Rule};
+use crate::model::cascade::Leaf;
+
+/// One alert, validated, with labels in the cascade's spelling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    pub id: Name,
+    pub make: String,
+    pub model: Option<String>,
+    pub view: Option<String>,
+    /// None: every camera.
+    pub cameras: Option<Vec<Name>>,
+    pub min_confidence: f32,
+    pub expires: Option<Timestamp>,
+    pub note: Option<String>,
+    pub rule: Rule,
+}
+
+impl Alert {
+    pub fn watches(&self, camera: &str) -> bool {
+        self.cameras.as_ref().is_none_or(|c| c.iter().any(|n| n.as_str() == camera))
+    }
+
+    pub fn active_at(&self, now: Timestamp) -> bool {
+        self.expires.is_none_or(|e| now < e)
+    }
+
+    /// "bmw 3-series (front)" for logs.
+    pub fn describe(&self) -> String {
+        let mut s = self.make.clone();
+        if let Some(m) = &self.model {
+            s.push(' ');
+            s.push_str(m);
+        }
+        if let Some(v) = &self.view {
+            s.push_str(&format!(" ({v})"));
+        }
+        s
+    }
+
+    /// The retained `alerts/active` entry.
+    pub fn summary(&self) -> AlertSummary {
+        AlertSummary {
+            id: self.id.to_string(),
+            make: self.make.clone(),
+            model: self.model.clone(),
+            view: self.view.clone(),
+            cameras: self.cameras.as_ref().map(|c| c.iter().map(|n| n.to_string()).collect()),
+            min_confidence: self.min_confidence,
+            expires: self.expires.map(crate::publish::rfc3339),
+            note: self.note.clone(),
+        }
+    }
+}
+
+/// An alert as published on `{prefix}/alerts/active`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertSummary {
+    pub id: String,
+    pub make: String,
+    pub model: Option<String>,
+    pub view: Option<String>,
+    pub cameras: Option<Vec<String>>,
+    pub min_confidence: f32,
+    pub expires: Option<String>,
+    pub note: Option<String>,
+}
+
+/// The labels alerts may use: what the loaded cascade can answer, and the cameras.
+#[derive(Debug, Clone)]
+pub struct Vocabulary {
+    pub leaves: Vec<Leaf>,
+    pub cameras: Vec<Name>,
+}
+
+impl Vocabulary {
+    fn find<'a>(&'a self, pick: impl Fn(&'a Leaf) -> &'a str, want: &str) -> Option<&'a str> {
+        self.leaves.iter().map(pick).find(|l| l.eq_ignore_ascii_case(want))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    id: Spanned<Name>,
+    make: Spanned<String>,
+    #[serde(default)]
+    model: Option<Spanned<String>>,
+    #[serde(default)]
+    view: Option<Spanned<String>>,
+    #[serde(default)]
+    cameras: Option<Vec<Spanned<Name>>>,
+    #[serde(default = "default_confidence", deserialize_with = "probability")]
+    min_confidence: f32,
+    #[serde(default)]
+    expires: Option<Expiry>,
+    #[serde(default)]
+    note: Option<String>,
+    #[serde(default, deserialize_with = "opt_positive")]
+    confirm_frames: Option<u32>,
+    #[serde(default, deserialize_with = "opt_seconds")]
+    confirm_window_s: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_seconds")]
+    cooldown_s: Option<Duration>,
+}
+
+fn default_confidence() -> f32 {
+    0.6
+}
+
+fn opt_positive<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    positive(d).map(Some)
+}
+
+fn opt_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    seconds(d).map(Some)
+}
+
+/// `expires`: a TOML datetime or a string, RFC 3339 with a time zone.
+struct Expiry(Timestamp);
+
+impl<'de> Deserialize<'de> for Expiry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Toml(toml::value::Datetime),
+        }
+        let text = match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expires must be an RFC 3339 time such as 2026-12-01T18:00:00Z"))?
+        {
+            Raw::Text(s) => s,
+            Raw::Toml(dt) => dt.to_string(),
+        };
+        text.parse::<Timestamp>().map(Expiry).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "expires `{text}` is not an RFC 3339 time with a time zone (like 2026-12-01T18:00:00Z): {e}"
+            ))
+        })
+    }
+}
+
+/// Why an alert file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertsError {
+    #[error("cannot read alert file {}: {source} (create it; it may hold no alerts)", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(Problems),
+}
+
+/// Every alert of a file.
+#[derive(Debug, Clone, Default)]
+pub struct AlertSet {
+    pub alerts: Vec<Arc<Alert>>,
+}
+
+impl AlertSet {
+    pub fn load(path: &Path, vocabulary: &Vocabulary, defaults: &MatcherConfig) -> Result<AlertSet, AlertsError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| AlertsError::Read { path: path.to_path_buf(), source })?;
+        AlertSet::parse(path, &text, vocabulary, defaults).map_err(AlertsError::Invalid)
+    }
+
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        vocabulary: &Vocabulary,
+        defaults: &MatcherConfig,
+    ) -> Result<AlertSet, Problems> {
+        let mut doc = Document::parse(path, text);
+        doc.reject_unknown_keys(&["alert"]);
+        let entries = doc.entries::<Entry>("alert");
+        let mut seen = HashSet::new();
+        let mut alerts = Vec::new();
+        for (i, spanned) in entries.into_iter().enumerate() {
+            let key = format!("alert[{i}]");
+            let e = spanned.into_inner();
+            let mut ok = true;
+            if !seen.insert(e.id.get_ref().clone()) {
+                doc.push_problem(e.id.span(), &key, &format!("alert id `{}` is used twice", e.id.get_ref()));
+                ok = false;
+            }
+            let make = match vocabulary.find(|l| &l.make, e.make.get_ref()) {
+                Some(m) => m.to_string(),
+                None => {
+                    let known: Vec<String> = unique(vocabulary.leaves.iter().map(|l| l.make.as_str()));
+                    doc.push_problem(
+                        e.make.span(),
+                        &key,
+                        &format!("make `{}` is not one the models know ({})", e.make.get_ref(), known.join(", ")),
+                    );
+                    ok = false;
+                    String::new()
+                }
+            };
+            let model = match &e.model {
+                None => None,
+                Some(m) => {
+                    let found = vocabulary
+                        .leaves
+                        .iter()
+                        .filter(|l| l.make.eq_ignore_ascii_case(&make))
+                        .map(|l| l.model.as_str())
+                        .find(|l| l.eq_ignore_ascii_case(m.get_ref()));
+                    if found.is_none() && !make.is_empty() {
+                        let known = unique(
+                            vocabulary
+                                .leaves
+                                .iter()
+                                .filter(|l| l.make.eq_ignore_ascii_case(&make))
+                                .map(|l| l.model.as_str()),
+                        );
+                        doc.push_problem(
+                            m.span(),
+                            &key,
+                            &format!(
+                                "model `{}` is not a {make} model the models know ({})",
+                                m.get_ref(),
+                                known.join(", ")
+                            ),
+                        );
+                        ok = false;
+                    }
+                    found.map(str::to_string)
+                }
+            };
+            let view = match &e.view {
+                None => None,
+                Some(v) => {
+                    let found = vocabulary.find(|l| &l.view, v.get_ref());
+                    if found.is_none() {
+                        let known = unique(vocabulary.leaves.iter().map(|l| l.view.as_str()));
+                        doc.push_problem(
+                            v.span(),
+                            &key,
+                            &format!("view `{}` is not one the models know ({})", v.get_ref(), known.join(", ")),
+                        );
+                        ok = false;
+                    }
+                    found.map(str::to_string)
+                }
+            };
+            let cameras = match e.cameras {
+                None => None,
+                Some(list) => {
+                    for c in &list {
+                        if !vocabulary.cameras.contains(c.get_ref()) {
+                            doc.push_problem(c.span(), &key, &format!("camera `{}` is not configured", c.get_ref()));
+                            ok = false;
+                        }
+                    }
+                    Some(list.into_iter().map(|c| c.into_inner()).collect())
+                }
+            };
+            if ok {
+                alerts.push(Arc::new(Alert {
+                    id: e.id.into_inner(),
+                    make,
+                    model,
+                    view,
+                    cameras,
+                    min_confidence: e.min_confidence,
+                    expires: e.expires.map(|x| x.0),
+                    note: e.note,
+                    rule: Rule {
+                        confirm_frames: e.confirm_frames.unwrap_or(defaults.confirm_frames),
+                        window: e.confirm_window_s.unwrap_or(defaults.confirm_window),
+                        cooldown: e.cooldown_s.unwrap_or(defaults.cooldown),
+                    },
+                }));
+            }
+        }
+        let problems = doc.into_problems();
+        if problems.is_empty() { Ok(AlertSet { alerts }) } else { Err(Problems(problems)) }
+    }
+
+    /// Alerts not expired at `now`.
+    pub fn active(&self, now: Timestamp) -> Vec<Arc<Alert>> {
+        self.alerts.iter().filter(|a| a.active_at(now)).cloned().collect()
+    }
+}
+
+fn unique<'a>(items: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for i in items {
+        if !out.iter().any(|o| o.eq_ignore_ascii_case(i)) {
+            out.push(i.to_string());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vocabulary() -> Vocabulary {
+        let leaf = |v: &str, m: &str, o: &str| Leaf { view: v.into(), make: m.into(), model: o.into() };
+        Vocabulary {
+            leaves: vec![leaf("front", "BMW", "3-series"), leaf("front", "BMW", "x5"), leaf("angled", "audi", "a4")],
+            cameras: vec![Name::new("gate").unwrap(), Name::new("yard").unwrap()],
+        }
+    }
+
+    fn parse(text: &str) -> Result<AlertSet, Problems> {
+        AlertSet::parse(Path::new("alerts.toml"), text, &vocabulary(), &MatcherConfig::default())
+    }
+
+    #[test]
+    fn labels_resolve_case_insensitively_and_defaults_apply() {
+        let set = parse("[[alert]]\nid = \"a1\"\nmake = \"bmw\"\nmodel = \"3-SERIES\"\nexpires = 2026-12-01T00:00:00Z\n\n[[alert]]\nid = \"a2\"\nmake = \"Audi\"\nview = \"ANGLED\"\ncameras = [\"yard\"]\ncooldown_s = 5\nexpires = \"2026-12-01T01:00:00+01:00\"\n").unwrap();
+        let a = &set.alerts[0];
+        assert_eq!((a.make.as_str(), a.model.as_deref()), ("BMW", Some("3-series")));
+        assert_eq!(a.min_confidence, 0.6);
+        assert_eq!(
+            a.rule,
+            Rule { confirm_frames: 2, window: Duration::from_secs(10), cooldown: Duration::from_secs(60) }
+        );
+        let b = &set.alerts[1];
+        assert_eq!(b.view.as_deref(), Some("angled"));
+        assert_eq!(b.rule.cooldown, Duration::from_secs(5));
+        assert!(b.watches("yard") && !b.watches("gate"));
+        assert_eq!(a.expires, b.expires, "the same instant in two notations");
+        let before: Timestamp = "2026-11-30T23:59:59Z".parse().unwrap();
+        let after: Timestamp = "2026-12-01T00:00:00Z".parse().unwrap();
+        assert!(a.active_at(before) && !a.active_at(after));
+        assert_eq!(set.active(after).len(), 0);
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_position() {
+        let text = "[[alert]]\nid = \"a1\"\nmake = \"tesla\"\n\n[[alert]]\nid = \"a1\"\nmake = \"bmw\"\nmodel = \"a4\"\ncameras = [\"gate\", \"roof\"]\n\n[[alert]]\nid = \"a3\"\nmake = \"bmw\"\nexpires = 2026-12-01T00:00:00\nmin_confidence = 1.5\n";
+        let problems = parse(text).unwrap_err().0;
+        let at: Vec<(usize, &str)> = problems.iter().map(|p| (p.line, p.reason.as_str())).collect();
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+        assert!(at[0].0 == 3 && at[0].1.contains("make `tesla`"), "{at:?}");
+        assert!(at[1].0 == 6 && at[1].1.contains("used twice"), "{at:?}");
+        assert!(at[2].0 == 8 && at[2].1.contains("model `a4` is not a BMW model"), "{at:?}");
+        assert!(at[3].0 == 9 && at[3].1.contains("camera `roof`"), "{at:?}");
+        assert!(at[4].0 >= 13 && (at[4].1.contains("time zone") || at[4].1.contains("probability")), "{at:?}");
+    }
+
+    #[test]
+    fn an_empty_file_is_no_alerts() {
+        assert!(parse("").unwrap().alerts.is_empty());
+        assert!(parse("# nothing yet\n").unwrap().alerts.is_empty());
+    }
+}

@@ -1,0 +1,320 @@
+//! Deciding hits: predictions against active alerts, confirmation, cooldown.
+//!
+//! A frame matches an alert when, in one of its regions, the marginal probability of
+//! the alert's description (make; make and model; and view, when given) reaches the
+//! alert's `min_confidence`. One frame counts once per alert, whatever number of its
+//! regions match (the best region is kept). A hit is confirmed when `confirm_frames`
+//! matching frames of one camera fall within `confirm_window`; the (alert, camera) pair
+//! is then quiet for `cooldown`. Expired alerts stop matching at once.
+//!
+//! Time is passed in (`now` for windows, `wall` for expiries and hit times), so tests
+//! drive confirmation and cooldown without sleeping.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::alerts::{Alert, AlertSet};
+use crate::camera::{CameraShared, Frame};
+use crate::config::values::{positive, seconds};
+use crate::model::cascade::Leaf;
+use crate::model::{Crop, Level, Prediction};
+
+/// `[matcher]`: defaults for every alert (each may override them).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatcherConfig {
+    #[serde(default = "default_frames", deserialize_with = "positive")]
+    pub confirm_frames: u32,
+    #[serde(default = "default_window", deserialize_with = "seconds", rename = "confirm_window_s")]
+    pub confirm_window: Duration,
+    #[serde(default = "default_cooldown", deserialize_with = "seconds", rename = "cooldown_s")]
+    pub cooldown: Duration,
+}
+
+fn default_frames() -> u32 {
+    2
+}
+
+fn default_window() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_cooldown() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Default for MatcherConfig {
+    fn default() -> Self {
+        MatcherConfig {
+            confirm_frames: default_frames(),
+            confirm_window: default_window(),
+            cooldown: default_cooldown(),
+        }
+    }
+}
+
+/// Confirmation and cooldown of one alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    pub confirm_frames: u32,
+    pub window: Duration,
+    pub cooldown: Duration,
+}
+
+/// One classified region of a frame.
+#[derive(Debug, Clone)]
+pub struct RegionPrediction {
+    pub index: usize,
+    pub name: String,
+    pub crop: Crop,
+    pub prediction: Prediction,
+}
+
+/// A confirmed sighting of an alert's vehicle.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    /// Unique; time-ordered (UUID v7). Stays the same if the hit is delivered again.
+    pub hit_id: Uuid,
+    pub alert: Arc<Alert>,
+    pub camera: Arc<CameraShared>,
+    /// When the confirming frame was captured.
+    pub time: Timestamp,
+    pub region: RegionPrediction,
+    /// The alert's description as the cascade spells it, with the most likely view and
+    /// model filled in where the alert leaves them open.
+    pub leaf: Leaf,
+    /// Marginal probability of the alert's description in the confirming region.
+    pub confidence: f32,
+    /// Matching frames that confirmed it.
+    pub frames: u32,
+    pub frame: Arc<Frame>,
+}
+
+#[derive(Debug, Default)]
+struct PairState {
+    matches: VecDeque<Instant>,
+    quiet_until: Option<Instant>,
+}
+
+/// The matcher: owns the alert set and each (alert, camera) pair's state.
+pub struct Matcher {
+    alerts: AlertSet,
+    pairs: HashMap<(String, String), PairState>,
+}
+
+impl Matcher {
+    pub fn new(alerts: AlertSet) -> Matcher {
+        Matcher { alerts, pairs: HashMap::new() }
+    }
+
+    /// Replaces the alert set. Pairs of alerts that are still there keep their state,
+    /// so an edit to one alert does not reset the cooldown of the others.
+    pub fn set_alerts(&mut self, alerts: AlertSet) {
+        let ids: Vec<String> = alerts.alerts.iter().map(|a| a.id.to_string()).collect();
+        self.pairs.retain(|(alert, _), _| ids.contains(alert));
+        self.alerts = alerts;
+    }
+
+    pub fn alerts(&self) -> &AlertSet {
+        &self.alerts
+    }
+
+    /// Looks at the classified regions of one frame at time `now` / `wall`.
+    pub fn observe(
+        &mut self,
+        frame: &Arc<Frame>,
+        regions: &[RegionPrediction],
+        now: Instant,
+        wall: Timestamp,
+    ) -> Vec<Hit> {
+        let camera = frame.camera.name();
+        let mut hits = Vec::new();
+        for alert in &self.alerts.alerts {
+            if !alert.active_at(wall) || !alert.watches(camera) {
+                continue;
+            }
+            let best = regions
+                .iter()
+                .map(|r| (r, r.prediction.probability(alert.view.as_deref(), &alert.make, alert.model.as_deref())))
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            let Some((region, p)) = best else { continue };
+            if p < alert.min_confidence {
+                continue;
+            }
+            let pair = self.pairs.entry((alert.id.to_string(), camera.to_string())).or_default();
+            if pair.quiet_until.is_some_and(|q| now < q) {
+                continue;
+            }
+            let rule = alert.rule;
+            pair.matches.push_back(now);
+            while pair.matches.front().is_some_and(|&t| now.duration_since(t) > rule.window) {
+                pair.matches.pop_front();
+            }
+            if pair.matches.len() as u32 >= rule.confirm_frames {
+                let frames = pair.matches.len() as u32;
+                pair.matches.clear();
+                pair.quiet_until = Some(now + rule.cooldown);
+                hits.push(Hit {
+                    hit_id: Uuid::now_v7(),
+                    alert: Arc::clone(alert),
+                    camera: Arc::clone(&frame.camera),
+                    time: Timestamp::try_from(frame.captured_at).unwrap_or(wall),
+                    leaf: describe(&region.prediction, alert),
+                    region: region.clone(),
+                    confidence: p,
+                    frames,
+                    frame: Arc::clone(frame),
+                });
+            }
+        }
+        hits
+    }
+}
+
+/// The alert's description completed with the most likely open parts.
+fn describe(p: &Prediction, alert: &Alert) -> Leaf {
+    let model = alert.model.clone().unwrap_or_else(|| {
+        p.make_models()
+            .into_iter()
+            .find(|((m, _), _)| m.eq_ignore_ascii_case(&alert.make))
+            .map(|((_, o), _)| o)
+            .unwrap_or_default()
+    });
+    let view = alert.view.clone().unwrap_or_else(|| {
+        p.marginal(Level::View)
+            .into_iter()
+            .map(|(v, _)| v)
+            .max_by(|a, b| {
+                let pa = p.probability(Some(a), &alert.make, Some(&model));
+                let pb = p.probability(Some(b), &alert.make, Some(&model));
+                pa.total_cmp(&pb)
+            })
+            .unwrap_or_default()
+    });
+    Leaf { view, make: alert.make.clone(), model }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::Vocabulary;
+    use crate::camera::{Camera, CameraConfig};
+    use crate::config::values::Name;
+    use crate::model::cascade::testing::prediction;
+    use std::path::Path;
+    use std::time::SystemTime;
+
+    fn camera(name: &str) -> Arc<CameraShared> {
+        let cfg: CameraConfig = toml::from_str(&format!("name = \"{name}\"\nurl = \"rtsp://h/\"")).unwrap();
+        CameraShared::new(Camera::from_config(&cfg).unwrap())
+    }
+
+    fn frame(cam: &Arc<CameraShared>) -> Arc<Frame> {
+        Arc::new(Frame {
+            camera: cam.clone(),
+            captured_at: SystemTime::now(),
+            pts: None,
+            width: 4,
+            height: 4,
+            rgb: vec![0; 48],
+        })
+    }
+
+    /// One region whose prediction is `p_bmw_3` BMW 3-series, rest audi a4 (front view).
+    fn regions(p_bmw_3: f32) -> Vec<RegionPrediction> {
+        vec![RegionPrediction {
+            index: 0,
+            name: "frame".into(),
+            crop: Crop { x: 0, y: 0, width: 4, height: 4 },
+            prediction: prediction(&[
+                (("front", "bmw", "3-series"), p_bmw_3),
+                (("front", "audi", "a4"), 1.0 - p_bmw_3),
+            ]),
+        }]
+    }
+
+    fn matcher(alerts: &str) -> Matcher {
+        let leaf = |v: &str, m: &str, o: &str| Leaf { view: v.into(), make: m.into(), model: o.into() };
+        let vocab = Vocabulary {
+            leaves: vec![leaf("front", "bmw", "3-series"), leaf("front", "audi", "a4")],
+            cameras: vec![Name::new("gate").unwrap(), Name::new("yard").unwrap()],
+        };
+        Matcher::new(AlertSet::parse(Path::new("a.toml"), alerts, &vocab, &MatcherConfig::default()).unwrap())
+    }
+
+    const BMW: &str = "[[alert]]\nid = \"bmw3\"\nmake = \"bmw\"\nmodel = \"3-series\"\nconfirm_frames = 2\nconfirm_window_s = 10\ncooldown_s = 60\n";
+
+    #[test]
+    fn two_matching_frames_within_the_window_confirm_one_hit() {
+        let mut m = matcher(BMW);
+        let gate = camera("gate");
+        let t0 = Instant::now();
+        let wall = Timestamp::now();
+        assert!(m.observe(&frame(&gate), &regions(0.9), t0, wall).is_empty(), "one frame is not enough");
+        let hits = m.observe(&frame(&gate), &regions(0.8), t0 + Duration::from_secs(3), wall);
+        assert_eq!(hits.len(), 1);
+        let h = &hits[0];
+        assert_eq!((h.alert.id.as_str(), h.frames), ("bmw3", 2));
+        assert_eq!((h.leaf.view.as_str(), h.leaf.make.as_str(), h.leaf.model.as_str()), ("front", "bmw", "3-series"));
+        assert!((h.confidence - 0.8).abs() < 1e-6);
+    }
+
+    #[test]
+    fn matches_further_apart_than_the_window_do_not_confirm() {
+        let mut m = matcher(BMW);
+        let gate = camera("gate");
+        let t0 = Instant::now();
+        let wall = Timestamp::now();
+        assert!(m.observe(&frame(&gate), &regions(0.9), t0, wall).is_empty());
+        assert!(m.observe(&frame(&gate), &regions(0.9), t0 + Duration::from_secs(11), wall).is_empty());
+        assert_eq!(m.observe(&frame(&gate), &regions(0.9), t0 + Duration::from_secs(12), wall).len(), 1);
+    }
+
+    #[test]
+    fn a_steady_stream_gives_one_hit_per_cooldown() {
+        let mut m = matcher(BMW);
+        let gate = camera("gate");
+        let t0 = Instant::now();
+        let wall = Timestamp::now();
+        let mut hit_times = Vec::new();
+        // Two frames a second for 150 s.
+        for i in 0..300u64 {
+            let t = t0 + Duration::from_millis(500 * i);
+            if !m.observe(&frame(&gate), &regions(0.95), t, wall).is_empty() {
+                hit_times.push(i as f64 / 2.0);
+            }
+        }
+        assert_eq!(hit_times, vec![0.5, 61.0, 121.5], "hits at {hit_times:?}");
+    }
+
+    #[test]
+    fn low_confidence_other_cameras_and_expiry_are_respected() {
+        let mut m = matcher(
+            "[[alert]]\nid = \"a\"\nmake = \"bmw\"\ncameras = [\"gate\"]\nconfirm_frames = 1\ncooldown_s = 0\nexpires = 2030-01-01T00:00:00Z\nmin_confidence = 0.7\n",
+        );
+        let (gate, yard) = (camera("gate"), camera("yard"));
+        let t = Instant::now();
+        let before: Timestamp = "2029-12-31T23:59:59Z".parse().unwrap();
+        let after: Timestamp = "2030-01-01T00:00:01Z".parse().unwrap();
+        assert!(m.observe(&frame(&gate), &regions(0.65), t, before).is_empty(), "below min_confidence");
+        assert!(m.observe(&frame(&yard), &regions(0.99), t, before).is_empty(), "camera not watched");
+        assert_eq!(m.observe(&frame(&gate), &regions(0.99), t, before).len(), 1);
+        assert!(m.observe(&frame(&gate), &regions(0.99), t + Duration::from_secs(1), after).is_empty(), "expired");
+    }
+
+    #[test]
+    fn cameras_confirm_separately() {
+        let mut m = matcher(BMW);
+        let (gate, yard) = (camera("gate"), camera("yard"));
+        let t = Instant::now();
+        let wall = Timestamp::now();
+        assert!(m.observe(&frame(&gate), &regions(0.9), t, wall).is_empty());
+        assert!(m.observe(&frame(&yard), &regions(0.9), t, wall).is_empty(), "one frame each is not two of one camera");
+        assert_eq!(m.observe(&frame(&yard), &regions(0.9), t, wall)[0].camera.name(), "yard");
+    }
+}
