@@ -9,11 +9,18 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
+use carwatch::alerts::{AlertSet, AlertsError, Vocabulary};
 use carwatch::config::{self, Config, ConfigError};
 use carwatch::model::{
     self, Crop, DeviceChoice, Level, Placement, PrecisionChoice, Prediction, Recognizer, RgbImage, VggSpec,
 };
+use carwatch::synthetic::rtsp::RtspServer;
+use carwatch::synthetic::video::Scene;
 use carwatch::train::{self, TrainOptions, fit::FitOptions};
+
+/// Log filter without RUST_LOG. The embedded broker (rumqttd) logs every connection at
+/// info and every clean disconnect as an error in its router; neither helps an operator.
+const DEFAULT_LOG_FILTER: &str = "info,rumqttd=warn,rumqttd::router::routing=off";
 
 /// Exit status for a configuration the operator must fix (distinct from runtime failures).
 const EXIT_CONFIG: u8 = 2;
@@ -36,6 +43,8 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Watch the configured cameras and publish hits over MQTT (the daemon).
+    Watch(WatchArgs),
     /// Train the head cascade from a folder of labelled photos.
     Train(TrainArgs),
     /// Classify images (files or http(s) URLs) through backbone and cascade.
@@ -114,6 +123,18 @@ struct ClassifyArgs {
 }
 
 #[derive(Args)]
+struct WatchArgs {
+    #[arg(long, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// Models directory, instead of the config's model.dir.
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// Also print each hit as a JSON line on stdout.
+    #[arg(long)]
+    print_hits: bool,
+}
+
+#[derive(Args)]
 struct CheckArgs {
     #[arg(long, default_value = config::DEFAULT_PATH)]
     config: PathBuf,
@@ -133,6 +154,34 @@ enum SynthCommand {
         #[arg(long, default_value_t = 128)]
         size: u32,
     },
+    /// Write an H.264 clip (Matroska) of a synthetic scene.
+    Clip {
+        #[arg(long)]
+        out: PathBuf,
+        /// Segments `SECONDS:view/make/model[@x,y,w,h]+...;...` (see synthetic::video).
+        #[arg(long)]
+        scene: String,
+        #[arg(long, default_value_t = 480)]
+        width: u32,
+        #[arg(long, default_value_t = 384)]
+        height: u32,
+        #[arg(long, default_value_t = 10)]
+        fps: u32,
+    },
+    /// Serve synthetic scenes as RTSP cameras on 127.0.0.1 until interrupted.
+    Rtsp {
+        /// `PATH=SCENE`, e.g. `/gate=60:front/bmw/3-series` (repeatable).
+        #[arg(long = "mount", required = true)]
+        mounts: Vec<String>,
+        #[arg(long, default_value_t = 8554)]
+        port: u16,
+        #[arg(long, default_value_t = 480)]
+        width: u32,
+        #[arg(long, default_value_t = 384)]
+        height: u32,
+        #[arg(long, default_value_t = 10)]
+        fps: u32,
+    },
     /// Write randomly initialised VGG weights (torchvision names) as safetensors.
     Backbone {
         #[arg(long)]
@@ -149,6 +198,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let result = match cli.command {
+        Command::Watch(a) => watch_cmd(a),
         Command::Train(a) => train_cmd(a),
         Command::Classify(a) => classify_cmd(a),
         Command::Check(a) => check_cmd(a),
@@ -169,7 +219,7 @@ pub fn main() -> ExitCode {
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -191,6 +241,21 @@ fn default_cache_dir() -> PathBuf {
         Some(h) => PathBuf::from(h).join(".cache/carwatch/features"),
         None => PathBuf::from(".carwatch-cache/features"),
     }
+}
+
+fn watch_cmd(a: WatchArgs) -> Result<ExitCode> {
+    let config = Config::load(&a.config)?;
+    let on_hit: Option<carwatch::publish::HitCallback> = if a.print_hits {
+        Some(Box::new(|hit| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{hit}");
+            let _ = out.flush();
+        }))
+    } else {
+        None
+    };
+    carwatch::watch::run(&config, carwatch::watch::WatchOptions { models: a.models, on_hit })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn train_cmd(a: TrainArgs) -> Result<ExitCode> {
@@ -353,6 +418,7 @@ fn check_cmd(a: CheckArgs) -> Result<ExitCode> {
     let mut problems: Vec<String> = Vec::new();
     // Shapes are checked by loading on the CPU in fp32: no GPU needed to check a config.
     let cpu = Placement { device: tch::Device::Cpu, precision: model::Precision::Fp32 };
+    let mut leaves = None;
     match Recognizer::load(&config.model.dir, cpu) {
         Ok(r) => {
             if let Some(n) = r.cascade.notice() {
@@ -364,9 +430,21 @@ fn check_cmd(a: CheckArgs) -> Result<ExitCode> {
                 r.backbone.spec().widths,
                 r.cascade.leaves().len()
             );
+            leaves = Some(r.cascade.leaves().to_vec());
         }
         Err(e) => problems.push(format!("models {}: {e}", config.model.dir.display())),
     }
+    if let Some(leaves) = leaves {
+        let vocabulary = Vocabulary { leaves, cameras: config.cameras.iter().map(|c| c.name.clone()).collect() };
+        match AlertSet::load(&config.alerts, &vocabulary, &config.matcher) {
+            Ok(set) => println!("alerts {}: {} alert(s)", config.alerts.display(), set.alerts.len()),
+            Err(AlertsError::Invalid(p)) => problems.extend(p.0.iter().map(|p| p.to_string())),
+            Err(e) => problems.push(e.to_string()),
+        }
+    } else {
+        println!("alerts {}: not checked (they are checked against the models' labels)", config.alerts.display());
+    }
+    println!("{} camera(s)", config.cameras.len());
     if problems.is_empty() {
         println!("{}: ok", config.file.display());
         Ok(ExitCode::SUCCESS)
@@ -384,6 +462,27 @@ fn synth_cmd(cmd: SynthCommand) -> Result<ExitCode> {
             let samples = carwatch::synthetic::write_dataset(&out, per_class, seed, size)
                 .with_context(|| format!("writing synthetic photos to {}", out.display()))?;
             println!("wrote {} synthetic photos to {}", samples.len(), out.display());
+        }
+        SynthCommand::Clip { out, scene, width, height, fps } => {
+            let scene = Scene::parse(&scene, width, height, fps).map_err(anyhow::Error::msg)?;
+            carwatch::synthetic::video::write_clip(&scene, &out).map_err(anyhow::Error::msg)?;
+            println!("wrote a {:.0} s clip to {}", scene.period().as_secs_f64(), out.display());
+        }
+        SynthCommand::Rtsp { mounts, port, width, height, fps } => {
+            let mut parsed = Vec::new();
+            for m in &mounts {
+                let (path, scene) = m.split_once('=').ok_or_else(|| anyhow::anyhow!("--mount takes PATH=SCENE"))?;
+                parsed.push((path.to_string(), Scene::parse(scene, width, height, fps).map_err(anyhow::Error::msg)?));
+            }
+            let paths: Vec<String> = parsed.iter().map(|(p, _)| p.clone()).collect();
+            let server = RtspServer::start(parsed, port, None).map_err(anyhow::Error::msg)?;
+            for p in paths {
+                println!("{}", server.url(&p));
+            }
+            let mut signals =
+                signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+            let _ = signals.forever().next();
+            server.stop();
         }
         SynthCommand::Backbone { out, widths, seed } => {
             let spec = match widths {

@@ -1,26 +1,43 @@
 //! carwatch watches camera feeds for wanted vehicles.
 //!
-//! A tour, in the order data flows:
+//! A tour, in the order data flows through `carwatch watch` ([`watch`] puts it together):
 //!
 //! - [`config`] reads `carwatch.toml` into typed sections, reporting every problem with
-//!   file:line:column.
-//! - [`model`] is recognition: [`model::preprocess`] (crop, resize, ImageNet
-//!   normalisation), [`model::backbone`] (VGG-19's frozen convolutions, CPU or CUDA),
-//!   [`model::cascade`] (small heads for view -> make -> model, with marginals), all
-//!   loaded through [`model::Recognizer`].
-//! - [`train`] builds a cascade from a folder of labelled photos, computing backbone
-//!   features once and caching them.
-//! - [`input`] reads an image the operator names (file or http(s) URL) for `classify`.
-//! - [`synthetic`] draws generated vehicles and random backbones: the test data and the
-//!   demo model, since no real weights or photos can be shipped.
+//!   file:line:column; every stage gets its own section.
+//! - [`camera`]: one GStreamer pipeline per camera on its own thread (decode, drop to the
+//!   analysis rate, RGB), supervised with backoff; frames go into one bounded queue that
+//!   drops the oldest (counted) rather than block a camera.
+//! - [`batcher`] groups queued frames by size or deadline.
+//! - [`infer`] is the one thread that owns the model: it crops regions and runs
+//!   [`model::Recognizer`] — [`model::preprocess`] (crop, resize, ImageNet normalisation),
+//!   [`model::backbone`] (VGG-19's frozen convolutions, CPU or CUDA) and
+//!   [`model::cascade`] (heads for view -> make -> model, with marginals).
+//! - [`matcher`] compares predictions with the active [`alerts`], confirms over several
+//!   frames and applies cooldowns, producing hits.
+//! - [`publish`] writes each hit's [`snapshot`] and publishes hits, camera status and the
+//!   active alerts over MQTT (to a configured broker, or an embedded one).
+//!
+//! Beside the daemon: [`train`] builds a cascade from labelled photos (backbone features
+//! computed once and cached), [`input`] reads images for `classify`, and [`synthetic`]
+//! draws generated vehicles, clips and RTSP cameras: the test data and the demo, since
+//! no real weights or photos can be shipped.
 //!
 //! The binary (`main.rs`, `cli.rs`) is thin: it parses arguments, sets up logging and
-//! calls into this library, so tests and benchmarks run the same code.
+//! calls into this library, so tests and benchmarks run the same code. The library never
+//! prints; it logs through `tracing`.
 
 #![forbid(clippy::print_stdout)]
 
+pub mod alerts;
+pub mod batcher;
+pub mod camera;
 pub mod config;
+pub mod infer;
 pub mod input;
+pub mod matcher;
 pub mod model;
+pub mod publish;
+pub mod snapshot;
 pub mod synthetic;
 pub mod train;
+pub mod watch;

@@ -6,15 +6,25 @@
 //! fixes them in one pass; see [`document`].
 
 pub mod document;
+pub mod values;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use document::Document;
 pub use document::{Problem, Problems};
 
+use crate::batcher::BatchConfig;
+use crate::camera::{Camera, CameraConfig};
+use crate::matcher::MatcherConfig;
 use crate::model::{DeviceChoice, PrecisionChoice};
+use crate::publish::Topics;
+use crate::publish::broker::BrokerConfig;
+use crate::publish::mqtt::{MqttConfig, MqttSettings, default_prefix};
+use crate::snapshot::SnapshotConfig;
 
 /// Where carwatch looks for its config when none is given.
 pub const DEFAULT_PATH: &str = "config/carwatch.toml";
@@ -29,6 +39,35 @@ pub struct Config {
     /// The alert descriptions file.
     pub alerts: PathBuf,
     pub model: ModelConfig,
+    pub cameras: Vec<Camera>,
+    pub batch: BatchConfig,
+    pub matcher: MatcherConfig,
+    /// The broker to publish to; `None` starts the embedded one on `broker.listen`.
+    pub mqtt: Option<MqttSettings>,
+    pub topics: Topics,
+    pub broker: BrokerConfig,
+    pub snapshots: SnapshotConfig,
+    /// How often each camera's status is published even when it has not changed.
+    pub status_interval: Duration,
+}
+
+impl std::fmt::Debug for MqttSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttSettings")
+            .field("broker", &self.display)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Config {
+    /// Where snapshots are written.
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.snapshots.dir.clone().unwrap_or_else(|| self.state_dir.join("snapshots"))
+    }
 }
 
 /// `[model]`: which trained cascade to load, where and how to run it.
@@ -74,20 +113,88 @@ impl Config {
     /// Parses `text` as if read from `path`, collecting every problem.
     pub fn parse(path: &Path, text: &str) -> Result<Config, Problems> {
         let mut doc = Document::parse(path, text);
-        doc.reject_unknown_keys(&["state_dir", "alerts", "model"]);
+        doc.reject_unknown_keys(&[
+            "state_dir",
+            "alerts",
+            "status_interval_s",
+            "model",
+            "camera",
+            "batch",
+            "matcher",
+            "mqtt",
+            "broker",
+            "snapshots",
+        ]);
         let state_dir = doc.section::<PathBuf>("state_dir").map(|s| s.into_inner());
         let alerts = doc.section::<PathBuf>("alerts").map(|s| s.into_inner());
+        let status_interval = doc.section::<Seconds>("status_interval_s").map(|s| s.into_inner().0);
         let model = doc.section::<ModelConfig>("model").map(|s| s.into_inner());
-        let problems = doc.into_problems();
-        if !problems.is_empty() {
-            return Err(Problems(problems));
+        let batch = doc.section::<BatchConfig>("batch").map(|s| s.into_inner());
+        let matcher = doc.section::<MatcherConfig>("matcher").map(|s| s.into_inner());
+        let broker = doc.section::<BrokerConfig>("broker").map(|s| s.into_inner());
+        let snapshots = doc.section::<SnapshotConfig>("snapshots").map(|s| s.into_inner());
+
+        let mut cameras = Vec::new();
+        let mut names = HashSet::new();
+        for (i, entry) in doc.entries::<CameraConfig>("camera").into_iter().enumerate() {
+            let key = format!("camera[{i}]");
+            let span = entry.span();
+            let c = entry.into_inner();
+            if !names.insert(c.name.clone()) {
+                doc.push_problem(span.clone(), &key, &format!("camera name `{}` is used twice", c.name));
+            }
+            match Camera::from_config(&c) {
+                Ok(cam) => cameras.push(cam),
+                Err(e) => doc.push_problem(span, &key, &format!("camera `{}`: {e}", c.name)),
+            }
         }
+
+        let mut prefix = default_prefix();
+        let mut mqtt = None;
+        if let Some(section) = doc.section::<MqttConfig>("mqtt") {
+            let span = section.span();
+            let m = section.into_inner();
+            prefix = m.topic_prefix.clone();
+            match MqttSettings::from_config(&m) {
+                Ok(s) => mqtt = Some(s),
+                Err(e) => doc.push_problem(span, "mqtt", &e),
+            }
+        }
+        let topics = match Topics::new(&prefix) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                doc.push_problem(0..0, "mqtt.topic_prefix", &e);
+                None
+            }
+        };
+
+        let problems = doc.into_problems();
+        let (Some(topics), true) = (topics, problems.is_empty()) else {
+            return Err(Problems(problems));
+        };
         Ok(Config {
             file: path.to_path_buf(),
             state_dir: state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/carwatch")),
             alerts: alerts.unwrap_or_else(|| PathBuf::from("config/alerts.toml")),
             model: model.unwrap_or_default(),
+            cameras,
+            batch: batch.unwrap_or_default(),
+            matcher: matcher.unwrap_or_default(),
+            mqtt,
+            topics,
+            broker: broker.unwrap_or_default(),
+            snapshots: snapshots.unwrap_or_default(),
+            status_interval: status_interval.unwrap_or(Duration::from_secs(10)),
         })
+    }
+}
+
+/// A bare number of seconds as a top-level value.
+struct Seconds(Duration);
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        values::seconds(d).map(Seconds)
     }
 }
 
@@ -125,6 +232,7 @@ mod tests {
         let at: Vec<(usize, usize)> = problems.iter().map(|p| (p.line, p.column)).collect();
         assert_eq!(at, vec![(2, 1), (5, 10)], "{problems:?}");
         assert!(problems[0].reason.contains("unknown key `frobnicate`"), "{}", problems[0]);
+        assert!(problems[0].reason.contains("camera"), "the message lists the known keys: {}", problems[0]);
         assert!(problems[1].reason.contains("unknown device `gpu`"), "{}", problems[1]);
         let shown = Problems(problems).to_string();
         assert!(shown.starts_with("carwatch.toml:2:1: frobnicate: unknown key"), "{shown}");
@@ -134,6 +242,32 @@ mod tests {
         let problems = parse("[model]\ndevice = \"cpu\"\nprecison = \"fp32\"\n").unwrap_err().0;
         assert_eq!((problems[0].line, problems[0].column), (3, 1), "{problems:?}");
         assert!(problems[0].reason.contains("unknown field `precison`"), "{}", problems[0]);
+    }
+
+    #[test]
+    fn cameras_are_checked_one_by_one() {
+        let text = "[[camera]]\nname = \"gate\"\nurl = \"rtsp://cam/1\"\n\n[[camera]]\nname = \"gate\"\nurl = \"rtsp://cam/2\"\n\n[[camera]]\nname = \"yard\"\nfps = 0\nurl = \"rtsp://cam/3\"\n\n[[camera]]\nname = \"bad name\"\n";
+        let problems = parse(text).unwrap_err().0;
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert!(problems[0].line == 5 && problems[0].reason.contains("used twice"), "{}", problems[0]);
+        assert!(problems[1].line == 9 && problems[1].reason.contains("fps"), "{}", problems[1]);
+        assert!(problems[2].line == 15 && problems[2].reason.contains("not a valid name"), "{}", problems[2]);
+        let ok = parse("[[camera]]\nname = \"gate\"\nurl = \"rtsp://cam/1\"\nregions = [{ x = 0, y = 0, width = 0.5, height = 1.0 }]\n").unwrap();
+        assert_eq!(ok.cameras.len(), 1);
+        assert_eq!(ok.cameras[0].fps, 2.0);
+    }
+
+    #[test]
+    fn mqtt_problems_are_reported_and_the_default_is_the_embedded_broker() {
+        let c = parse("").unwrap();
+        assert!(c.mqtt.is_none());
+        assert_eq!(c.broker.listen.to_string(), "127.0.0.1:1883");
+        assert_eq!(c.topics.status(), "carwatch/status");
+        let problems = parse("[mqtt]\nurl = \"mqtts://broker\"\n").unwrap_err().0;
+        assert!(problems[0].reason.contains("ca_file"), "{problems:?}");
+        let c = parse("[mqtt]\nurl = \"mqtt://u:pw@broker:1999\"\ntopic_prefix = \"site7\"\n").unwrap();
+        assert_eq!(c.topics.status(), "site7/status");
+        assert!(!format!("{c:?}").contains("pw@") && !format!("{c:?}").contains("\"pw\""), "{c:?}");
     }
 
     #[test]

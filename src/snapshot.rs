@@ -1,0 +1,76 @@
+//! The picture that goes with a hit: the frame as a JPEG with the matching region
+//! outlined, so the person reading the alert sees what carwatch saw.
+//!
+//! Files are `{dir}/{camera}/{YYYY-MM-DD}/{hit_id}.jpg` (UTC date), written to a
+//! temporary name and renamed, so a reader never sees half a file. Encoding happens on
+//! the publisher thread, never on the inference path.
+
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use image::codecs::jpeg::JpegEncoder;
+use image::{Rgb, RgbImage};
+use imageproc::drawing::draw_hollow_rect_mut;
+use imageproc::rect::Rect;
+use serde::Deserialize;
+
+use crate::camera::Frame;
+use crate::model::Crop;
+
+/// `[snapshots]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// Where snapshots go [default: `<state_dir>/snapshots`].
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Also put the JPEG, base64-encoded, in the hit message.
+    #[serde(default)]
+    pub inline: bool,
+    #[serde(default = "default_quality")]
+    pub quality: u8,
+}
+
+fn default_quality() -> u8 {
+    85
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig { dir: None, inline: false, quality: default_quality() }
+    }
+}
+
+/// The frame with `crop` outlined, as JPEG bytes.
+pub fn encode(frame: &Frame, crop: Crop, quality: u8) -> Result<Vec<u8>, String> {
+    let mut img = RgbImage::from_raw(frame.width, frame.height, frame.rgb.clone())
+        .ok_or_else(|| format!("frame of {} bytes is not {}x{} RGB", frame.rgb.len(), frame.width, frame.height))?;
+    let thickness = (frame.width.min(frame.height) / 200).clamp(2, 6);
+    for t in 0..thickness {
+        if crop.width > 2 * t && crop.height > 2 * t {
+            let r = Rect::at((crop.x + t) as i32, (crop.y + t) as i32).of_size(crop.width - 2 * t, crop.height - 2 * t);
+            draw_hollow_rect_mut(&mut img, r, Rgb([255, 40, 40]));
+        }
+    }
+    let mut out = Vec::new();
+    JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100))
+        .encode_image(&img)
+        .map_err(|e| format!("JPEG encoding: {e}"))?;
+    Ok(out)
+}
+
+/// Writes `jpeg` for hit `hit_id` under `dir`; returns its path.
+pub fn write(dir: &Path, camera: &str, date: &str, hit_id: &str, jpeg: &[u8]) -> Result<PathBuf, String> {
+    let folder = dir.join(camera).join(date);
+    std::fs::create_dir_all(&folder).map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
+    let path = folder.join(format!("{hit_id}.jpg"));
+    let tmp = folder.join(format!(".{hit_id}.jpg.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut f = BufWriter::new(std::fs::File::create(&tmp)?);
+        std::io::Write::write_all(&mut f, jpeg)?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| format!("cannot write snapshot {}: {e}", path.display()))?;
+    Ok(path)
+}

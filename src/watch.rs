@@ -1,0 +1,216 @@
+//! `carwatch watch`: the daemon, put together.
+//!
+//! Start-up checks everything before starting anything: config (already parsed), the
+//! models' manifest, the alert file against the models' labels. Then, in order: the
+//! embedded broker (when no `[mqtt]`), the MQTT client and the `publish` thread, the
+//! `infer` thread (which loads the model and owns it), and one `camera:<name>` thread
+//! per camera. Data then flows one way: cameras -> frame queue -> infer (batcher,
+//! cascade, matcher) -> publish.
+//!
+//! Shutdown (SIGINT or SIGTERM) runs the other way: cameras are told to stop and their
+//! pipelines torn down (bounded, see `Pipeline::close`), the worker finishes the batch
+//! in hand, the publisher sends what it holds, publishes `offline` and disconnects.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::alerts::{AlertSet, AlertsError, Vocabulary};
+use crate::batcher::Batcher;
+use crate::camera::supervisor::{self, GstOpener, Timing};
+use crate::camera::{CameraShared, FrameQueue};
+use crate::config::Config;
+use crate::infer::{Worker, WorkerError};
+use crate::matcher::Matcher;
+use crate::model::{Manifest, ModelError, Placement};
+use crate::publish::mqtt::{Mqtt, MqttSettings};
+use crate::publish::{HitCallback, Publisher, PublisherConfig, broker};
+
+/// Options that do not belong in the config file.
+#[derive(Default)]
+pub struct WatchOptions {
+    /// Use this models directory instead of `model.dir`.
+    pub models: Option<PathBuf>,
+    /// Called with every hit's JSON (for `--print-hits`).
+    pub on_hit: Option<HitCallback>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Alerts(#[from] AlertsError),
+    #[error("GStreamer: {0}")]
+    Gstreamer(String),
+    #[error("MQTT: {0}")]
+    Mqtt(String),
+    #[error("inference worker: {0}")]
+    Worker(#[from] WorkerError),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Why the daemon is stopping.
+enum Stop {
+    Signal(i32),
+    WorkerEnded(Result<(), WorkerError>),
+}
+
+/// Longest a camera pipeline may take to stop.
+const TEARDOWN_LIMIT: Duration = Duration::from_secs(2);
+
+/// Runs until SIGINT/SIGTERM (Ok) or until the inference worker fails (Err).
+pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError> {
+    gstreamer::init().map_err(|e| WatchError::Gstreamer(e.to_string()))?;
+    let signals = signals()?;
+
+    let models = options.models.take().unwrap_or_else(|| config.model.dir.clone());
+    let manifest = Manifest::load(&models)?;
+    let vocabulary =
+        Vocabulary { leaves: manifest.leaves(), cameras: config.cameras.iter().map(|c| c.name.clone()).collect() };
+    let alerts = AlertSet::load(&config.alerts, &vocabulary, &config.matcher)?;
+    tracing::info!("{} alert(s) from {}", alerts.alerts.len(), config.alerts.display());
+    let placement = Placement::resolve(config.model.device, config.model.precision)?;
+
+    let settings = match &config.mqtt {
+        Some(s) => s.clone(),
+        None => {
+            broker::start(config.broker.listen).map_err(WatchError::Mqtt)?;
+            MqttSettings::local(config.broker.listen)
+        }
+    };
+    let mqtt = Mqtt::start(&settings, &config.topics).map_err(WatchError::Mqtt)?;
+    let cameras: Vec<Arc<CameraShared>> = config.cameras.iter().cloned().map(CameraShared::new).collect();
+    let (events_tx, events_rx) = crossbeam_channel::bounded(256);
+    let publisher = Publisher::spawn(
+        mqtt,
+        PublisherConfig {
+            topics: config.topics.clone(),
+            snapshot_dir: config.snapshot_dir(),
+            snapshot_inline: config.snapshots.inline,
+            snapshot_quality: config.snapshots.quality,
+            status_interval: config.status_interval,
+            on_hit: options.on_hit.take(),
+        },
+        cameras.clone(),
+        events_rx,
+    )
+    .map_err(|e| WatchError::Io(format!("cannot start publish thread: {e}")))?;
+
+    // The worker loads the model on its own thread and says when it is ready.
+    let (queue, frames) = FrameQueue::bounded(config.batch.queue as usize);
+    let (infer_stop_tx, infer_stop_rx) = crossbeam_channel::bounded::<()>(1);
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
+    let (ended_tx, ended_rx) = crossbeam_channel::bounded::<Result<(), WorkerError>>(1);
+    let batcher = Batcher::new(frames, infer_stop_rx, &config.batch);
+    let matcher = Matcher::new(alerts);
+    let worker_models = models.clone();
+    std::thread::Builder::new()
+        .name("infer".into())
+        .spawn(move || {
+            let result = match Worker::load(&worker_models, placement, batcher, matcher, events_tx) {
+                Ok(worker) => {
+                    let _ = ready_tx.send(Ok(()));
+                    worker.run()
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    Err(e)
+                }
+            };
+            let _ = ended_tx.send(result);
+        })
+        .map_err(|e| WatchError::Io(format!("cannot start infer thread: {e}")))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) | Err(_) => {
+            let err = ended_rx.recv().unwrap_or(Err(WorkerError::PublisherGone));
+            let _ = publisher.join();
+            return err.map_err(WatchError::from);
+        }
+    }
+
+    let mut camera_threads = Vec::new();
+    for cam in &cameras {
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+        let (c, q) = (Arc::clone(cam), queue.clone());
+        let spawned = std::thread::Builder::new().name(format!("camera:{}", cam.name())).spawn(move || {
+            supervisor::run(c, q, stop_rx, Box::new(GstOpener { teardown_limit: TEARDOWN_LIMIT }), Timing::default());
+            let _ = done_tx.send(());
+        });
+        spawned.map_err(|e| WatchError::Io(format!("cannot start camera thread: {e}")))?;
+        tracing::info!(camera = %cam.name(), "camera {} watching {}", cam.name(), cam.camera.source.redacted);
+        camera_threads.push((cam.name().to_string(), stop_tx, done_rx));
+    }
+    drop(queue);
+    tracing::info!("watching {} camera(s)", cameras.len());
+
+    let stop = crossbeam_channel::select! {
+        recv(signals) -> s => Stop::Signal(s.unwrap_or(0)),
+        recv(ended_rx) -> r => Stop::WorkerEnded(r.unwrap_or(Err(WorkerError::PublisherGone))),
+    };
+    let started = Instant::now();
+    if let Stop::Signal(s) = &stop {
+        tracing::info!("signal {s}: shutting down");
+    }
+    for (_, stop_tx, _) in &camera_threads {
+        let _ = stop_tx.send(());
+    }
+    let deadline = Instant::now() + TEARDOWN_LIMIT + Duration::from_millis(500);
+    for (name, _, done) in &camera_threads {
+        if done.recv_deadline(deadline).is_err() {
+            tracing::warn!(camera = %name, "camera {name} did not stop in time; leaving it");
+        }
+    }
+    let result = match stop {
+        Stop::WorkerEnded(r) => r,
+        Stop::Signal(_) => {
+            let _ = infer_stop_tx.send(());
+            ended_rx.recv_timeout(Duration::from_secs(2)).unwrap_or(Ok(()))
+        }
+    };
+    drop(infer_stop_tx);
+    wait_for(publisher, Duration::from_millis(2500));
+    tracing::info!("stopped in {:.1} s", started.elapsed().as_secs_f64());
+    result.map_err(WatchError::from)
+}
+
+fn wait_for(thread: std::thread::JoinHandle<()>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !thread.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if thread.is_finished() {
+        let _ = thread.join();
+    } else {
+        tracing::warn!("publisher did not finish within {limit:?}");
+    }
+}
+
+/// SIGINT and SIGTERM, as a channel.
+fn signals() -> Result<Receiver<i32>, WatchError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| WatchError::Io(format!("cannot install signal handlers: {e}")))?;
+    let (tx, rx): (Sender<i32>, Receiver<i32>) = crossbeam_channel::bounded(4);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for s in signals.forever() {
+                if tx.send(s).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| WatchError::Io(format!("cannot start signal thread: {e}")))?;
+    Ok(rx)
+}
+
+/// The models directory `watch` would use (for `check`).
+pub fn models_dir<'a>(config: &'a Config, override_: Option<&'a Path>) -> &'a Path {
+    override_.unwrap_or(&config.model.dir)
+}
