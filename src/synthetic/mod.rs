@@ -14,6 +14,13 @@
 //!
 //! Every image gets random placement, scale, colour jitter, background and noise, so
 //! memorising pixels does not work. Anything trained on these is labelled synthetic.
+//!
+//! [`video`] turns scenes of such vehicles into H.264 clips, and [`rtsp`] serves them
+//! as live RTSP cameras on loopback: the sample camera of `make run`, the cameras of the
+//! integration tests and of `bench pipeline`.
+
+pub mod rtsp;
+pub mod video;
 
 use std::path::{Path, PathBuf};
 
