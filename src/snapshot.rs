@@ -59,18 +59,21 @@ pub fn encode(frame: &Frame, crop: Crop, quality: u8) -> Result<Vec<u8>, String>
     Ok(out)
 }
 
-/// Writes `jpeg` for hit `hit_id` under `dir`; returns its path.
-pub fn write(dir: &Path, camera: &str, date: &str, hit_id: &str, jpeg: &[u8]) -> Result<PathBuf, String> {
-    let folder = dir.join(camera).join(date);
-    std::fs::create_dir_all(&folder).map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
-    let path = folder.join(format!("{hit_id}.jpg"));
-    let tmp = folder.join(format!(".{hit_id}.jpg.tmp"));
+/// Where the snapshot of hit `hit_id` goes.
+pub fn path(dir: &Path, camera: &str, date: &str, hit_id: &str) -> PathBuf {
+    dir.join(camera).join(date).join(format!("{hit_id}.jpg"))
+}
+
+/// Writes `jpeg` to `path` (its folder created as needed), atomically.
+pub fn write(path: &Path, jpeg: &[u8]) -> Result<(), String> {
+    let folder = path.parent().ok_or_else(|| format!("{} has no folder", path.display()))?;
+    std::fs::create_dir_all(folder).map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
+    let tmp = path.with_extension("jpg.tmp");
     let write = || -> std::io::Result<()> {
         let mut f = BufWriter::new(std::fs::File::create(&tmp)?);
         std::io::Write::write_all(&mut f, jpeg)?;
         f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, &path)
+        std::fs::rename(&tmp, path)
     };
-    write().map_err(|e| format!("cannot write snapshot {}: {e}", path.display()))?;
-    Ok(path)
+    write().map_err(|e| format!("cannot write snapshot {}: {e}", path.display()))
 }

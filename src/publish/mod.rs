@@ -1,8 +1,11 @@
 //! Output: hits, camera status and the active alert list, over MQTT.
 //!
-//! The `publish` thread owns the MQTT client. It receives [`Event`]s from the inference
-//! worker, writes each hit's snapshot, then publishes; it also publishes each camera's
-//! status when it changes and every `status_interval`. Topics (see docs/mqtt.md):
+//! The `publish` thread owns the MQTT client and the [`outbox`]. It receives [`Event`]s
+//! from the inference worker; each hit's snapshot is written and the hit stored in the
+//! outbox (fsynced) before it is published, and it leaves the outbox only when the
+//! broker has acknowledged it. Camera status is published when it changes and every
+//! `status_interval`. Nothing here blocks the frame path: the worker hands over a hit and
+//! goes on. Topics (see docs/mqtt.md):
 //!
 //! | topic | retained | payload |
 //! | --- | --- | --- |
@@ -11,13 +14,15 @@
 //! | `{prefix}/cameras/{name}/status` | yes | camera status JSON |
 //! | `{prefix}/alerts/active` | yes | JSON list of active alerts |
 //!
-//! - [`mqtt`]: the connection and its `mqtt` thread.
+//! - [`mqtt`]: the connection and its `mqtt` thread (packet ids, acknowledgements).
+//! - [`outbox`]: hits on disk until acknowledged.
 //! - [`broker`]: the embedded broker used when none is configured.
 
 pub mod broker;
 pub mod mqtt;
+pub mod outbox;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -31,10 +36,12 @@ use serde_json::{Value, json};
 
 use crate::alerts::AlertSummary;
 use crate::camera::{CameraShared, State};
+use crate::config::Problems;
 use crate::matcher::Hit;
 use crate::model::Level;
 use crate::snapshot;
-use mqtt::Mqtt;
+use mqtt::{Mqtt, Report, Tag};
+use outbox::Outbox;
 
 /// A time as RFC 3339 in UTC with milliseconds: `2026-11-26T15:04:05.123Z`.
 pub fn rfc3339(t: Timestamp) -> String {
@@ -74,6 +81,9 @@ impl Topics {
     pub fn alerts_active(&self) -> String {
         format!("{}/alerts/active", self.prefix)
     }
+    pub fn errors(&self) -> String {
+        format!("{}/errors", self.prefix)
+    }
 }
 
 /// What the inference worker tells the publisher.
@@ -81,6 +91,11 @@ pub enum Event {
     Hit(Box<Hit>),
     /// The active alert set changed (or is being announced).
     AlertsActive(Vec<AlertSummary>),
+    /// An input carwatch could not use (an alert file edit), for `{prefix}/errors`.
+    Error {
+        source: &'static str,
+        problems: Problems,
+    },
 }
 
 /// Receives each hit's JSON as it is published.
@@ -154,24 +169,29 @@ struct Rates {
     last_state: Option<(State, SystemTime)>,
 }
 
-/// The publisher: runs until `events` closes, then says `offline` and disconnects.
+/// The publisher: runs until `events` closes, then delivers what it can, says `offline`
+/// and disconnects.
 pub struct Publisher {
     mqtt: Mqtt,
     config: PublisherConfig,
+    outbox: Outbox,
     cameras: Vec<Arc<CameraShared>>,
     rates: HashMap<String, Rates>,
-    /// Publishes that rumqttc's queue refused (broker away); retried in order.
-    backlog: VecDeque<(String, bool, Vec<u8>)>,
+    /// Hits in the outbox not yet handed to the `mqtt` thread, oldest first.
+    unsent: VecDeque<u64>,
+    /// Hits handed over and not yet acknowledged.
+    in_flight: BTreeSet<u64>,
+    /// Hits to mark `redelivered` (sent before, or found in the outbox at start).
+    redeliver: HashSet<u64>,
     alerts: Option<Vec<u8>>,
-    generation: u64,
 }
 
-/// Most messages kept while the broker cannot take them; beyond it the oldest go.
-const BACKLOG_LIMIT: usize = 10_000;
-
 impl Publisher {
+    /// Starts the `publish` thread. Hits left in `outbox` by an earlier run are sent
+    /// first, marked redelivered.
     pub fn spawn(
         mqtt: Mqtt,
+        outbox: Outbox,
         config: PublisherConfig,
         cameras: Vec<Arc<CameraShared>>,
         events: Receiver<Event>,
@@ -180,20 +200,30 @@ impl Publisher {
         let rates = cameras
             .iter()
             .map(|c| {
-                (
-                    c.name().to_string(),
-                    Rates { at: now, frames_in: 0, analysed: 0, fps_in: 0.0, fps_analysed: 0.0, last_state: None },
-                )
+                let r = Rates { at: now, frames_in: 0, analysed: 0, fps_in: 0.0, fps_analysed: 0.0, last_state: None };
+                (c.name().to_string(), r)
             })
             .collect();
-        let generation = mqtt.link.generation.load(Ordering::SeqCst);
-        let p = Publisher { mqtt, config, cameras, rates, backlog: VecDeque::new(), alerts: None, generation };
+        let unsent: VecDeque<u64> = outbox.pending().map(|p| p.seq).collect();
+        let redeliver = unsent.iter().copied().collect();
+        let p = Publisher {
+            mqtt,
+            config,
+            outbox,
+            cameras,
+            rates,
+            unsent,
+            in_flight: BTreeSet::new(),
+            redeliver,
+            alerts: None,
+        };
         std::thread::Builder::new().name("publish".into()).spawn(move || p.run(events))
     }
 
     fn run(mut self, events: Receiver<Event>) {
         let tick = crossbeam_channel::tick(Duration::from_millis(250));
         let mut last_full = Instant::now() - self.config.status_interval;
+        let reports = self.mqtt.reports.clone();
         loop {
             select! {
                 recv(events) -> ev => match ev {
@@ -201,57 +231,100 @@ impl Publisher {
                     Ok(Event::AlertsActive(list)) => {
                         let body = serde_json::to_vec(&list).unwrap_or_default();
                         self.alerts = Some(body.clone());
-                        self.send(self.config.topics.alerts_active(), true, body);
+                        self.state(self.config.topics.alerts_active(), body);
+                    }
+                    Ok(Event::Error { source, problems }) => {
+                        let body = serde_json::to_vec(&error_payload(source, &problems)).unwrap_or_default();
+                        if self.mqtt.publish(self.config.topics.errors(), false, body, Tag::State).is_err() {
+                            tracing::warn!("MQTT queue full: an error report was not published");
+                        }
                     }
                     Err(_) => break,
                 },
+                recv(reports) -> r => if let Ok(r) = r { self.report(r) },
                 recv(tick) -> _ => {
-                    let reconnected = self.mqtt.link.generation.load(Ordering::SeqCst);
-                    let full = last_full.elapsed() >= self.config.status_interval || reconnected != self.generation;
-                    if reconnected != self.generation {
-                        // A new session: retained state may be gone from a restarted broker.
-                        self.generation = reconnected;
-                        if let Some(body) = self.alerts.clone() {
-                            self.send(self.config.topics.alerts_active(), true, body);
-                        }
-                    }
+                    let full = last_full.elapsed() >= self.config.status_interval;
                     self.statuses(full);
                     if full {
                         last_full = Instant::now();
                     }
-                    self.flush();
+                }
+            }
+            self.pump();
+        }
+        self.shutdown(&reports);
+    }
+
+    fn report(&mut self, report: Report) {
+        match report {
+            Report::Connected => {
+                // A new session: whatever was in flight will not be acknowledged. Send
+                // it again, in order, ahead of newer hits, and the retained state too.
+                let again: Vec<u64> = std::mem::take(&mut self.in_flight).into_iter().collect();
+                for seq in again.into_iter().rev() {
+                    self.redeliver.insert(seq);
+                    self.unsent.push_front(seq);
+                }
+                if !self.outbox.is_empty() {
+                    tracing::info!("{} hit(s) waiting in the outbox are being delivered", self.outbox.len());
+                }
+                if let Some(body) = self.alerts.clone() {
+                    self.state(self.config.topics.alerts_active(), body);
+                }
+                self.statuses(true);
+            }
+            Report::Acked(Tag::Hit(seq)) => {
+                self.in_flight.remove(&seq);
+                self.redeliver.remove(&seq);
+                if let Err(e) = self.outbox.ack(seq) {
+                    tracing::error!("{e}");
+                }
+            }
+            Report::Acked(_) => {}
+        }
+    }
+
+    /// Hands unsent hits to the `mqtt` thread while connected, up to the window.
+    fn pump(&mut self) {
+        while self.mqtt.is_connected() && self.in_flight.len() < mqtt::WINDOW {
+            let Some(seq) = self.unsent.pop_front() else { return };
+            let Some(p) = self.outbox.get(seq) else { continue };
+            let payload = if self.redeliver.contains(&seq) { mark_redelivered(&p.payload) } else { p.payload.clone() };
+            match self.mqtt.publish(p.topic.clone(), false, payload, Tag::Hit(seq)) {
+                Ok(()) => {
+                    self.in_flight.insert(seq);
+                }
+                Err(_) => {
+                    self.unsent.push_front(seq);
+                    return;
                 }
             }
         }
-        // Shutdown: final statuses, then offline and disconnect.
-        self.statuses(true);
-        self.flush();
-        if !self.backlog.is_empty() {
-            tracing::warn!("{} message(s) could not be handed to the MQTT client before shutdown", self.backlog.len());
-        }
-        self.mqtt.close(Duration::from_secs(2));
     }
 
     fn hit(&mut self, hit: &Hit) {
         let id = hit.hit_id.to_string();
         let date = hit.time.strftime("%Y-%m-%d").to_string();
-        let (path, inline) = match snapshot::encode(&hit.frame, hit.region.crop, self.config.snapshot_quality) {
-            Ok(jpeg) => {
-                let path = match snapshot::write(&self.config.snapshot_dir, hit.camera.name(), &date, &id, &jpeg) {
-                    Ok(p) => Some(p.display().to_string()),
-                    Err(e) => {
-                        tracing::error!("hit {id}: {e}");
-                        None
-                    }
-                };
-                (path, self.config.snapshot_inline.then_some(jpeg))
-            }
+        let path = snapshot::path(&self.config.snapshot_dir, hit.camera.name(), &date, &id);
+        let jpeg = match snapshot::encode(&hit.frame, hit.region.crop, self.config.snapshot_quality) {
+            Ok(j) => Some(j),
             Err(e) => {
                 tracing::error!("hit {id}: snapshot: {e}");
-                (None, None)
+                None
             }
         };
-        let payload = hit_payload(hit, path.as_deref(), inline.as_deref());
+        let written = match &jpeg {
+            Some(j) => match snapshot::write(&path, j) {
+                Ok(()) => Some(path.display().to_string()),
+                Err(e) => {
+                    tracing::error!("hit {id}: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
+        let inline = if self.config.snapshot_inline { jpeg.as_deref() } else { None };
+        let payload = hit_payload(hit, written.as_deref(), inline);
         tracing::info!(
             alert = %hit.alert.id, camera = %hit.camera.name(), hit = %id,
             "hit: {} on {} ({:.2}, {} frames)", hit.alert.describe(), hit.camera.name(), hit.confidence, hit.frames
@@ -260,7 +333,23 @@ impl Publisher {
             cb(&payload);
         }
         let topic = self.config.topics.hits(hit.alert.id.as_str());
-        self.send(topic, false, serde_json::to_vec(&payload).unwrap_or_default());
+        let body = serde_json::to_vec(&payload).unwrap_or_default();
+        match self.outbox.append(&topic, &body) {
+            Ok(seq) => self.unsent.push_back(seq),
+            Err(e) => {
+                // Without the outbox the hit can still go out now, just not survive a crash.
+                tracing::error!("hit {id} could not be stored ({e}); publishing it without the outbox");
+                let _ = self.mqtt.publish(topic, false, body, Tag::State);
+            }
+        }
+    }
+
+    /// Publishes a retained state message; dropped if the queue is full (the next one
+    /// supersedes it).
+    fn state(&mut self, topic: String, payload: Vec<u8>) {
+        if self.mqtt.publish(topic, true, payload, Tag::State).is_err() {
+            tracing::debug!("MQTT queue full: a state message was skipped");
+        }
     }
 
     fn statuses(&mut self, full: bool) {
@@ -284,30 +373,65 @@ impl Publisher {
             }
             r.last_state = Some((state.state, state.since));
             let body = serde_json::to_vec(&camera_status(&cam, r.fps_in, r.fps_analysed)).unwrap_or_default();
-            self.send(self.config.topics.camera_status(cam.name()), true, body);
+            self.state(self.config.topics.camera_status(cam.name()), body);
+        }
+        if full && let Some(body) = self.alerts.clone() {
+            self.state(self.config.topics.alerts_active(), body);
         }
     }
 
-    /// Publishes with QoS 1, or keeps the message for later if rumqttc's queue is full.
-    fn send(&mut self, topic: String, retain: bool, payload: Vec<u8>) {
-        if self.backlog.is_empty() && self.mqtt.publish(&topic, retain, payload.clone()).is_ok() {
-            return;
-        }
-        if self.backlog.len() >= BACKLOG_LIMIT
-            && let Some((t, _, _)) = self.backlog.pop_front()
-        {
-            tracing::error!("MQTT backlog full: dropped the oldest message (to {t})");
-        }
-        self.backlog.push_back((topic, retain, payload));
-    }
-
-    fn flush(&mut self) {
-        while let Some((topic, retain, payload)) = self.backlog.pop_front() {
-            if self.mqtt.publish(&topic, retain, payload.clone()).is_err() {
-                self.backlog.push_front((topic, retain, payload));
-                break;
+    /// Delivers what is pending (within a bound), publishes `offline`, waits for its
+    /// acknowledgement and disconnects. Undelivered hits stay in the outbox for next time.
+    fn shutdown(mut self, reports: &Receiver<Report>) {
+        self.statuses(true);
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        let mut offline_sent = false;
+        let mut offline_acked = false;
+        while Instant::now() < deadline && self.mqtt.is_connected() {
+            self.pump();
+            if self.unsent.is_empty() && self.in_flight.is_empty() && !offline_sent {
+                let topic = self.config.topics.status();
+                offline_sent = self.mqtt.publish(topic, true, b"offline".to_vec(), Tag::Offline).is_ok();
+            }
+            match reports.recv_timeout(Duration::from_millis(20)) {
+                Ok(Report::Acked(Tag::Offline)) => {
+                    offline_acked = true;
+                    break;
+                }
+                Ok(r) => self.report(r),
+                Err(_) => {}
             }
         }
+        if !self.outbox.is_empty() {
+            tracing::warn!("{} hit(s) not yet acknowledged stay in the outbox for the next start", self.outbox.len());
+        }
+        if !offline_acked {
+            tracing::warn!("the broker did not acknowledge `offline` before shutdown; its last will says it instead");
+        }
+        self.mqtt.disconnect(Duration::from_millis(500));
+    }
+}
+
+/// The `{prefix}/errors` message for problems with an input file.
+pub fn error_payload(source: &str, problems: &Problems) -> Value {
+    json!({
+        "time": rfc3339(Timestamp::now()),
+        "source": source,
+        "message": problems.to_string(),
+        "problems": problems.0.iter().map(|p| json!({
+            "file": p.file.display().to_string(), "line": p.line, "column": p.column, "key": p.key, "reason": p.reason,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The stored hit message with `redelivered` set.
+fn mark_redelivered(payload: &[u8]) -> Vec<u8> {
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(mut v) => {
+            v["redelivered"] = Value::Bool(true);
+            serde_json::to_vec(&v).unwrap_or_else(|_| payload.to_vec())
+        }
+        Err(_) => payload.to_vec(),
     }
 }
 

@@ -1,20 +1,29 @@
-//! The MQTT connection: options from config, TLS, last will, and the thread that drives
-//! rumqttc's event loop.
+//! The MQTT connection: options from config, TLS, last will, and the `mqtt` thread that
+//! drives rumqttc's event loop.
 //!
-//! rumqttc reconnects when its connection iterator is polled again after an error, so
-//! the `mqtt` thread never stops polling; it only waits (with backoff) between failed
-//! attempts so a dead broker does not spin a core. That thread is the only place that
-//! sees `ConnAck` and acknowledgements; publishing goes through [`Mqtt::publish`], which
-//! never blocks. `MqttOptions` is never logged: its Debug output includes the password.
+//! rumqttc reconnects when its connection is polled again after an error, so the `mqtt`
+//! thread never stops polling; it waits (with backoff, logging every failed attempt with
+//! the broker's reason) between attempts so that a dead broker does not spin a core.
+//!
+//! Delivery is ours to guarantee: with a clean session rumqttc drops whatever was queued
+//! or unacknowledged when a connection fails, and a PUBACK names only a packet id. So the
+//! `mqtt` thread assigns packet ids itself: it takes [`Command`]s from the publisher,
+//! gives each QoS 1 publish a free id, inserts it into the event loop between polls, and
+//! reports each acknowledgement with the [`Tag`] it was sent with. A PUBACK therefore
+//! maps to exactly one message; after a reconnect the publisher sends again whatever was
+//! not acknowledged. `MqttOptions` is never logged: its Debug output has the password.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use rumqttc::{
-    Client, ConnectReturnCode, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
+    Client, ConnectReturnCode, Connection, Event, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS,
+    RecvTimeoutError, Request, TlsConfiguration, Transport,
 };
 use serde::Deserialize;
 
@@ -159,32 +168,54 @@ pub fn redact(u: &str) -> String {
     }
 }
 
-/// Connection state shared between the `mqtt` thread and publishers.
+/// What a message is, for its acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tag {
+    /// A hit: its outbox sequence number.
+    Hit(u64),
+    /// The `offline` status sent at shutdown.
+    Offline,
+    /// Status and other state, superseded by the next one.
+    State,
+}
+
+/// A QoS 1 publish for the `mqtt` thread.
+#[derive(Debug)]
+pub struct Command {
+    pub topic: String,
+    pub retain: bool,
+    pub payload: Vec<u8>,
+    pub tag: Tag,
+}
+
+/// What the `mqtt` thread tells the publisher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// A new session began: nothing sent before it will be acknowledged.
+    Connected,
+    Acked(Tag),
+}
+
+/// Connection state, for status and metrics.
 #[derive(Debug, Default)]
 pub struct Link {
     pub connected: AtomicBool,
-    /// Bumped on every successful connect, so publishers can re-send retained state.
-    pub generation: AtomicU64,
-    /// QoS 1 publishes handed to rumqttc, written to the socket, and acknowledged by
-    /// the broker. All three equal: nothing is in flight.
-    pub requested: AtomicU64,
-    pub sent: AtomicU64,
-    pub acked: AtomicU64,
+    /// Successful connections so far.
+    pub connects: AtomicU64,
 }
 
-impl Link {
-    fn settled(&self) -> bool {
-        let requested = self.requested.load(Ordering::SeqCst);
-        self.sent.load(Ordering::SeqCst) >= requested && self.acked.load(Ordering::SeqCst) >= requested
-    }
-}
+/// Most QoS 1 messages in flight at once.
+pub const WINDOW: usize = 32;
+/// Packet ids we use: 1..=PKIDS (rumqttc's in-flight table has max_inflight + 1 slots).
+const PKIDS: u16 = 64;
 
-/// A connected (or connecting) client.
+/// The client side of the connection, held by the publisher.
 pub struct Mqtt {
     client: Client,
+    commands: Sender<Command>,
+    pub reports: Receiver<Report>,
     thread: Option<JoinHandle<()>>,
     pub link: Arc<Link>,
-    status_topic: String,
 }
 
 impl Mqtt {
@@ -194,6 +225,8 @@ impl Mqtt {
         let mut opts = MqttOptions::new(settings.client_id.clone(), settings.host.clone(), settings.port);
         opts.set_keep_alive(settings.keep_alive.max(Duration::from_secs(5)));
         opts.set_max_packet_size(32 * 1024 * 1024, 32 * 1024 * 1024);
+        opts.set_inflight(PKIDS);
+        opts.set_clean_session(true);
         opts.set_last_will(LastWill::new(topics.status(), "offline", QoS::AtLeastOnce, true));
         if let Some(u) = &settings.username {
             opts.set_credentials(
@@ -208,87 +241,44 @@ impl Mqtt {
                 client_auth: tls.client.clone(),
             }));
         }
-        let (client, mut connection) = Client::new(opts, 256);
+        let (client, connection) = Client::new(opts, 16);
+        let (commands, commands_rx) = crossbeam_channel::bounded(1024);
+        let (reports_tx, reports) = crossbeam_channel::unbounded();
         let link = Arc::new(Link::default());
-        let thread_link = Arc::clone(&link);
-        let online_client = client.clone();
-        let status = topics.status();
-        let broker_url = settings.display.clone();
+        let transport = Driver {
+            connection,
+            commands: commands_rx,
+            reports: reports_tx,
+            link: Arc::clone(&link),
+            broker: settings.display.clone(),
+            status_topic: topics.status(),
+            queue: VecDeque::new(),
+            inflight: HashMap::new(),
+            next_pkid: 1,
+        };
         let thread = std::thread::Builder::new()
             .name("mqtt".into())
-            .spawn(move || {
-                let mut backoff = Duration::from_millis(500);
-                let mut last_error = String::new();
-                for event in connection.iter() {
-                    match event {
-                        Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                            if ack.code == ConnectReturnCode::Success {
-                                tracing::info!("connected to MQTT broker {broker_url}");
-                                thread_link.connected.store(true, Ordering::SeqCst);
-                                thread_link.generation.fetch_add(1, Ordering::SeqCst);
-                                backoff = Duration::from_millis(500);
-                                last_error.clear();
-                                if online_client.try_publish(status.clone(), QoS::AtLeastOnce, true, "online").is_ok() {
-                                    thread_link.requested.fetch_add(1, Ordering::SeqCst);
-                                }
-                            }
-                        }
-                        Ok(Event::Outgoing(Outgoing::Publish(_))) => {
-                            thread_link.sent.fetch_add(1, Ordering::SeqCst);
-                        }
-                        Ok(Event::Incoming(Packet::PubAck(_))) => {
-                            thread_link.acked.fetch_add(1, Ordering::SeqCst);
-                        }
-                        Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
-                        Ok(_) => {}
-                        Err(e) => {
-                            thread_link.connected.store(false, Ordering::SeqCst);
-                            let msg = e.to_string();
-                            if msg != last_error {
-                                tracing::warn!("MQTT broker {broker_url}: {msg}; retrying");
-                                last_error = msg;
-                            }
-                            std::thread::sleep(backoff);
-                            backoff = (backoff * 2).min(Duration::from_secs(30));
-                        }
-                    }
-                }
-                thread_link.connected.store(false, Ordering::SeqCst);
-            })
+            .spawn(move || transport.run())
             .map_err(|e| format!("cannot start mqtt thread: {e}"))?;
-        Ok(Mqtt { client, thread: Some(thread), link, status_topic: topics.status() })
+        Ok(Mqtt { client, commands, reports, thread: Some(thread), link })
     }
 
-    /// Queues a publish; never blocks. Fails when rumqttc's request queue is full (the
-    /// broker is unreachable or slow), leaving the retry to the caller.
-    pub fn publish(&self, topic: &str, retain: bool, payload: Vec<u8>) -> Result<(), String> {
-        self.client.try_publish(topic, QoS::AtLeastOnce, retain, payload).map_err(|e| e.to_string())?;
-        self.link.requested.fetch_add(1, Ordering::SeqCst);
-        Ok(())
+    /// Hands a QoS 1 publish to the `mqtt` thread; never blocks. Fails when its queue is
+    /// full, leaving the retry (or the drop, for superseded state) to the caller.
+    pub fn publish(&self, topic: String, retain: bool, payload: Vec<u8>, tag: Tag) -> Result<(), Command> {
+        self.commands.try_send(Command { topic, retain, payload, tag }).map_err(|e| match e {
+            TrySendError::Full(c) | TrySendError::Disconnected(c) => c,
+        })
     }
 
     pub fn is_connected(&self) -> bool {
         self.link.connected.load(Ordering::SeqCst)
     }
 
-    /// Publishes `offline`, waits (within `limit`) until the broker has acknowledged it
-    /// and everything sent before it, then disconnects cleanly. (Disconnecting first
-    /// could drop publishes still queued in rumqttc, and a clean disconnect suppresses
-    /// the last will.)
-    pub fn close(mut self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        let status = self.status_topic.clone();
-        if self.publish(&status, true, b"offline".to_vec()).is_ok() {
-            while !self.link.settled() && self.is_connected() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-        if !self.link.settled() {
-            let unacked =
-                self.link.requested.load(Ordering::SeqCst).saturating_sub(self.link.acked.load(Ordering::SeqCst));
-            tracing::warn!("closing MQTT with {unacked} publish(es) not acknowledged by the broker");
-        }
+    /// Disconnects cleanly and waits (at most `limit`) for the `mqtt` thread to end.
+    pub fn disconnect(mut self, limit: Duration) {
         let _ = self.client.try_disconnect();
+        let deadline = Instant::now() + limit;
         if let Some(t) = self.thread.take() {
             while !t.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
@@ -297,6 +287,138 @@ impl Mqtt {
                 let _ = t.join();
             } else {
                 tracing::warn!("MQTT did not finish disconnecting within {limit:?}");
+            }
+        }
+    }
+}
+
+/// The `mqtt` thread's state.
+struct Driver {
+    connection: Connection,
+    commands: Receiver<Command>,
+    reports: Sender<Report>,
+    link: Arc<Link>,
+    broker: String,
+    status_topic: String,
+    /// Commands taken from the channel, not yet handed to rumqttc.
+    queue: VecDeque<Command>,
+    /// Packet id -> tag of each unacknowledged publish.
+    inflight: HashMap<u16, Tag>,
+    next_pkid: u16,
+}
+
+/// Longest pause between connection attempts: short enough that hits flow again soon
+/// after a broker returns, long enough not to hammer a broker that refuses us.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Longest a connected poll waits before the thread looks for new commands.
+const POLL: Duration = Duration::from_millis(20);
+/// A poll while not connected may be establishing a connection: never cut it short.
+const CONNECT_POLL: Duration = Duration::from_secs(30);
+/// State messages kept while the broker is away (they are superseded anyway).
+const STATE_QUEUE: usize = 1000;
+
+impl Driver {
+    fn run(mut self) {
+        let mut backoff = Duration::from_millis(500);
+        let mut attempt: u32 = 0;
+        loop {
+            self.take_commands();
+            let connected = self.link.connected.load(Ordering::SeqCst);
+            if connected {
+                self.inject();
+            }
+            let event = self.connection.recv_timeout(if connected { POLL } else { CONNECT_POLL });
+            match event {
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+                Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) if ack.code == ConnectReturnCode::Success => {
+                    tracing::info!("connected to MQTT broker {}", self.broker);
+                    attempt = 0;
+                    backoff = Duration::from_millis(500);
+                    // A new session: nothing in flight will be acknowledged, and hits
+                    // queued here are all sent again by the publisher.
+                    self.inflight.clear();
+                    self.queue.retain(|c| !matches!(c.tag, Tag::Hit(_)));
+                    self.queue.push_front(Command {
+                        topic: self.status_topic.clone(),
+                        retain: true,
+                        payload: b"online".to_vec(),
+                        tag: Tag::State,
+                    });
+                    self.link.connected.store(true, Ordering::SeqCst);
+                    self.link.connects.fetch_add(1, Ordering::SeqCst);
+                    let _ = self.reports.send(Report::Connected);
+                }
+                Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                    self.failed(&format!("broker refused the connection: {:?}", ack.code), &mut attempt, &mut backoff);
+                }
+                Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+                    if let Some(tag) = self.inflight.remove(&ack.pkid) {
+                        let _ = self.reports.send(Report::Acked(tag));
+                    }
+                }
+                Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => {
+                    self.link.connected.store(false, Ordering::SeqCst);
+                    return;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => self.failed(&e.to_string(), &mut attempt, &mut backoff),
+            }
+        }
+    }
+
+    /// One failed attempt: logged once, then a pause before rumqttc tries again.
+    fn failed(&mut self, reason: &str, attempt: &mut u32, backoff: &mut Duration) {
+        self.link.connected.store(false, Ordering::SeqCst);
+        self.inflight.clear();
+        *attempt += 1;
+        tracing::warn!(
+            "MQTT broker {}: {reason}; attempt {attempt} failed, retrying in {:.1} s",
+            self.broker,
+            backoff.as_secs_f64()
+        );
+        std::thread::sleep(*backoff);
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    }
+
+    fn take_commands(&mut self) {
+        while let Ok(c) = self.commands.try_recv() {
+            self.queue.push_back(c);
+        }
+        // While the broker is away, keep only the newest state messages.
+        let states = self.queue.iter().filter(|c| c.tag == Tag::State).count();
+        if states > STATE_QUEUE {
+            let mut excess = states - STATE_QUEUE;
+            self.queue.retain(|c| {
+                if excess > 0 && c.tag == Tag::State {
+                    excess -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+    }
+
+    /// Hands queued commands to rumqttc, each with a packet id of ours.
+    fn inject(&mut self) {
+        while self.inflight.len() < WINDOW {
+            let Some(c) = self.queue.pop_front() else { return };
+            let pkid = self.free_pkid();
+            let mut publish = Publish::new(c.topic, QoS::AtLeastOnce, c.payload);
+            publish.retain = c.retain;
+            publish.pkid = pkid;
+            self.inflight.insert(pkid, c.tag);
+            self.connection.eventloop.pending.push_back(Request::Publish(publish));
+        }
+    }
+
+    fn free_pkid(&mut self) -> u16 {
+        loop {
+            let p = self.next_pkid;
+            self.next_pkid = if p >= PKIDS { 1 } else { p + 1 };
+            if !self.inflight.contains_key(&p) {
+                return p;
             }
         }
     }
