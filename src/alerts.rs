@@ -316,6 +316,129 @@ impl AlertSet {
     }
 }
 
+/// Keeps the alert set current while carwatch runs (thread `alerts`).
+///
+/// The file is read again when it changes (inotify on its directory, so editors that
+/// write a new file and rename it are seen), every `poll` as a fallback (network file
+/// systems, missed events), and on SIGHUP. A change is read only once the file has been
+/// the same for a short while, so a slow writer is not caught half-way. An edit that
+/// does not parse or validate leaves the last good set in force; its problems go to the
+/// log and to `errors` (file:line:column each). A good edit goes to `updates`.
+pub struct Reloader {
+    pub path: PathBuf,
+    pub vocabulary: Vocabulary,
+    pub defaults: MatcherConfig,
+    pub updates: crossbeam_channel::Sender<AlertSet>,
+    pub errors: crossbeam_channel::Sender<Problems>,
+    pub hup: crossbeam_channel::Receiver<()>,
+    pub stop: crossbeam_channel::Receiver<()>,
+    pub poll: Duration,
+    /// How long the file must stay unchanged before it is read.
+    pub settle: Duration,
+}
+
+/// What identifies a version of the file without reading it.
+fn stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+impl Reloader {
+    /// Runs until `stop` fires; `initial` is the text the running set came from.
+    pub fn run(self, initial: &str) {
+        use notify::Watcher;
+        let (fs_tx, fs_rx) = crossbeam_channel::bounded::<()>(16);
+        let name = self.path.file_name().map(|n| n.to_os_string());
+        let handler = move |event: notify::Result<notify::Event>| {
+            if let Ok(e) = event
+                && e.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == name)
+            {
+                let _ = fs_tx.try_send(());
+            }
+        };
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let _watcher = match notify::recommended_watcher(handler) {
+            Ok(mut w) => match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                Ok(()) => Some(w),
+                Err(e) => {
+                    tracing::warn!("cannot watch {} for changes ({e}); checking every {:?}", dir.display(), self.poll);
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!("no file watcher ({e}); checking {} every {:?}", self.path.display(), self.poll);
+                None
+            }
+        };
+        let mut last_text = initial.to_string();
+        let mut last_stamp = stamp(&self.path);
+        let tick = crossbeam_channel::tick(self.poll);
+        loop {
+            let forced = crossbeam_channel::select! {
+                recv(self.stop) -> _ => return,
+                recv(self.hup) -> r => {
+                    if r.is_err() {
+                        return;
+                    }
+                    tracing::info!("SIGHUP: reading {} again", self.path.display());
+                    true
+                }
+                recv(fs_rx) -> _ => false,
+                recv(tick) -> _ => {
+                    if stamp(&self.path) == last_stamp {
+                        continue;
+                    }
+                    false
+                }
+            };
+            // Wait until the file stops changing (bounded), then read it.
+            let deadline = std::time::Instant::now() + self.settle * 10;
+            let mut seen = stamp(&self.path);
+            loop {
+                if self.stop.recv_timeout(self.settle).is_ok() {
+                    return;
+                }
+                while fs_rx.try_recv().is_ok() {}
+                let now = stamp(&self.path);
+                if now == seen || std::time::Instant::now() > deadline {
+                    break;
+                }
+                seen = now;
+            }
+            last_stamp = seen;
+            let text = match std::fs::read_to_string(&self.path) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!("cannot read alert file {}: {e}; keeping the current alerts", self.path.display());
+                    continue;
+                }
+            };
+            if text == last_text && !forced {
+                continue;
+            }
+            last_text = text.clone();
+            match AlertSet::parse(&self.path, &text, &self.vocabulary, &self.defaults) {
+                Ok(set) => {
+                    tracing::info!("alert file {} reloaded: {} alert(s)", self.path.display(), set.alerts.len());
+                    if self.updates.send(set).is_err() {
+                        return;
+                    }
+                }
+                Err(problems) => {
+                    tracing::error!(
+                        "alert file {} not applied, the previous alerts stay active:\n{problems}",
+                        self.path.display()
+                    );
+                    let _ = self.errors.send(problems);
+                }
+            }
+        }
+    }
+}
+
 fn unique<'a>(items: impl Iterator<Item = &'a str>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for i in items {

@@ -113,6 +113,7 @@ mod tests {
         Arc::new(Frame {
             camera: cam.clone(),
             captured_at: SystemTime::now(),
+            seen: Instant::now(),
             pts: None,
             width: 1,
             height: 1,

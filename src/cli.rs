@@ -11,12 +11,14 @@ use serde_json::json;
 
 use carwatch::alerts::{AlertSet, AlertsError, Vocabulary};
 use carwatch::config::{self, Config, ConfigError};
+use carwatch::infer::WorkerError;
 use carwatch::model::{
     self, Crop, DeviceChoice, Level, Placement, PrecisionChoice, Prediction, Recognizer, RgbImage, VggSpec,
 };
 use carwatch::synthetic::rtsp::RtspServer;
 use carwatch::synthetic::video::Scene;
 use carwatch::train::{self, TrainOptions, fit::FitOptions};
+use carwatch::watch::WatchError;
 
 /// Log filter without RUST_LOG. The embedded broker (rumqttd) logs every connection at
 /// info and every clean disconnect as an error in its router; neither helps an operator.
@@ -210,6 +212,18 @@ pub fn main() -> ExitCode {
             if let Some(ConfigError::Invalid(problems)) = e.downcast_ref::<ConfigError>() {
                 eprintln!("{problems}");
                 return ExitCode::from(EXIT_CONFIG);
+            }
+            // Problems found while starting the watcher that the operator must fix in
+            // files (alerts, models) are configuration problems too.
+            if let Some(w) = e.downcast_ref::<WatchError>() {
+                let config_problem = matches!(
+                    w,
+                    WatchError::Alerts(_) | WatchError::Model(_) | WatchError::Worker(WorkerError::Load(_))
+                );
+                if config_problem {
+                    eprintln!("{w}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
             }
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

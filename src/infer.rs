@@ -9,11 +9,12 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use jiff::Timestamp;
 
+use crate::alerts::AlertSet;
 use crate::batcher::{Batcher, Next};
 use crate::camera::Frame;
 use crate::matcher::{Matcher, RegionPrediction};
@@ -30,6 +31,8 @@ pub struct Worker {
     batcher: Batcher,
     matcher: Matcher,
     events: Sender<Event>,
+    /// New alert sets from the reloader.
+    alert_updates: Receiver<AlertSet>,
     /// Cameras whose regions did not fit their frames (warned once each).
     misfit: HashSet<String>,
     active: Vec<String>,
@@ -54,13 +57,14 @@ impl Worker {
         batcher: Batcher,
         matcher: Matcher,
         events: Sender<Event>,
+        alert_updates: Receiver<AlertSet>,
     ) -> Result<Worker, WorkerError> {
         let recognizer = Recognizer::load(models, placement)?;
         if let Some(n) = recognizer.cascade.notice() {
             tracing::warn!("{n}");
         }
         tracing::info!("model loaded from {} on {}", models.display(), placement.describe());
-        Ok(Worker { recognizer, batcher, matcher, events, misfit: HashSet::new(), active: Vec::new() })
+        Ok(Worker { recognizer, batcher, matcher, events, alert_updates, misfit: HashSet::new(), active: Vec::new() })
     }
 
     /// Runs until the batcher says stop.
@@ -68,6 +72,10 @@ impl Worker {
         self.announce_alerts(true)?;
         let mut failures = 0;
         loop {
+            while let Ok(set) = self.alert_updates.try_recv() {
+                self.matcher.set_alerts(set);
+                self.announce_alerts(true)?;
+            }
             match self.batcher.next(Duration::from_millis(500)) {
                 Next::Stop => return Ok(()),
                 Next::Idle => self.announce_alerts(false)?,
@@ -113,7 +121,6 @@ impl Worker {
             views.push((image, crop));
         }
         let predictions = self.recognizer.classify(&views)?;
-        let now = Instant::now();
         let wall = Timestamp::now();
         let mut per_frame: Vec<Vec<RegionPrediction>> = vec![Vec::new(); frames.len()];
         for (&(fi, ri, crop), prediction) in items.iter().zip(predictions) {
@@ -122,7 +129,7 @@ impl Worker {
         }
         for (frame, regions) in frames.iter().zip(per_frame) {
             frame.camera.analysed.fetch_add(1, Ordering::Relaxed);
-            for hit in self.matcher.observe(frame, &regions, now, wall) {
+            for hit in self.matcher.observe(frame, &regions, frame.seen, wall) {
                 self.events.send(Event::Hit(Box::new(hit))).map_err(|_| WorkerError::PublisherGone)?;
             }
         }

@@ -124,7 +124,8 @@ impl Matcher {
         &self.alerts
     }
 
-    /// Looks at the classified regions of one frame at time `now` / `wall`.
+    /// Looks at the classified regions of one frame, seen at `now` (monotonic: windows
+    /// and cooldowns) when the wall clock read `wall` (expiries).
     pub fn observe(
         &mut self,
         frame: &Arc<Frame>,
@@ -218,6 +219,7 @@ mod tests {
         Arc::new(Frame {
             camera: cam.clone(),
             captured_at: SystemTime::now(),
+            seen: Instant::now(),
             pts: None,
             width: 4,
             height: 4,

@@ -17,16 +17,17 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::alerts::{AlertSet, AlertsError, Vocabulary};
+use crate::alerts::{AlertSet, AlertsError, Reloader, Vocabulary};
 use crate::batcher::Batcher;
 use crate::camera::supervisor::{self, GstOpener, Timing};
 use crate::camera::{CameraShared, FrameQueue};
-use crate::config::Config;
+use crate::config::{Config, Problems};
 use crate::infer::{Worker, WorkerError};
 use crate::matcher::Matcher;
 use crate::model::{Manifest, ModelError, Placement};
 use crate::publish::mqtt::{Mqtt, MqttSettings};
-use crate::publish::{HitCallback, Publisher, PublisherConfig, broker};
+use crate::publish::outbox::Outbox;
+use crate::publish::{Event, HitCallback, Publisher, PublisherConfig, broker};
 
 /// Options that do not belong in the config file.
 #[derive(Default)]
@@ -65,13 +66,16 @@ const TEARDOWN_LIMIT: Duration = Duration::from_secs(2);
 /// Runs until SIGINT/SIGTERM (Ok) or until the inference worker fails (Err).
 pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError> {
     gstreamer::init().map_err(|e| WatchError::Gstreamer(e.to_string()))?;
-    let signals = signals()?;
+    let (signals, hup) = signals()?;
 
     let models = options.models.take().unwrap_or_else(|| config.model.dir.clone());
     let manifest = Manifest::load(&models)?;
     let vocabulary =
         Vocabulary { leaves: manifest.leaves(), cameras: config.cameras.iter().map(|c| c.name.clone()).collect() };
-    let alerts = AlertSet::load(&config.alerts, &vocabulary, &config.matcher)?;
+    let alerts_text = std::fs::read_to_string(&config.alerts)
+        .map_err(|source| AlertsError::Read { path: config.alerts.clone(), source })?;
+    let alerts =
+        AlertSet::parse(&config.alerts, &alerts_text, &vocabulary, &config.matcher).map_err(AlertsError::Invalid)?;
     tracing::info!("{} alert(s) from {}", alerts.alerts.len(), config.alerts.display());
     let placement = Placement::resolve(config.model.device, config.model.precision)?;
 
@@ -82,11 +86,24 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
             MqttSettings::local(config.broker.listen)
         }
     };
+    let (outbox, recovery) = Outbox::open(&config.state_dir.join("outbox"), config.outbox.max_hits as usize)
+        .map_err(|e| WatchError::Io(format!("{e}; check that state_dir is writable")))?;
+    if recovery.pending > 0 {
+        tracing::info!("{} undelivered hit(s) found in the outbox; they will be delivered again", recovery.pending);
+    }
+    if recovery.corrupt > 0 || recovery.truncated > 0 {
+        tracing::error!(
+            "outbox: skipped {} damaged record(s) and {} torn byte(s) at its end; the rest was kept",
+            recovery.corrupt,
+            recovery.truncated
+        );
+    }
     let mqtt = Mqtt::start(&settings, &config.topics).map_err(WatchError::Mqtt)?;
     let cameras: Vec<Arc<CameraShared>> = config.cameras.iter().cloned().map(CameraShared::new).collect();
     let (events_tx, events_rx) = crossbeam_channel::bounded(256);
     let publisher = Publisher::spawn(
         mqtt,
+        outbox,
         PublisherConfig {
             topics: config.topics.clone(),
             snapshot_dir: config.snapshot_dir(),
@@ -108,10 +125,40 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
     let batcher = Batcher::new(frames, infer_stop_rx, &config.batch);
     let matcher = Matcher::new(alerts);
     let worker_models = models.clone();
+    let (updates_tx, updates_rx) = crossbeam_channel::bounded(4);
+    let (problems_tx, problems_rx) = crossbeam_channel::bounded::<Problems>(16);
+    let (reload_stop_tx, reload_stop_rx) = crossbeam_channel::bounded::<()>(1);
+    let reloader = Reloader {
+        path: config.alerts.clone(),
+        vocabulary,
+        defaults: config.matcher.clone(),
+        updates: updates_tx,
+        errors: problems_tx,
+        hup,
+        stop: reload_stop_rx,
+        poll: Duration::from_secs(2),
+        settle: Duration::from_millis(300),
+    };
+    std::thread::Builder::new()
+        .name("alerts".into())
+        .spawn(move || reloader.run(&alerts_text))
+        .map_err(|e| WatchError::Io(format!("cannot start alerts thread: {e}")))?;
+    // Alert file problems go out on {prefix}/errors through the publisher.
+    let error_events = events_tx.clone();
+    std::thread::Builder::new()
+        .name("alert-errors".into())
+        .spawn(move || {
+            for problems in problems_rx {
+                if error_events.send(Event::Error { source: "alerts", problems }).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| WatchError::Io(format!("cannot start thread: {e}")))?;
     std::thread::Builder::new()
         .name("infer".into())
         .spawn(move || {
-            let result = match Worker::load(&worker_models, placement, batcher, matcher, events_tx) {
+            let result = match Worker::load(&worker_models, placement, batcher, matcher, events_tx, updates_rx) {
                 Ok(worker) => {
                     let _ = ready_tx.send(Ok(()));
                     worker.run()
@@ -138,8 +185,9 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
         let (c, q) = (Arc::clone(cam), queue.clone());
+        let timing = Timing { stall_timeout: cam.camera.stall_timeout, ..Timing::default() };
         let spawned = std::thread::Builder::new().name(format!("camera:{}", cam.name())).spawn(move || {
-            supervisor::run(c, q, stop_rx, Box::new(GstOpener { teardown_limit: TEARDOWN_LIMIT }), Timing::default());
+            supervisor::run(c, q, stop_rx, Box::new(GstOpener { teardown_limit: TEARDOWN_LIMIT }), timing);
             let _ = done_tx.send(());
         });
         spawned.map_err(|e| WatchError::Io(format!("cannot start camera thread: {e}")))?;
@@ -174,6 +222,7 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
         }
     };
     drop(infer_stop_tx);
+    drop(reload_stop_tx);
     wait_for(publisher, Duration::from_millis(2500));
     tracing::info!("stopped in {:.1} s", started.elapsed().as_secs_f64());
     result.map_err(WatchError::from)
@@ -191,23 +240,27 @@ fn wait_for(thread: std::thread::JoinHandle<()>, limit: Duration) {
     }
 }
 
-/// SIGINT and SIGTERM, as a channel.
-fn signals() -> Result<Receiver<i32>, WatchError> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+/// SIGINT and SIGTERM (stop) and SIGHUP (re-read the alert file), as channels.
+fn signals() -> Result<(Receiver<i32>, Receiver<()>), WatchError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| WatchError::Io(format!("cannot install signal handlers: {e}")))?;
     let (tx, rx): (Sender<i32>, Receiver<i32>) = crossbeam_channel::bounded(4);
+    let (hup_tx, hup_rx) = crossbeam_channel::bounded::<()>(4);
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for s in signals.forever() {
-                if tx.send(s).is_err() {
+                if s == SIGHUP {
+                    // A full queue already holds a pending re-read.
+                    let _ = hup_tx.try_send(());
+                } else if tx.send(s).is_err() {
                     return;
                 }
             }
         })
         .map_err(|e| WatchError::Io(format!("cannot start signal thread: {e}")))?;
-    Ok(rx)
+    Ok((rx, hup_rx))
 }
 
 /// The models directory `watch` would use (for `check`).

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::de::{self, Deserializer, Visitor};
@@ -60,6 +60,17 @@ pub struct CameraConfig {
     /// Play a file source again from the start when it ends (sample clips, tests).
     #[serde(default, rename = "loop")]
     pub looping: bool,
+    /// No frame for this long: the camera is declared stalled and reconnected.
+    #[serde(
+        default = "default_stall",
+        deserialize_with = "crate::config::values::seconds",
+        rename = "stall_timeout_s"
+    )]
+    pub stall_timeout: Duration,
+}
+
+fn default_stall() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_fps() -> f64 {
@@ -249,6 +260,18 @@ impl Source {
         }
         Ok(Source { uri: url.to_string(), redacted: redacted.to_string(), username, password, live })
     }
+
+    /// `text` (an error message from GStreamer, say) with the URI and any credential
+    /// replaced by their redacted forms, so it can go to logs and status topics.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.replace(&self.uri, &self.redacted);
+        if let Some(p) = &self.password
+            && !p.expose().is_empty()
+        {
+            out = out.replace(p.expose(), "***");
+        }
+        out
+    }
 }
 
 fn percent_decode(s: &str) -> String {
@@ -265,6 +288,7 @@ pub struct Camera {
     pub rtsp_transport: RtspTransport,
     pub enabled: bool,
     pub looping: bool,
+    pub stall_timeout: Duration,
 }
 
 impl Camera {
@@ -283,6 +307,7 @@ impl Camera {
             rtsp_transport: c.rtsp_transport,
             enabled: c.enabled,
             looping: c.looping,
+            stall_timeout: c.stall_timeout.max(Duration::from_millis(500)),
         })
     }
 
@@ -368,8 +393,10 @@ impl CameraShared {
         }
     }
 
-    /// Moves to `state`; returns whether it changed. Logs one line per change.
+    /// Moves to `state`; returns whether it changed. Logs one line per change. The
+    /// reason is scrubbed of the source's URI and credentials.
     pub fn set_state(&self, state: State, reason: Option<String>) -> bool {
+        let reason = reason.map(|r| self.camera.source.scrub(&r));
         let mut guard = match self.state.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -391,8 +418,11 @@ impl CameraShared {
 /// One decoded frame, tightly packed RGB.
 pub struct Frame {
     pub camera: Arc<CameraShared>,
-    /// Wall-clock time the frame left the pipeline.
+    /// Wall-clock time the frame left the pipeline (what hits report).
     pub captured_at: SystemTime,
+    /// The same moment on the monotonic clock (what confirmation windows and cooldowns
+    /// measure: the time of the evidence, not of its processing).
+    pub seen: Instant,
     /// Stream time of the frame (buffer PTS), when the source gives one.
     pub pts: Option<Duration>,
     pub width: u32,
@@ -479,6 +509,8 @@ mod tests {
         let dbg = format!("{s:?}");
         assert!(!dbg.contains("p@ss") && !dbg.contains("abc"), "{dbg}");
         assert!(s.live);
+        let msg = "Could not open resource for reading: rtsp://10.0.0.5:554/stream?token=abc (p@ss rejected)";
+        assert_eq!(s.scrub(msg), "Could not open resource for reading: rtsp://10.0.0.5:554/stream?... (*** rejected)");
     }
 
     #[test]
@@ -501,6 +533,7 @@ mod tests {
             Arc::new(Frame {
                 camera: c.clone(),
                 captured_at: SystemTime::now(),
+                seen: Instant::now(),
                 pts: Some(Duration::from_secs(i)),
                 width: 1,
                 height: 1,

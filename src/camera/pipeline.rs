@@ -17,7 +17,7 @@
 //! with types and the URI is never parsed as pipeline syntax.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -157,6 +157,7 @@ impl Pipeline {
     pub fn pull(&self, timeout: Duration) -> Option<Frame> {
         let sample = self.appsink.try_pull_sample(gst::ClockTime::from_nseconds(timeout.as_nanos() as u64))?;
         let captured_at = SystemTime::now();
+        let seen = Instant::now();
         let caps = sample.caps()?;
         let info = gst_video::VideoInfo::from_caps(caps).ok()?;
         let buffer = sample.buffer()?;
@@ -170,7 +171,7 @@ impl Pipeline {
         for y in 0..height as usize {
             rgb.extend_from_slice(&data[y * stride..y * stride + row]);
         }
-        Some(Frame { camera: Arc::clone(&self.camera), captured_at, pts, width, height, rgb })
+        Some(Frame { camera: Arc::clone(&self.camera), captured_at, seen, pts, width, height, rgb })
     }
 
     /// Errors and end-of-stream waiting on the bus.

@@ -226,6 +226,7 @@ mod tests {
                 Some("frame") => Step::Frame(Frame {
                     camera: self.camera.clone(),
                     captured_at: SystemTime::now(),
+                    seen: Instant::now(),
                     pts: None,
                     width: 1,
                     height: 1,

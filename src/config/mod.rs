@@ -47,8 +47,11 @@ pub struct Config {
     pub topics: Topics,
     pub broker: BrokerConfig,
     pub snapshots: SnapshotConfig,
+    pub outbox: OutboxConfig,
     /// How often each camera's status is published even when it has not changed.
     pub status_interval: Duration,
+    /// The file itself holds a password (rather than naming a password file).
+    pub inline_secrets: bool,
 }
 
 impl std::fmt::Debug for MqttSettings {
@@ -107,7 +110,11 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Config::parse(path, &text).map_err(ConfigError::Invalid)
+        let config = Config::parse(path, &text).map_err(ConfigError::Invalid)?;
+        if config.inline_secrets {
+            warn_if_readable(path);
+        }
+        Ok(config)
     }
 
     /// Parses `text` as if read from `path`, collecting every problem.
@@ -124,6 +131,7 @@ impl Config {
             "mqtt",
             "broker",
             "snapshots",
+            "outbox",
         ]);
         let state_dir = doc.section::<PathBuf>("state_dir").map(|s| s.into_inner());
         let alerts = doc.section::<PathBuf>("alerts").map(|s| s.into_inner());
@@ -133,13 +141,16 @@ impl Config {
         let matcher = doc.section::<MatcherConfig>("matcher").map(|s| s.into_inner());
         let broker = doc.section::<BrokerConfig>("broker").map(|s| s.into_inner());
         let snapshots = doc.section::<SnapshotConfig>("snapshots").map(|s| s.into_inner());
+        let outbox = doc.section::<OutboxConfig>("outbox").map(|s| s.into_inner());
 
         let mut cameras = Vec::new();
         let mut names = HashSet::new();
+        let mut inline_secrets = false;
         for (i, entry) in doc.entries::<CameraConfig>("camera").into_iter().enumerate() {
             let key = format!("camera[{i}]");
             let span = entry.span();
             let c = entry.into_inner();
+            inline_secrets |= c.password.is_some();
             if !names.insert(c.name.clone()) {
                 doc.push_problem(span.clone(), &key, &format!("camera name `{}` is used twice", c.name));
             }
@@ -154,6 +165,7 @@ impl Config {
         if let Some(section) = doc.section::<MqttConfig>("mqtt") {
             let span = section.span();
             let m = section.into_inner();
+            inline_secrets |= m.password.is_some() || url::Url::parse(&m.url).is_ok_and(|u| u.password().is_some());
             prefix = m.topic_prefix.clone();
             match MqttSettings::from_config(&m) {
                 Ok(s) => mqtt = Some(s),
@@ -184,8 +196,44 @@ impl Config {
             topics,
             broker: broker.unwrap_or_default(),
             snapshots: snapshots.unwrap_or_default(),
+            outbox: outbox.unwrap_or_default(),
             status_interval: status_interval.unwrap_or(Duration::from_secs(10)),
+            inline_secrets,
         })
+    }
+}
+
+/// Warns when a file holding passwords can be read by users other than its owner.
+fn warn_if_readable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        let mode = m.permissions().mode();
+        if mode & 0o044 != 0 {
+            tracing::warn!(
+                "{} holds a password and is readable by other users (mode {:o}); run `chmod 600` on it, or use password_file / systemd credentials",
+                path.display(),
+                mode & 0o777
+            );
+        }
+    }
+}
+
+/// `[outbox]`: undelivered hits kept on disk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Most undelivered hits kept; beyond it the oldest are dropped (counted and logged).
+    #[serde(default = "default_outbox_hits", deserialize_with = "values::positive")]
+    pub max_hits: u32,
+}
+
+fn default_outbox_hits() -> u32 {
+    100_000
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig { max_hits: default_outbox_hits() }
     }
 }
 
