@@ -367,7 +367,13 @@ pub struct CameraShared {
     /// Frames dropped because inference was behind.
     pub dropped: AtomicU64,
     pub state: Mutex<StateInfo>,
+    /// State changes not yet published, oldest first: a state that lasts a millisecond
+    /// (stalled, then backing off) still reaches the status topic.
+    transitions: Mutex<Vec<StateInfo>>,
 }
+
+/// Most unpublished transitions kept per camera (a flapping camera keeps the newest).
+const MAX_TRANSITIONS: usize = 64;
 
 impl CameraShared {
     pub fn new(camera: Camera) -> Arc<CameraShared> {
@@ -378,6 +384,7 @@ impl CameraShared {
             analysed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             state: Mutex::new(StateInfo { state, since: SystemTime::now(), reason: None }),
+            transitions: Mutex::new(Vec::new()),
         })
     }
 
@@ -411,7 +418,23 @@ impl CameraShared {
             None => tracing::info!(camera = %self.camera.name, "camera {} is {}", self.camera.name, state.name()),
         }
         *guard = StateInfo { state, since: SystemTime::now(), reason };
+        let mut t = match self.transitions.lock() {
+            Ok(t) => t,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if t.len() >= MAX_TRANSITIONS {
+            t.remove(0);
+        }
+        t.push(guard.clone());
         true
+    }
+
+    /// State changes since the last call, oldest first.
+    pub fn take_transitions(&self) -> Vec<StateInfo> {
+        match self.transitions.lock() {
+            Ok(mut t) => std::mem::take(&mut *t),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
     }
 }
 

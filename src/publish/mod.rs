@@ -35,7 +35,7 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 
 use crate::alerts::AlertSummary;
-use crate::camera::{CameraShared, State};
+use crate::camera::{CameraShared, StateInfo};
 use crate::config::Problems;
 use crate::matcher::Hit;
 use crate::model::Level;
@@ -146,9 +146,8 @@ pub fn hit_payload(hit: &Hit, snapshot: Option<&str>, inline: Option<&[u8]>) -> 
     v
 }
 
-/// A camera's retained status message.
-fn camera_status(cam: &CameraShared, fps_in: f64, fps_analysed: f64) -> Value {
-    let s = cam.state();
+/// A camera's retained status message, for state `s`.
+fn camera_status(cam: &CameraShared, s: &StateInfo, fps_in: f64, fps_analysed: f64) -> Value {
     json!({
         "state": s.state,
         "since": rfc3339_system(s.since),
@@ -166,7 +165,6 @@ struct Rates {
     analysed: u64,
     fps_in: f64,
     fps_analysed: f64,
-    last_state: Option<(State, SystemTime)>,
 }
 
 /// The publisher: runs until `events` closes, then delivers what it can, says `offline`
@@ -200,7 +198,7 @@ impl Publisher {
         let rates = cameras
             .iter()
             .map(|c| {
-                let r = Rates { at: now, frames_in: 0, analysed: 0, fps_in: 0.0, fps_analysed: 0.0, last_state: None };
+                let r = Rates { at: now, frames_in: 0, analysed: 0, fps_in: 0.0, fps_analysed: 0.0 };
                 (c.name().to_string(), r)
             })
             .collect();
@@ -352,15 +350,12 @@ impl Publisher {
         }
     }
 
+    /// Publishes every camera state change since the last call, in order, and (with
+    /// `full`) every camera's current status with fresh rates.
     fn statuses(&mut self, full: bool) {
         let now = Instant::now();
         for cam in self.cameras.clone() {
             let Some(r) = self.rates.get_mut(cam.name()) else { continue };
-            let state = cam.state();
-            let changed = r.last_state != Some((state.state, state.since));
-            if !(full || changed) {
-                continue;
-            }
             let dt = now.duration_since(r.at).as_secs_f64();
             if full && dt > 0.5 {
                 let fi = cam.frames_in.load(Ordering::Relaxed);
@@ -371,9 +366,16 @@ impl Publisher {
                 r.analysed = fa;
                 r.at = now;
             }
-            r.last_state = Some((state.state, state.since));
-            let body = serde_json::to_vec(&camera_status(&cam, r.fps_in, r.fps_analysed)).unwrap_or_default();
-            self.state(self.config.topics.camera_status(cam.name()), body);
+            let (fps_in, fps_analysed) = (r.fps_in, r.fps_analysed);
+            let mut messages: Vec<Value> =
+                cam.take_transitions().iter().map(|s| camera_status(&cam, s, fps_in, fps_analysed)).collect();
+            if full && messages.is_empty() {
+                messages.push(camera_status(&cam, &cam.state(), fps_in, fps_analysed));
+            }
+            for m in messages {
+                let body = serde_json::to_vec(&m).unwrap_or_default();
+                self.state(self.config.topics.camera_status(cam.name()), body);
+            }
         }
         if full && let Some(body) = self.alerts.clone() {
             self.state(self.config.topics.alerts_active(), body);
