@@ -4,5 +4,6 @@
 mod support;
 
 mod check;
+mod faults;
 mod train_classify;
 mod watch;

@@ -1,58 +1,15 @@
 //! `carwatch watch` end to end: a GStreamer RTSP server and Mosquitto started by each
 //! test on 127.0.0.1, the real binary in between, an MQTT subscriber reading hits.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use carwatch::synthetic::class;
 use carwatch::synthetic::rtsp::RtspServer;
 use carwatch::synthetic::video::Scene;
 
-use crate::support::daemon::{SIGTERM, Watcher};
+use crate::support::daemon::{H, SIGTERM, W, Watcher, camera, single, write_config};
 use crate::support::mqtt::{Mosquitto, Subscriber, free_port};
-use crate::support::{self, trained, write};
-
-/// Frame size of the synthetic cameras: close to the training photos' aspect.
-const W: u32 = 400;
-const H: u32 = 320;
-
-fn single(view: &str, make: &str, model: &str) -> Scene {
-    Scene::single(class(view, make, model).unwrap(), W, H, 10)
-}
-
-/// Writes carwatch.toml (and alerts.toml) into `dir`; `mqtt_port` None = embedded broker.
-fn write_config(
-    dir: &Path,
-    mqtt: Option<u16>,
-    broker_port: Option<u16>,
-    cameras: &str,
-    alerts: &str,
-    matcher: &str,
-) -> PathBuf {
-    let t = trained();
-    let alerts_path = dir.join("alerts.toml");
-    write(&alerts_path, alerts);
-    let mut text = format!(
-        "state_dir = \"{state}\"\nalerts = \"{alerts}\"\nstatus_interval_s = 1\n\n[model]\ndir = \"{models}\"\ndevice = \"cpu\"\n\n[matcher]\n{matcher}\n\n[batch]\nmax_size = 8\nmax_wait_ms = 50\n\n",
-        state = dir.join("state").display(),
-        alerts = alerts_path.display(),
-        models = t.models.display(),
-    );
-    if let Some(port) = mqtt {
-        text.push_str(&format!("[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"carwatch-test-{port}\"\n\n"));
-    }
-    if let Some(port) = broker_port {
-        text.push_str(&format!("[broker]\nlisten = \"127.0.0.1:{port}\"\n\n"));
-    }
-    text.push_str(cameras);
-    let path = dir.join("carwatch.toml");
-    write(&path, &text);
-    path
-}
-
-fn camera(name: &str, url: &str, extra: &str) -> String {
-    format!("[[camera]]\nname = \"{name}\"\nurl = \"{url}\"\nfps = 4\n{extra}\n\n")
-}
+use crate::support::{self, trained};
 
 const LONG: Duration = Duration::from_secs(60);
 

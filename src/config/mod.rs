@@ -8,6 +8,9 @@
 pub mod document;
 pub mod values;
 
+#[cfg(test)]
+mod fuzz;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

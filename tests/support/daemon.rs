@@ -2,11 +2,59 @@
 //! output collected, stopped with a signal, killed on drop.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use carwatch::synthetic::class;
+use carwatch::synthetic::video::Scene;
+
+use super::{trained, write};
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Frame size of the synthetic cameras: close to the training photos' aspect.
+pub const W: u32 = 400;
+pub const H: u32 = 320;
+
+pub fn single(view: &str, make: &str, model: &str) -> Scene {
+    Scene::single(class(view, make, model).unwrap(), W, H, 10)
+}
+
+/// Writes carwatch.toml (and alerts.toml) into `dir`; `mqtt_port` None = embedded broker.
+pub fn write_config(
+    dir: &Path,
+    mqtt: Option<u16>,
+    broker_port: Option<u16>,
+    cameras: &str,
+    alerts: &str,
+    matcher: &str,
+) -> PathBuf {
+    let t = trained();
+    let alerts_path = dir.join("alerts.toml");
+    write(&alerts_path, alerts);
+    let mut text = format!(
+        "state_dir = \"{state}\"\nalerts = \"{alerts}\"\nstatus_interval_s = 1\n\n[model]\ndir = \"{models}\"\ndevice = \"cpu\"\n\n[matcher]\n{matcher}\n\n[batch]\nmax_size = 8\nmax_wait_ms = 50\n\n",
+        state = dir.join("state").display(),
+        alerts = alerts_path.display(),
+        models = t.models.display(),
+    );
+    if let Some(port) = mqtt {
+        text.push_str(&format!("[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"carwatch-test-{port}\"\n\n"));
+    }
+    if let Some(port) = broker_port {
+        text.push_str(&format!("[broker]\nlisten = \"127.0.0.1:{port}\"\n\n"));
+    }
+    text.push_str(cameras);
+    let path = dir.join("carwatch.toml");
+    write(&path, &text);
+    path
+}
+
+pub fn camera(name: &str, url: &str, extra: &str) -> String {
+    format!("[[camera]]\nname = \"{name}\"\nurl = \"{url}\"\nfps = 4\n{extra}\n\n")
+}
+
+/// A running `carwatch watch`.
 pub struct Watcher {
     child: Child,
     pub stdout: Arc<Mutex<String>>,
@@ -41,6 +89,15 @@ impl Watcher {
 
     pub fn logs(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// The hits printed so far (`--print-hits`), in order.
+    pub fn printed_hits(&self) -> Vec<serde_json::Value> {
+        self.stdout.lock().unwrap().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends `signal` (SIGTERM, SIGINT, SIGKILL...) to the process.

@@ -24,48 +24,135 @@ fn wait_listening(port: u16, limit: Duration) -> bool {
     false
 }
 
-/// Mosquitto on 127.0.0.1 and a free port; killed on drop.
+/// Mosquitto on 127.0.0.1 and a free port; killed on drop. Can be killed and started
+/// again on the same port, which is how tests make a broker vanish and come back.
 pub struct Mosquitto {
     pub port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
+    child: Option<Child>,
+    conf: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+fn mosquitto_binary() -> PathBuf {
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("mosquitto is not installed: run `make setup`")
 }
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
-        Mosquitto::start_with("")
+        Mosquitto::start_with(|_, port| format!("listener {port} 127.0.0.1\nallow_anonymous true\n"))
     }
 
-    /// Starts with `extra` appended to the listener's configuration.
-    pub fn start_with(extra: &str) -> Mosquitto {
+    /// Starts with the listener section `config(dir, port)` returns (the directory is the
+    /// broker's own, for certificates and password files).
+    pub fn start_with(config: impl FnOnce(&std::path::Path, u16) -> String) -> Mosquitto {
         let dir = super::tempdir();
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
-        let text =
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n{extra}\n");
+        let text = format!("persistence false\nlog_dest stderr\n{}\n", config(dir.path(), port));
         std::fs::write(&conf, text).unwrap();
-        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .expect("mosquitto is not installed: run `make setup`");
-        let child = Command::new(binary)
+        let mut m = Mosquitto { port, child: None, conf, dir };
+        m.restart();
+        m
+    }
+
+    /// Kills the broker (as a crash would: no goodbye to clients).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the broker again with the same configuration and port.
+    pub fn restart(&mut self) {
+        self.kill();
+        let log = std::fs::File::create(self.dir.path().join(format!("mosquitto-{}.log", free_port()))).unwrap();
+        let child = Command::new(mosquitto_binary())
             .arg("-c")
-            .arg(&conf)
+            .arg(&self.conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start mosquitto");
-        assert!(wait_listening(port, Duration::from_secs(10)), "mosquitto did not listen on {port}");
-        Mosquitto { port, child, _dir: dir }
+        self.child = Some(child);
+        assert!(wait_listening(self.port, Duration::from_secs(10)), "mosquitto did not listen on {}", self.port);
     }
 }
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
+}
+
+/// Runs a command that must succeed (test fixtures: openssl, mosquitto_passwd).
+pub fn sh(program: &str, args: &[&str], dir: &std::path::Path) {
+    let out = Command::new(program).args(args).current_dir(dir).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A certificate authority and a server certificate for 127.0.0.1 signed by it, made
+/// with openssl in `dir`: `<name>-ca.pem`, `<name>-server.pem`, `<name>-server.key`.
+pub fn make_ca(dir: &std::path::Path, name: &str) {
+    let ca_key = format!("{name}-ca.key");
+    let ca = format!("{name}-ca.pem");
+    let key = format!("{name}-server.key");
+    let csr = format!("{name}-server.csr");
+    let cert = format!("{name}-server.pem");
+    let ext = format!("{name}-ext.cnf");
+    std::fs::write(dir.join(&ext), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    sh(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca,
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name} test CA"),
+        ],
+        dir,
+    );
+    sh(
+        "openssl",
+        &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"],
+        dir,
+    );
+    sh(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &cert,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ],
+        dir,
+    );
+    // Mosquitto started as root drops to its own user, which must read the (throwaway) key.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join(&key), std::fs::Permissions::from_mode(0o644)).unwrap();
 }
 
 /// A received message.
@@ -93,6 +180,12 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn connect(port: u16, filter: &str) -> Subscriber {
+        Subscriber::connect_as(port, filter, None)
+    }
+
+    /// Connects with `credentials` (user, password). The subscription is renewed after
+    /// every reconnection, so the subscriber outlives broker restarts.
+    pub fn connect_as(port: u16, filter: &str, credentials: Option<(&str, &str)>) -> Subscriber {
         assert!(wait_listening(port, Duration::from_secs(10)), "no broker on {port}");
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -100,13 +193,20 @@ impl Subscriber {
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_max_packet_size(64 << 20, 64 << 20);
+        if let Some((u, p)) = credentials {
+            opts.set_credentials(u, p);
+        }
         let (client, mut connection) = Client::new(opts, 64);
-        client.subscribe(filter, QoS::AtLeastOnce).unwrap();
+        let resubscribe = client.clone();
+        let filter_owned = filter.to_string();
         let (tx, rx) = crossbeam_channel::unbounded();
         let (subscribed_tx, subscribed_rx) = crossbeam_channel::bounded(1);
         std::thread::spawn(move || {
             for event in connection.iter() {
                 match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = resubscribe.try_subscribe(filter_owned.clone(), QoS::AtLeastOnce);
+                    }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         let _ = subscribed_tx.try_send(());
                     }
