@@ -11,7 +11,7 @@ VENV          := .venv
 CARGO         ?= cargo
 PREFIX        ?= /usr/local
 
-.PHONY: setup build release lint test run models clean
+.PHONY: setup build release lint test run models install clean
 
 # Installs system packages and the torch venv (idempotent; quick when nothing is missing).
 setup:
@@ -37,6 +37,30 @@ run: build
 models: setup
 	$(VENV)/bin/pip install -q torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION) safetensors
 	$(VENV)/bin/python models/export_vgg19.py --out models/vgg19.safetensors
+
+# Installs the service: binary, libtorch and the CUDA libraries it links (about 3.6 GB,
+# beside the binary so no LD_LIBRARY_PATH is needed), the systemd unit, an example
+# configuration (never overwriting one that exists) and the models directory.
+# `make install DESTDIR=/tmp/stage PREFIX=/usr` stages a package instead.
+LIBDIR  := $(PREFIX)/lib/carwatch
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SITE    := $(shell readlink -f $(VENV)/libtorch 2>/dev/null)/..
+install: release
+	install -D -m 0755 target/release/carwatch $(DESTDIR)$(PREFIX)/bin/carwatch
+	install -d $(DESTDIR)$(LIBDIR)/site-packages/torch
+	cp -a $(SITE)/torch/lib $(DESTDIR)$(LIBDIR)/site-packages/torch/
+	cp -a $(SITE)/nvidia $(DESTDIR)$(LIBDIR)/site-packages/
+	install -d $(DESTDIR)$(UNITDIR)
+	sed 's|/usr/local/|$(PREFIX)/|g' systemd/carwatch.service > $(DESTDIR)$(UNITDIR)/carwatch.service
+	install -d $(DESTDIR)$(PREFIX)/share/carwatch/models $(DESTDIR)$(PREFIX)/share/doc/carwatch
+	install -m 0644 README.md docs/*.md docs/*.json $(DESTDIR)$(PREFIX)/share/doc/carwatch/
+	install -m 0644 models/export_vgg19.py $(DESTDIR)$(PREFIX)/share/carwatch/
+	install -d -m 0755 $(DESTDIR)/etc/carwatch
+	[ -e $(DESTDIR)/etc/carwatch/carwatch.toml ] || sed 's|/usr/local/|$(PREFIX)/|g' config/service.toml > $(DESTDIR)/etc/carwatch/carwatch.toml
+	[ -e $(DESTDIR)/etc/carwatch/alerts.toml ] || install -m 0644 config/service-alerts.toml $(DESTDIR)/etc/carwatch/alerts.toml
+	[ -e $(DESTDIR)/etc/carwatch/mqtt-password ] || install -m 0600 /dev/null $(DESTDIR)/etc/carwatch/mqtt-password
+	@echo "installed; next: put models in $(PREFIX)/share/carwatch/models, edit /etc/carwatch/*.toml,"
+	@echo "then: systemctl daemon-reload && systemctl enable --now carwatch  (docs/operations.md)"
 
 clean:
 	$(CARGO) clean

@@ -3,7 +3,8 @@
 //! torch-sys (our direct dependency, `links = "tch"`) tells us where libtorch's shared
 //! libraries are through `DEP_TCH_LIBTORCH_LIB`. We use that to:
 //! - put that directory in the binary's rpath, so `carwatch` runs without
-//!   `LD_LIBRARY_PATH` on the machine that built it;
+//!   `LD_LIBRARY_PATH` on the machine that built it, and the place `make install`
+//!   copies libtorch to, relative to the installed binary;
 //! - link `libtorch_cuda.so` even though no symbol of ours refers to it. rustc passes
 //!   `--as-needed` to the linker, which drops it, and libtorch then silently runs on CPU
 //!   on a GPU host. Loading it needs no GPU: on a machine without one CUDA reports
@@ -19,6 +20,9 @@ fn main() {
         return;
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
+    // Where `make install` puts libtorch, relative to the installed binary
+    // (PREFIX/bin/carwatch -> PREFIX/lib/carwatch/site-packages/torch/lib).
+    println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../lib/carwatch/site-packages/torch/lib");
     if Path::new(&lib_dir).join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");

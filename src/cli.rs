@@ -134,6 +134,10 @@ struct WatchArgs {
     /// Also print each hit as a JSON line on stdout.
     #[arg(long)]
     print_hits: bool,
+    /// Test-only fault injection (`hang-inference`: the inference loop stops after
+    /// start-up, so the systemd watchdog test can see pings stop).
+    #[arg(long, hide = true)]
+    test_fault: Option<String>,
 }
 
 #[derive(Args)]
@@ -268,7 +272,12 @@ fn watch_cmd(a: WatchArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    carwatch::watch::run(&config, carwatch::watch::WatchOptions { models: a.models, on_hit })?;
+    let hang_inference = match a.test_fault.as_deref() {
+        None => false,
+        Some("hang-inference") => true,
+        Some(other) => anyhow::bail!("unknown test fault `{other}`"),
+    };
+    carwatch::watch::run(&config, carwatch::watch::WatchOptions { models: a.models, on_hit, hang_inference })?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use jiff::Timestamp;
@@ -18,12 +18,26 @@ use crate::alerts::AlertSet;
 use crate::batcher::{Batcher, Next};
 use crate::camera::Frame;
 use crate::matcher::{Matcher, RegionPrediction};
-use crate::model::{Crop, ModelError, Placement, Recognizer, RgbImage};
+use crate::metrics::{Metrics, Stage};
+use crate::model::{Crop, ModelError, Placement, Recognizer, RgbImage, preprocess};
 use crate::publish::Event;
 
 /// Consecutive failed batches after which the worker gives up (and carwatch exits
 /// non-zero so the service manager restarts it).
 pub const MAX_CONSECUTIVE_FAILURES: u32 = 5;
+
+/// What the worker is connected to.
+pub struct Links {
+    pub batcher: Batcher,
+    pub matcher: Matcher,
+    /// Hits and alert announcements, to the publisher.
+    pub events: Sender<Event>,
+    /// New alert sets from the reloader.
+    pub alert_updates: Receiver<AlertSet>,
+    pub metrics: Arc<Metrics>,
+    /// Test-only fault: stop going round after start-up (the watchdog test).
+    pub hang: bool,
+}
 
 /// The worker's state.
 pub struct Worker {
@@ -33,6 +47,9 @@ pub struct Worker {
     events: Sender<Event>,
     /// New alert sets from the reloader.
     alert_updates: Receiver<AlertSet>,
+    metrics: Arc<Metrics>,
+    /// Test-only fault: stop going round after start-up (the watchdog test).
+    hang: bool,
     /// Cameras whose regions did not fit their frames (warned once each).
     misfit: HashSet<String>,
     active: Vec<String>,
@@ -51,27 +68,44 @@ pub enum WorkerError {
 
 impl Worker {
     /// Loads the model from `models` on `placement`.
-    pub fn load(
-        models: &std::path::Path,
-        placement: Placement,
-        batcher: Batcher,
-        matcher: Matcher,
-        events: Sender<Event>,
-        alert_updates: Receiver<AlertSet>,
-    ) -> Result<Worker, WorkerError> {
+    pub fn load(models: &std::path::Path, placement: Placement, links: Links) -> Result<Worker, WorkerError> {
+        let Links { batcher, matcher, events, alert_updates, metrics, hang } = links;
         let recognizer = Recognizer::load(models, placement)?;
+        // One test batch before anyone relies on the model: shapes, device and kernels
+        // fail here, at start-up, rather than on the first car.
+        let blank = image::RgbImage::new(64, 48);
+        let view = RgbImage::from_image(&blank);
+        recognizer.classify(&[(view, view.full())])?;
+        metrics.heartbeat.beat();
         if let Some(n) = recognizer.cascade.notice() {
             tracing::warn!("{n}");
         }
         tracing::info!("model loaded from {} on {}", models.display(), placement.describe());
-        Ok(Worker { recognizer, batcher, matcher, events, alert_updates, misfit: HashSet::new(), active: Vec::new() })
+        Ok(Worker {
+            recognizer,
+            batcher,
+            matcher,
+            events,
+            alert_updates,
+            metrics,
+            hang,
+            misfit: HashSet::new(),
+            active: Vec::new(),
+        })
     }
 
     /// Runs until the batcher says stop.
     pub fn run(mut self) -> Result<(), WorkerError> {
         self.announce_alerts(true)?;
         let mut failures = 0;
+        if self.hang {
+            tracing::warn!("test fault: the inference loop stops here");
+            loop {
+                std::thread::park();
+            }
+        }
         loop {
+            self.metrics.heartbeat.beat();
             while let Ok(set) = self.alert_updates.try_recv() {
                 self.matcher.set_alerts(set);
                 self.announce_alerts(true)?;
@@ -84,6 +118,7 @@ impl Worker {
                     Err(WorkerError::PublisherGone) => return Err(WorkerError::PublisherGone),
                     Err(e) => {
                         failures += 1;
+                        self.metrics.inference_errors.inc();
                         tracing::error!("dropped a batch of {} frame(s): {e}", frames.len());
                         if failures >= MAX_CONSECUTIVE_FAILURES {
                             return Err(WorkerError::Failing(e.to_string()));
@@ -120,7 +155,8 @@ impl Worker {
             let image = RgbImage::new(&f.rgb, f.width, f.height, f.width as usize * 3).map_err(ModelError::Device)?;
             views.push((image, crop));
         }
-        let predictions = self.recognizer.classify(&views)?;
+        let predictions = self.classify(&views)?;
+        let matching = Instant::now();
         let wall = Timestamp::now();
         let mut per_frame: Vec<Vec<RegionPrediction>> = vec![Vec::new(); frames.len()];
         for (&(fi, ri, crop), prediction) in items.iter().zip(predictions) {
@@ -133,7 +169,28 @@ impl Worker {
                 self.events.send(Event::Hit(Box::new(hit))).map_err(|_| WorkerError::PublisherGone)?;
             }
         }
+        self.metrics.observe_stage(Stage::matcher, matching.elapsed());
+        self.metrics.batch_size.observe(frames.len() as f64);
         self.announce_alerts(false)
+    }
+
+    /// Preprocess, backbone and heads, each timed (on CUDA the device is synchronised
+    /// after the backbone so that its time is its own).
+    fn classify(&self, views: &[(RgbImage<'_>, Crop)]) -> Result<Vec<crate::model::Prediction>, ModelError> {
+        let r = &self.recognizer;
+        let t = Instant::now();
+        let batch = preprocess::batch(views, r.backbone.placement())?;
+        self.metrics.observe_stage(Stage::preprocess, t.elapsed());
+        let t = Instant::now();
+        let features = r.backbone.features(&batch)?;
+        if let tch::Device::Cuda(n) = r.backbone.placement().device {
+            tch::Cuda::synchronize(n as i64);
+        }
+        self.metrics.observe_stage(Stage::backbone, t.elapsed());
+        let t = Instant::now();
+        let predictions = r.cascade.run(&features)?;
+        self.metrics.observe_stage(Stage::heads, t.elapsed());
+        Ok(predictions)
     }
 
     /// Sends the active alert list when it changed (or always, with `force`).

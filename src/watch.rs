@@ -22,9 +22,11 @@ use crate::batcher::Batcher;
 use crate::camera::supervisor::{self, GstOpener, Timing};
 use crate::camera::{CameraShared, FrameQueue};
 use crate::config::{Config, Problems};
-use crate::infer::{Worker, WorkerError};
+use crate::infer::{Links, Worker, WorkerError};
 use crate::matcher::Matcher;
+use crate::metrics::{self, Metrics};
 use crate::model::{Manifest, ModelError, Placement};
+use crate::notify;
 use crate::publish::mqtt::{Mqtt, MqttSettings};
 use crate::publish::outbox::Outbox;
 use crate::publish::{Event, HitCallback, Publisher, PublisherConfig, broker};
@@ -36,6 +38,8 @@ pub struct WatchOptions {
     pub models: Option<PathBuf>,
     /// Called with every hit's JSON (for `--print-hits`).
     pub on_hit: Option<HitCallback>,
+    /// Test-only: the inference loop stops after start-up (for the watchdog test).
+    pub hang_inference: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +104,10 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
     }
     let mqtt = Mqtt::start(&settings, &config.topics).map_err(WatchError::Mqtt)?;
     let cameras: Vec<Arc<CameraShared>> = config.cameras.iter().cloned().map(CameraShared::new).collect();
+    let metrics = Metrics::new(&cameras);
+    if let Some(listen) = config.metrics.listen {
+        metrics::serve(listen, Arc::clone(&metrics), Duration::from_secs(30)).map_err(WatchError::Io)?;
+    }
     let (events_tx, events_rx) = crossbeam_channel::bounded(256);
     let publisher = Publisher::spawn(
         mqtt,
@@ -111,6 +119,8 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
             snapshot_quality: config.snapshots.quality,
             status_interval: config.status_interval,
             on_hit: options.on_hit.take(),
+            metrics: Arc::clone(&metrics),
+            stats_interval: config.metrics.stats_interval,
         },
         cameras.clone(),
         events_rx,
@@ -155,10 +165,18 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
             }
         })
         .map_err(|e| WatchError::Io(format!("cannot start thread: {e}")))?;
+    let links = Links {
+        batcher,
+        matcher,
+        events: events_tx,
+        alert_updates: updates_rx,
+        metrics: Arc::clone(&metrics),
+        hang: options.hang_inference,
+    };
     std::thread::Builder::new()
         .name("infer".into())
         .spawn(move || {
-            let result = match Worker::load(&worker_models, placement, batcher, matcher, events_tx, updates_rx) {
+            let result = match Worker::load(&worker_models, placement, links) {
                 Ok(worker) => {
                     let _ = ready_tx.send(Ok(()));
                     worker.run()
@@ -196,12 +214,32 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
     }
     drop(queue);
     tracing::info!("watching {} camera(s)", cameras.len());
+    // Cameras started, model warmed up: tell systemd, and keep telling it we are alive.
+    notify::ready();
+    let (notify_stop_tx, notify_stop_rx) = crossbeam_channel::bounded::<()>(1);
+    {
+        let (cams, m) = (cameras.clone(), Arc::clone(&metrics));
+        std::thread::Builder::new()
+            .name("notify".into())
+            .spawn(move || {
+                let counter = Arc::clone(&m);
+                notify::run(
+                    cams,
+                    m,
+                    move || counter.hits_total.load(std::sync::atomic::Ordering::Relaxed),
+                    notify_stop_rx,
+                )
+            })
+            .map_err(|e| WatchError::Io(format!("cannot start notify thread: {e}")))?;
+    }
 
     let stop = crossbeam_channel::select! {
         recv(signals) -> s => Stop::Signal(s.unwrap_or(0)),
         recv(ended_rx) -> r => Stop::WorkerEnded(r.unwrap_or(Err(WorkerError::PublisherGone))),
     };
     let started = Instant::now();
+    notify::stopping();
+    drop(notify_stop_tx);
     if let Stop::Signal(s) = &stop {
         tracing::info!("signal {s}: shutting down");
     }

@@ -5,5 +5,6 @@ mod support;
 
 mod check;
 mod faults;
+mod operations;
 mod train_classify;
 mod watch;

@@ -366,6 +366,8 @@ pub struct CameraShared {
     pub analysed: AtomicU64,
     /// Frames dropped because inference was behind.
     pub dropped: AtomicU64,
+    /// Pipelines opened again after a failure.
+    pub reconnects: AtomicU64,
     pub state: Mutex<StateInfo>,
     /// State changes not yet published, oldest first: a state that lasts a millisecond
     /// (stalled, then backing off) still reaches the status topic.
@@ -383,6 +385,7 @@ impl CameraShared {
             frames_in: AtomicU64::new(0),
             analysed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
             state: Mutex::new(StateInfo { state, since: SystemTime::now(), reason: None }),
             transitions: Mutex::new(Vec::new()),
         })

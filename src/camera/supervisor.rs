@@ -135,7 +135,12 @@ pub fn run(camera: Arc<CameraShared>, queue: FrameQueue, stop: Receiver<()>, ope
     let mut rng = rand::rng();
     let mut backoff = Backoff::new(timing.backoff_min, timing.backoff_max);
     let poll = Duration::from_millis(100).min(timing.stall_timeout);
+    let mut attempts: u64 = 0;
     loop {
+        if attempts > 0 {
+            camera.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        attempts += 1;
         camera.set_state(State::Connecting, None);
         let reason = match opener.open(&camera) {
             Err(e) => e,

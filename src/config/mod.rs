@@ -23,6 +23,7 @@ pub use document::{Problem, Problems};
 use crate::batcher::BatchConfig;
 use crate::camera::{Camera, CameraConfig};
 use crate::matcher::MatcherConfig;
+use crate::metrics::MetricsConfig;
 use crate::model::{DeviceChoice, PrecisionChoice};
 use crate::publish::Topics;
 use crate::publish::broker::BrokerConfig;
@@ -51,6 +52,7 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub snapshots: SnapshotConfig,
     pub outbox: OutboxConfig,
+    pub metrics: MetricsConfig,
     /// How often each camera's status is published even when it has not changed.
     pub status_interval: Duration,
     /// The file itself holds a password (rather than naming a password file).
@@ -135,6 +137,7 @@ impl Config {
             "broker",
             "snapshots",
             "outbox",
+            "metrics",
         ]);
         let state_dir = doc.section::<PathBuf>("state_dir").map(|s| s.into_inner());
         let alerts = doc.section::<PathBuf>("alerts").map(|s| s.into_inner());
@@ -145,6 +148,7 @@ impl Config {
         let broker = doc.section::<BrokerConfig>("broker").map(|s| s.into_inner());
         let snapshots = doc.section::<SnapshotConfig>("snapshots").map(|s| s.into_inner());
         let outbox = doc.section::<OutboxConfig>("outbox").map(|s| s.into_inner());
+        let metrics = doc.section::<MetricsConfig>("metrics").map(|s| s.into_inner());
 
         let mut cameras = Vec::new();
         let mut names = HashSet::new();
@@ -200,6 +204,7 @@ impl Config {
             broker: broker.unwrap_or_default(),
             snapshots: snapshots.unwrap_or_default(),
             outbox: outbox.unwrap_or_default(),
+            metrics: metrics.unwrap_or_default(),
             status_interval: status_interval.unwrap_or(Duration::from_secs(10)),
             inline_secrets,
         })
@@ -319,6 +324,24 @@ mod tests {
         let c = parse("[mqtt]\nurl = \"mqtt://u:pw@broker:1999\"\ntopic_prefix = \"site7\"\n").unwrap();
         assert_eq!(c.topics.status(), "site7/status");
         assert!(!format!("{c:?}").contains("pw@") && !format!("{c:?}").contains("\"pw\""), "{c:?}");
+    }
+
+    #[test]
+    fn the_shipped_configs_parse() {
+        for file in ["config/carwatch.toml", "config/service.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            let text = std::fs::read_to_string(&path).unwrap();
+            if let Err(p) = Config::parse(&path, &text) {
+                panic!("{file}:\n{p}");
+            }
+        }
+        let c = Config::parse(
+            Path::new("c"),
+            &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/carwatch.toml")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c.cameras.len(), 1);
+        assert!(c.mqtt.is_none(), "make run uses the embedded broker");
     }
 
     #[test]

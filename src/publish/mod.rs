@@ -22,7 +22,7 @@ pub mod broker;
 pub mod mqtt;
 pub mod outbox;
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -38,6 +38,7 @@ use crate::alerts::AlertSummary;
 use crate::camera::{CameraShared, StateInfo};
 use crate::config::Problems;
 use crate::matcher::Hit;
+use crate::metrics::{AlertLabel, Metrics};
 use crate::model::Level;
 use crate::snapshot;
 use mqtt::{Mqtt, Report, Tag};
@@ -84,6 +85,9 @@ impl Topics {
     pub fn errors(&self) -> String {
         format!("{}/errors", self.prefix)
     }
+    pub fn stats(&self) -> String {
+        format!("{}/stats", self.prefix)
+    }
 }
 
 /// What the inference worker tells the publisher.
@@ -110,6 +114,9 @@ pub struct PublisherConfig {
     pub status_interval: Duration,
     /// Called with each hit's JSON (`watch --print-hits`).
     pub on_hit: Option<HitCallback>,
+    pub metrics: Arc<Metrics>,
+    /// How often the summary goes to `{prefix}/stats`.
+    pub stats_interval: Duration,
 }
 
 /// The JSON published for a hit (documented in docs/mqtt.md).
@@ -182,6 +189,9 @@ pub struct Publisher {
     /// Hits to mark `redelivered` (sent before, or found in the outbox at start).
     redeliver: HashSet<u64>,
     alerts: Option<Vec<u8>>,
+    /// Hits per alert since start, for `{prefix}/stats`.
+    hit_counts: BTreeMap<String, u64>,
+    started: Instant,
 }
 
 impl Publisher {
@@ -214,6 +224,8 @@ impl Publisher {
             in_flight: BTreeSet::new(),
             redeliver,
             alerts: None,
+            hit_counts: BTreeMap::new(),
+            started: Instant::now(),
         };
         std::thread::Builder::new().name("publish".into()).spawn(move || p.run(events))
     }
@@ -221,6 +233,7 @@ impl Publisher {
     fn run(mut self, events: Receiver<Event>) {
         let tick = crossbeam_channel::tick(Duration::from_millis(250));
         let mut last_full = Instant::now() - self.config.status_interval;
+        let mut last_stats = Instant::now();
         let reports = self.mqtt.reports.clone();
         loop {
             select! {
@@ -246,9 +259,18 @@ impl Publisher {
                     if full {
                         last_full = Instant::now();
                     }
+                    if last_stats.elapsed() >= self.config.stats_interval {
+                        last_stats = Instant::now();
+                        let body = serde_json::to_vec(&self.stats()).unwrap_or_default();
+                        self.state(self.config.topics.stats(), body);
+                    }
                 }
             }
             self.pump();
+            let m = &self.config.metrics;
+            m.outbox_depth.store(self.outbox.len() as u64, Ordering::Relaxed);
+            m.outbox_dropped.store(self.outbox.dropped, Ordering::Relaxed);
+            m.mqtt_connected.store(self.mqtt.is_connected(), Ordering::Relaxed);
         }
         self.shutdown(&reports);
     }
@@ -330,6 +352,10 @@ impl Publisher {
         if let Some(cb) = self.config.on_hit.as_mut() {
             cb(&payload);
         }
+        let alert = hit.alert.id.to_string();
+        *self.hit_counts.entry(alert.clone()).or_default() += 1;
+        self.config.metrics.hits.get_or_create(&AlertLabel { alert }).inc();
+        self.config.metrics.hits_total.fetch_add(1, Ordering::Relaxed);
         let topic = self.config.topics.hits(hit.alert.id.as_str());
         let body = serde_json::to_vec(&payload).unwrap_or_default();
         match self.outbox.append(&topic, &body) {
@@ -380,6 +406,36 @@ impl Publisher {
         if full && let Some(body) = self.alerts.clone() {
             self.state(self.config.topics.alerts_active(), body);
         }
+    }
+
+    /// The `{prefix}/stats` summary.
+    fn stats(&self) -> Value {
+        let m = &self.config.metrics;
+        let cameras: serde_json::Map<String, Value> = self
+            .cameras
+            .iter()
+            .map(|c| {
+                let v = json!({
+                    "state": c.state().state,
+                    "frames_in": c.frames_in.load(Ordering::Relaxed),
+                    "frames_analysed": c.analysed.load(Ordering::Relaxed),
+                    "frames_dropped": c.dropped.load(Ordering::Relaxed),
+                    "reconnects": c.reconnects.load(Ordering::Relaxed),
+                });
+                (c.name().to_string(), v)
+            })
+            .collect();
+        json!({
+            "time": rfc3339(Timestamp::now()),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "cameras": cameras,
+            "hits": self.hit_counts,
+            "hits_total": m.hits_total.load(Ordering::Relaxed),
+            "outbox_depth": self.outbox.len(),
+            "outbox_dropped": self.outbox.dropped,
+            "inference_errors": m.inference_errors.get(),
+            "mqtt_connected": self.mqtt.is_connected(),
+        })
     }
 
     /// Delivers what is pending (within a bound), publishes `offline`, waits for its

@@ -78,6 +78,11 @@ impl Watcher {
         let mut cmd = super::carwatch();
         cmd.env("RUST_LOG", "info,rumqttd=warn");
         cmd.arg("watch").arg("--config").arg(config).arg("--print-hits");
+        Watcher::spawn(cmd)
+    }
+
+    /// Runs `cmd` (a `carwatch watch ...` command the caller prepared).
+    pub fn spawn(mut cmd: std::process::Command) -> Watcher {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start carwatch watch");
         let stdout = Arc::new(Mutex::new(String::new()));

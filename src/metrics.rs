@@ -1,0 +1,332 @@
+//! What carwatch measures, and where operators read it.
+//!
+//! Counters that the frame path already keeps (per camera: frames in, analysed,
+//! dropped, reconnects, state) are read at scrape time by a collector, so measuring adds
+//! nothing to the frame path. The inference worker records batch sizes and per-stage
+//! latencies in histograms; the publisher counts hits and reports outbox depth and the
+//! broker connection. Everything is exposed in the Prometheus text format (encoded by
+//! `prometheus-client`, not by hand) on `metrics.listen` (`/metrics`, plus `/health`),
+//! and summarised on `{prefix}/stats` every `stats_interval_s`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+
+use crate::camera::{CameraShared, State};
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where to serve `/metrics` and `/health`; off when absent. Keep it on 127.0.0.1
+    /// (or a management network): it needs no authentication.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// How often the summary goes to `{prefix}/stats`.
+    #[serde(
+        default = "default_stats",
+        deserialize_with = "crate::config::values::seconds",
+        rename = "stats_interval_s"
+    )]
+    pub stats_interval: Duration,
+}
+
+fn default_stats() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: None, stats_interval: default_stats() }
+    }
+}
+
+/// A stage of inference, for the latency histogram.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    pub stage: Stage,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Stage {
+    preprocess,
+    backbone,
+    heads,
+    matcher,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabel {
+    pub alert: String,
+}
+
+/// The inference worker's heartbeat: when its loop last went round. The watchdog and
+/// `/health` read it.
+#[derive(Debug)]
+pub struct Heartbeat {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Heartbeat {
+    pub fn new() -> Heartbeat {
+        Heartbeat { start: Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+
+    pub fn beat(&self) {
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Time since the last beat.
+    pub fn age(&self) -> Duration {
+        let now = self.start.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat::new()
+    }
+}
+
+/// Every measurement, shared by the stages that make them.
+#[derive(Debug)]
+pub struct Metrics {
+    pub batch_size: Histogram,
+    pub stage_seconds: Family<StageLabel, Histogram>,
+    pub hits: Family<AlertLabel, Counter>,
+    pub inference_errors: Counter,
+    /// Hits published since start (all alerts).
+    pub hits_total: AtomicU64,
+    pub outbox_depth: AtomicU64,
+    pub outbox_dropped: AtomicU64,
+    pub mqtt_connected: AtomicBool,
+    pub heartbeat: Heartbeat,
+    registry: Registry,
+}
+
+/// Reads the cameras' own counters at scrape time.
+#[derive(Debug)]
+struct Cameras(Vec<Arc<CameraShared>>);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CameraLabel {
+    camera: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CameraStateLabel {
+    camera: String,
+    state: String,
+}
+
+const STATES: [State; 6] =
+    [State::Connecting, State::Streaming, State::Stalled, State::BackingOff, State::Disabled, State::Stopped];
+
+impl Collector for Cameras {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        type Read = fn(&CameraShared) -> u64;
+        let counters: [(&str, &str, Read); 4] = [
+            ("carwatch_camera_frames_in", "Frames delivered by the camera's pipeline (after rate limiting).", |c| {
+                c.frames_in.load(Ordering::Relaxed)
+            }),
+            ("carwatch_camera_frames_analysed", "Frames classified by the inference worker.", |c| {
+                c.analysed.load(Ordering::Relaxed)
+            }),
+            ("carwatch_camera_frames_dropped", "Frames dropped (oldest first) because inference was behind.", |c| {
+                c.dropped.load(Ordering::Relaxed)
+            }),
+            ("carwatch_camera_reconnects", "Times the camera's pipeline was opened again after a failure.", |c| {
+                c.reconnects.load(Ordering::Relaxed)
+            }),
+        ];
+        for (name, help, read) in counters {
+            let sample = ConstCounter::new(0u64);
+            let mut family = encoder.encode_descriptor(name, help, None, sample.metric_type())?;
+            for cam in &self.0 {
+                let labels = CameraLabel { camera: cam.name().to_string() };
+                ConstCounter::new(read(cam)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let sample = ConstGauge::new(0i64);
+        let mut family = encoder.encode_descriptor(
+            "carwatch_camera_state",
+            "1 for the camera's current state, 0 for the others.",
+            None,
+            sample.metric_type(),
+        )?;
+        for cam in &self.0 {
+            let current = cam.state().state;
+            for s in STATES {
+                let labels = CameraStateLabel { camera: cam.name().to_string(), state: s.name().to_string() };
+                ConstGauge::new(i64::from(s == current)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Gauges read from the shared atomics at scrape time.
+#[derive(Debug)]
+struct Gauges(Arc<Metrics>);
+
+impl Collector for Gauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = &self.0;
+        let gauges: [(&str, &str, i64); 4] = [
+            (
+                "carwatch_outbox_depth",
+                "Hits stored and not yet acknowledged by the broker.",
+                m.outbox_depth.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "carwatch_mqtt_connected",
+                "1 while connected to the MQTT broker.",
+                i64::from(m.mqtt_connected.load(Ordering::Relaxed)),
+            ),
+            (
+                "carwatch_inference_heartbeat_age_seconds",
+                "Seconds since the inference loop last went round.",
+                m.heartbeat.age().as_secs() as i64,
+            ),
+            (
+                "carwatch_outbox_dropped_hits",
+                "Hits dropped because the outbox was full (since start).",
+                m.outbox_dropped.load(Ordering::Relaxed) as i64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let g = ConstGauge::new(value);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+impl Metrics {
+    /// Metrics for `cameras`.
+    pub fn new(cameras: &[Arc<CameraShared>]) -> Arc<Metrics> {
+        let mut registry = Registry::default();
+        let batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]);
+        let stage_seconds = Family::<StageLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        let hits = Family::<AlertLabel, Counter>::default();
+        let inference_errors = Counter::default();
+        registry.register("carwatch_batch_size", "Frames per backbone call.", batch_size.clone());
+        registry.register(
+            "carwatch_inference_stage_seconds",
+            "Time per batch in each inference stage.",
+            stage_seconds.clone(),
+        );
+        registry.register("carwatch_hits", "Hits published, per alert.", hits.clone());
+        registry.register(
+            "carwatch_inference_errors",
+            "Batches dropped because inference failed.",
+            inference_errors.clone(),
+        );
+        registry.register_collector(Box::new(Cameras(cameras.to_vec())));
+        Arc::new(Metrics {
+            batch_size,
+            stage_seconds,
+            hits,
+            inference_errors,
+            hits_total: AtomicU64::new(0),
+            outbox_depth: AtomicU64::new(0),
+            outbox_dropped: AtomicU64::new(0),
+            mqtt_connected: AtomicBool::new(false),
+            heartbeat: Heartbeat::new(),
+            registry,
+        })
+    }
+
+    /// The exposition text (OpenMetrics, which Prometheus reads).
+    pub fn render(self: &Arc<Metrics>) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
+        // The atomics of this struct are encoded through a second registry that holds
+        // only a collector over it (a registry cannot hold a collector of its owner).
+        let mut gauges = Registry::default();
+        gauges.register_collector(Box::new(Gauges(Arc::clone(self))));
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &gauges);
+        let _ = prometheus_client::encoding::text::encode_eof(&mut out);
+        out
+    }
+
+    pub fn observe_stage(&self, stage: Stage, took: Duration) {
+        self.stage_seconds.get_or_create(&StageLabel { stage }).observe(took.as_secs_f64());
+    }
+}
+
+/// Serves `/metrics` and `/health` on `listen` (thread `metrics`). `/health` answers
+/// 200 while the inference loop has gone round within `stale`, else 503.
+pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>, stale: Duration) -> Result<(), String> {
+    let server = tiny_http::Server::http(listen).map_err(|e| format!("cannot serve metrics on {listen}: {e}"))?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for request in server.incoming_requests() {
+                let (status, body, kind) = match request.url() {
+                    "/metrics" => (200, metrics.render(), "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                    "/health" if metrics.heartbeat.age() < stale => (200, "ok\n".to_string(), "text/plain"),
+                    "/health" => {
+                        (503, format!("inference loop silent for {:?}\n", metrics.heartbeat.age()), "text/plain")
+                    }
+                    _ => (404, "not found: try /metrics or /health\n".to_string(), "text/plain"),
+                };
+                let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], kind.as_bytes()).ok();
+                let mut response = tiny_http::Response::from_string(body).with_status_code(status);
+                if let Some(h) = header {
+                    response.add_header(h);
+                }
+                let _ = request.respond(response);
+            }
+        })
+        .map_err(|e| format!("cannot start metrics thread: {e}"))?;
+    tracing::info!("metrics on http://{listen}/metrics");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::camera::{Camera, CameraConfig};
+
+    #[test]
+    fn renders_camera_counters_and_histograms() {
+        let cfg: CameraConfig = toml::from_str("name = \"gate\"\nurl = \"rtsp://h/\"").unwrap();
+        let cam = CameraShared::new(Camera::from_config(&cfg).unwrap());
+        cam.frames_in.fetch_add(7, Ordering::Relaxed);
+        cam.set_state(State::Streaming, None);
+        let m = Metrics::new(&[cam]);
+        m.batch_size.observe(4.0);
+        m.observe_stage(Stage::backbone, Duration::from_millis(30));
+        m.hits.get_or_create(&AlertLabel { alert: "a1".into() }).inc();
+        m.outbox_depth.store(3, Ordering::Relaxed);
+        let text = m.render();
+        for want in [
+            "carwatch_camera_frames_in_total{camera=\"gate\"} 7",
+            "carwatch_camera_state{camera=\"gate\",state=\"streaming\"} 1",
+            "carwatch_camera_state{camera=\"gate\",state=\"stalled\"} 0",
+            "carwatch_batch_size_count 1",
+            "carwatch_inference_stage_seconds_count{stage=\"backbone\"} 1",
+            "carwatch_hits_total{alert=\"a1\"} 1",
+            "carwatch_outbox_depth 3",
+        ] {
+            assert!(text.contains(want), "missing {want}\n{text}");
+        }
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+    }
+}
