@@ -108,6 +108,10 @@ pub struct Metrics {
     pub stage_seconds: Family<StageLabel, Histogram>,
     pub hits: Family<AlertLabel, Counter>,
     pub inference_errors: Counter,
+    /// Capture of the confirming frame to the broker's acknowledgement, per hit.
+    pub hit_latency: Histogram,
+    /// The same latencies (seconds), most recent 100,000, for percentiles (`bench`).
+    pub latencies: std::sync::Mutex<Vec<f32>>,
     /// Hits published since start (all alerts).
     pub hits_total: AtomicU64,
     pub outbox_depth: AtomicU64,
@@ -138,7 +142,7 @@ const STATES: [State; 6] =
 impl Collector for Cameras {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         type Read = fn(&CameraShared) -> u64;
-        let counters: [(&str, &str, Read); 4] = [
+        let counters: [(&str, &str, Read); 6] = [
             ("carwatch_camera_frames_in", "Frames delivered by the camera's pipeline (after rate limiting).", |c| {
                 c.frames_in.load(Ordering::Relaxed)
             }),
@@ -151,6 +155,14 @@ impl Collector for Cameras {
             ("carwatch_camera_reconnects", "Times the camera's pipeline was opened again after a failure.", |c| {
                 c.reconnects.load(Ordering::Relaxed)
             }),
+            ("carwatch_camera_frames_not_decoded", "Frames dropped before the decoder (decode = keyframes).", |c| {
+                c.skipped_decode.load(Ordering::Relaxed)
+            }),
+            (
+                "carwatch_camera_regions_motionless",
+                "Regions not classified because nothing moved (motion gating).",
+                |c| c.motion_skipped.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, read) in counters {
             let sample = ConstCounter::new(0u64);
@@ -225,6 +237,7 @@ impl Metrics {
         });
         let hits = Family::<AlertLabel, Counter>::default();
         let inference_errors = Counter::default();
+        let hit_latency = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         registry.register("carwatch_batch_size", "Frames per backbone call.", batch_size.clone());
         registry.register(
             "carwatch_inference_stage_seconds",
@@ -237,12 +250,19 @@ impl Metrics {
             "Batches dropped because inference failed.",
             inference_errors.clone(),
         );
+        registry.register(
+            "carwatch_hit_latency_seconds",
+            "From capture of the confirming frame to the broker's acknowledgement of the hit.",
+            hit_latency.clone(),
+        );
         registry.register_collector(Box::new(Cameras(cameras.to_vec())));
         Arc::new(Metrics {
             batch_size,
             stage_seconds,
             hits,
             inference_errors,
+            hit_latency,
+            latencies: std::sync::Mutex::new(Vec::new()),
             hits_total: AtomicU64::new(0),
             outbox_depth: AtomicU64::new(0),
             outbox_dropped: AtomicU64::new(0),
@@ -263,6 +283,16 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode_registry(&mut out, &gauges);
         let _ = prometheus_client::encoding::text::encode_eof(&mut out);
         out
+    }
+
+    pub fn observe_latency(&self, took: Duration) {
+        self.hit_latency.observe(took.as_secs_f64());
+        if let Ok(mut l) = self.latencies.lock() {
+            if l.len() >= 100_000 {
+                l.remove(0);
+            }
+            l.push(took.as_secs_f32());
+        }
     }
 
     pub fn observe_stage(&self, stage: Stage, took: Duration) {

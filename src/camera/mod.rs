@@ -67,6 +67,69 @@ pub struct CameraConfig {
         rename = "stall_timeout_s"
     )]
     pub stall_timeout: Duration,
+    /// Which decoder, and whether to decode only keyframes.
+    #[serde(default)]
+    pub decode: DecodeMode,
+    /// Skip regions where nothing moved since they were last analysed.
+    #[serde(default)]
+    pub motion: MotionConfig,
+}
+
+/// How a camera's video is decoded (`decode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecodeMode {
+    /// The decoder GStreamer ranks first: NVDEC (nvh264dec, nvh265dec) where the
+    /// nvcodec plugin is registered, software otherwise.
+    #[default]
+    Auto,
+    /// Software decoding only.
+    Cpu,
+    /// NVIDIA's decoders only; a camera fails to start where they are not registered.
+    Nvdec,
+    /// Only keyframes reach the decoder (the others are dropped after parsing): the
+    /// analysed rate becomes the keyframe rate, capped at `fps`, for a fraction of the
+    /// decoding cost.
+    Keyframes,
+}
+
+impl DecodeMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            DecodeMode::Auto => "auto",
+            DecodeMode::Cpu => "cpu",
+            DecodeMode::Nvdec => "nvdec",
+            DecodeMode::Keyframes => "keyframes",
+        }
+    }
+}
+
+/// `motion`: a cheap frame difference before the backbone.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MotionConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// A pixel has changed when its grey level moved by more than this (0-255).
+    #[serde(default = "default_motion_threshold")]
+    pub threshold: u8,
+    /// A region has changed when at least this share of its pixels did.
+    #[serde(default = "default_motion_area")]
+    pub min_area: f32,
+}
+
+fn default_motion_threshold() -> u8 {
+    20
+}
+
+fn default_motion_area() -> f32 {
+    0.01
+}
+
+impl Default for MotionConfig {
+    fn default() -> Self {
+        MotionConfig { enabled: false, threshold: default_motion_threshold(), min_area: default_motion_area() }
+    }
 }
 
 fn default_stall() -> Duration {
@@ -289,10 +352,15 @@ pub struct Camera {
     pub enabled: bool,
     pub looping: bool,
     pub stall_timeout: Duration,
+    pub decode: DecodeMode,
+    pub motion: MotionConfig,
 }
 
 impl Camera {
     pub fn from_config(c: &CameraConfig) -> Result<Camera, String> {
+        if !(0.0..=1.0).contains(&c.motion.min_area) {
+            return Err(format!("motion.min_area must be between 0 and 1, found {}", c.motion.min_area));
+        }
         if !(c.fps.is_finite() && c.fps > 0.0 && c.fps <= 120.0) {
             return Err(format!("fps must be above 0 and at most 120, found {}", c.fps));
         }
@@ -308,6 +376,8 @@ impl Camera {
             enabled: c.enabled,
             looping: c.looping,
             stall_timeout: c.stall_timeout.max(Duration::from_millis(500)),
+            decode: c.decode,
+            motion: c.motion,
         })
     }
 
@@ -368,6 +438,12 @@ pub struct CameraShared {
     pub dropped: AtomicU64,
     /// Pipelines opened again after a failure.
     pub reconnects: AtomicU64,
+    /// Frames dropped before the decoder (`decode = "keyframes"`).
+    pub skipped_decode: AtomicU64,
+    /// Regions not classified because nothing moved (`motion`).
+    pub motion_skipped: AtomicU64,
+    /// The decoder element GStreamer chose (e.g. `avdec_h264`, `nvh264dec`).
+    pub decoder: Mutex<Option<String>>,
     pub state: Mutex<StateInfo>,
     /// State changes not yet published, oldest first: a state that lasts a millisecond
     /// (stalled, then backing off) still reaches the status topic.
@@ -386,6 +462,9 @@ impl CameraShared {
             analysed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            skipped_decode: AtomicU64::new(0),
+            motion_skipped: AtomicU64::new(0),
+            decoder: Mutex::new(None),
             state: Mutex::new(StateInfo { state, since: SystemTime::now(), reason: None }),
             transitions: Mutex::new(Vec::new()),
         })
@@ -430,6 +509,11 @@ impl CameraShared {
         }
         t.push(guard.clone());
         true
+    }
+
+    /// The decoder in use, if known yet.
+    pub fn decoder(&self) -> Option<String> {
+        self.decoder.lock().ok().and_then(|d| d.clone())
     }
 
     /// State changes since the last call, oldest first.

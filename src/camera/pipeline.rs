@@ -25,7 +25,9 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use gstreamer_video::prelude::*;
 
-use super::{Camera, CameraShared, Frame, RtspTransport};
+use gstreamer::glib;
+
+use super::{Camera, CameraShared, DecodeMode, Frame, RtspTransport};
 
 /// What a pipeline has to say between frames.
 #[derive(Debug)]
@@ -48,6 +50,80 @@ fn element(factory: &str) -> Result<gst::Element, String> {
     gst::ElementFactory::make(factory)
         .build()
         .map_err(|_| format!("GStreamer element `{factory}` is missing; install the GStreamer plugins (make setup)"))
+}
+
+/// Whether `factory` is a hardware video decoder (NVDEC, VA-API, V4L2).
+fn is_hardware_decoder(factory: &gst::ElementFactory) -> bool {
+    let klass = factory.metadata(gst::ELEMENT_METADATA_KLASS).unwrap_or_default();
+    let name = factory.name();
+    klass.contains("Decoder")
+        && (klass.contains("Hardware") || ["nv", "va", "vaapi", "v4l2"].iter().any(|p| name.starts_with(p)))
+}
+
+/// Whether an NVDEC H.264 decoder is registered (the nvcodec plugin found a GPU).
+pub fn nvdec_available() -> bool {
+    gst::ElementFactory::find("nvh264dec").is_some()
+}
+
+/// Applies the camera's `decode` mode to uridecodebin and records the decoder chosen.
+fn steer_decoding(src: &gst::Element, shared: &Arc<CameraShared>) -> Result<(), String> {
+    let mode = shared.camera.decode;
+    if mode == DecodeMode::Nvdec && !nvdec_available() {
+        return Err(
+            "decode = \"nvdec\" but GStreamer has no nvh264dec (nvcodec plugin, NVIDIA driver); use \"auto\"".into()
+        );
+    }
+    if matches!(mode, DecodeMode::Cpu | DecodeMode::Nvdec) {
+        // uridecodebin asks before it plugs each element: skip the decoders the mode
+        // rules out. The result is an enum of decodebin's (TRY = 0, SKIP = 2).
+        let result_type = glib::Type::from_name("GstAutoplugSelectResult");
+        src.connect("autoplug-select", false, move |args| {
+            let factory = args.get(3).and_then(|v| v.get::<gst::ElementFactory>().ok())?;
+            let klass = factory.metadata(gst::ELEMENT_METADATA_KLASS).unwrap_or_default();
+            let skip = match mode {
+                DecodeMode::Cpu => is_hardware_decoder(&factory),
+                DecodeMode::Nvdec => {
+                    klass.contains("Decoder") && klass.contains("Video") && !factory.name().starts_with("nv")
+                }
+                _ => false,
+            };
+            let class = glib::EnumClass::with_type(result_type?)?;
+            class.to_value(if skip { 2 } else { 0 })
+        });
+    }
+    let cam = Arc::downgrade(shared);
+    src.connect("deep-element-added", false, move |args| {
+        let element = args.get(2).and_then(|v| v.get::<gst::Element>().ok())?;
+        let factory = element.factory()?;
+        let klass = factory.metadata(gst::ELEMENT_METADATA_KLASS).unwrap_or_default();
+        let cam = cam.upgrade()?;
+        if klass.contains("Decoder") && klass.contains("Video") {
+            let name = factory.name().to_string();
+            tracing::info!(camera = %cam.name(), "camera {} decodes with {name}", cam.name());
+            if let Ok(mut d) = cam.decoder.lock() {
+                *d = Some(name);
+            }
+        }
+        if mode == DecodeMode::Keyframes && klass.contains("Parser") && klass.contains("Video") {
+            // Only keyframes go on to the decoder.
+            let counter = Arc::downgrade(&cam);
+            if let Some(pad) = element.static_pad("src") {
+                pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                    let delta = info.buffer().is_some_and(|b| b.flags().contains(gst::BufferFlags::DELTA_UNIT));
+                    if delta {
+                        if let Some(c) = counter.upgrade() {
+                            c.skipped_decode.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        gst::PadProbeReturn::Drop
+                    } else {
+                        gst::PadProbeReturn::Ok
+                    }
+                });
+            }
+        }
+        None
+    });
+    Ok(())
 }
 
 /// `fps` as a GStreamer fraction (0.5 -> 1/2, 2 -> 2/1, 7.5 -> 15/2).
@@ -115,6 +191,7 @@ impl Pipeline {
             }
             None
         });
+        steer_decoding(&src, shared)?;
         // Link the first video pad uridecodebin exposes. The closure holds a weak
         // reference: a strong one would keep the pipeline alive forever.
         let rate_weak = rate.downgrade();

@@ -163,6 +163,10 @@ fn camera_status(cam: &CameraShared, s: &StateInfo, fps_in: f64, fps_analysed: f
         "fps_in": (fps_in * 100.0).round() / 100.0,
         "fps_analysed": (fps_analysed * 100.0).round() / 100.0,
         "dropped": cam.dropped.load(Ordering::Relaxed),
+        "decode": cam.camera.decode.name(),
+        "decoder": cam.decoder(),
+        "motion_skipped": cam.motion_skipped.load(Ordering::Relaxed),
+        "skipped_before_decode": cam.skipped_decode.load(Ordering::Relaxed),
     })
 }
 
@@ -191,6 +195,8 @@ pub struct Publisher {
     alerts: Option<Vec<u8>>,
     /// Hits per alert since start, for `{prefix}/stats`.
     hit_counts: BTreeMap<String, u64>,
+    /// When the confirming frame of each hit of this run was captured (for latency).
+    seen: HashMap<u64, Instant>,
     started: Instant,
 }
 
@@ -225,6 +231,7 @@ impl Publisher {
             redeliver,
             alerts: None,
             hit_counts: BTreeMap::new(),
+            seen: HashMap::new(),
             started: Instant::now(),
         };
         std::thread::Builder::new().name("publish".into()).spawn(move || p.run(events))
@@ -294,6 +301,9 @@ impl Publisher {
                 self.statuses(true);
             }
             Report::Acked(Tag::Hit(seq)) => {
+                if let Some(seen) = self.seen.remove(&seq) {
+                    self.config.metrics.observe_latency(seen.elapsed());
+                }
                 self.in_flight.remove(&seq);
                 self.redeliver.remove(&seq);
                 if let Err(e) = self.outbox.ack(seq) {
@@ -359,7 +369,10 @@ impl Publisher {
         let topic = self.config.topics.hits(hit.alert.id.as_str());
         let body = serde_json::to_vec(&payload).unwrap_or_default();
         match self.outbox.append(&topic, &body) {
-            Ok(seq) => self.unsent.push_back(seq),
+            Ok(seq) => {
+                self.seen.insert(seq, hit.frame.seen);
+                self.unsent.push_back(seq);
+            }
             Err(e) => {
                 // Without the outbox the hit can still go out now, just not survive a crash.
                 tracing::error!("hit {id} could not be stored ({e}); publishing it without the outbox");
