@@ -6,7 +6,7 @@
 //! predictions to the [`Matcher`], and hand hits to the publisher. Between batches it
 //! notices alerts expiring and announces the active set.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -19,8 +19,37 @@ use crate::batcher::{Batcher, Next};
 use crate::camera::Frame;
 use crate::matcher::{Matcher, RegionPrediction};
 use crate::metrics::{Metrics, Stage};
-use crate::model::{Crop, ModelError, Placement, Recognizer, RgbImage, preprocess};
+use crate::model::{Crop, DeviceChoice, ModelError, PrecisionChoice, Prediction, Recognizer, RgbImage, preprocess};
 use crate::publish::Event;
+
+/// A 32x32 grey sample of a region, for motion gating: cheap to take and to compare,
+/// coarse enough that sensor noise and compression do not count as motion.
+#[derive(Debug, Clone)]
+pub struct Thumbnail(Vec<u8>);
+
+const THUMB: u32 = 32;
+
+impl Thumbnail {
+    pub fn of(frame: &Frame, crop: Crop) -> Thumbnail {
+        let mut out = Vec::with_capacity((THUMB * THUMB) as usize);
+        for ty in 0..THUMB {
+            let y = crop.y + (ty * crop.height + crop.height / 2) / THUMB;
+            for tx in 0..THUMB {
+                let x = crop.x + (tx * crop.width + crop.width / 2) / THUMB;
+                let i = (y as usize * frame.width as usize + x as usize) * 3;
+                let px = &frame.rgb[i..i + 3];
+                out.push(((px[0] as u32 * 77 + px[1] as u32 * 150 + px[2] as u32 * 29) >> 8) as u8);
+            }
+        }
+        Thumbnail(out)
+    }
+
+    /// Whether at least `min_area` of the pixels moved by more than `threshold`.
+    pub fn changed_from(&self, other: &Thumbnail, threshold: u8, min_area: f32) -> bool {
+        let moved = self.0.iter().zip(&other.0).filter(|(a, b)| a.abs_diff(**b) > threshold).count();
+        moved as f32 >= min_area * self.0.len() as f32
+    }
+}
 
 /// Consecutive failed batches after which the worker gives up (and carwatch exits
 /// non-zero so the service manager restarts it).
@@ -52,6 +81,8 @@ pub struct Worker {
     hang: bool,
     /// Cameras whose regions did not fit their frames (warned once each).
     misfit: HashSet<String>,
+    /// Per (camera, region): the thumbnail last analysed and its prediction.
+    still: HashMap<(String, usize), (Thumbnail, Prediction)>,
     active: Vec<String>,
 }
 
@@ -68,9 +99,15 @@ pub enum WorkerError {
 
 impl Worker {
     /// Loads the model from `models` on `placement`.
-    pub fn load(models: &std::path::Path, placement: Placement, links: Links) -> Result<Worker, WorkerError> {
+    pub fn load(
+        models: &std::path::Path,
+        device: DeviceChoice,
+        precision: PrecisionChoice,
+        links: Links,
+    ) -> Result<Worker, WorkerError> {
         let Links { batcher, matcher, events, alert_updates, metrics, hang } = links;
-        let recognizer = Recognizer::load(models, placement)?;
+        let recognizer = Recognizer::load_choosing(models, device, precision)?;
+        let placement = recognizer.backbone.placement();
         // One test batch before anyone relies on the model: shapes, device and kernels
         // fail here, at start-up, rather than on the first car.
         let blank = image::RgbImage::new(64, 48);
@@ -90,6 +127,7 @@ impl Worker {
             metrics,
             hang,
             misfit: HashSet::new(),
+            still: HashMap::new(),
             active: Vec::new(),
         })
     }
@@ -149,17 +187,49 @@ impl Worker {
                 }
             }
         }
-        let mut views = Vec::with_capacity(items.len());
-        for &(fi, _, crop) in &items {
+        // Motion gating: a region that has not changed since it was last analysed keeps
+        // that prediction; only the others go through the model.
+        let mut predictions: Vec<Option<Prediction>> = vec![None; items.len()];
+        let mut thumbs: Vec<Option<Thumbnail>> = vec![None; items.len()];
+        for (k, &(fi, ri, crop)) in items.iter().enumerate() {
             let f = &frames[fi];
-            let image = RgbImage::new(&f.rgb, f.width, f.height, f.width as usize * 3).map_err(ModelError::Device)?;
-            views.push((image, crop));
+            let motion = f.camera.camera.motion;
+            if !motion.enabled {
+                continue;
+            }
+            let thumb = Thumbnail::of(f, crop);
+            let key = (f.camera.name().to_string(), ri);
+            match self.still.get(&key) {
+                Some((reference, cached)) if !thumb.changed_from(reference, motion.threshold, motion.min_area) => {
+                    predictions[k] = Some(cached.clone());
+                    f.camera.motion_skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => thumbs[k] = Some(thumb),
+            }
         }
-        let predictions = self.classify(&views)?;
+        let todo: Vec<usize> = (0..items.len()).filter(|&k| predictions[k].is_none()).collect();
+        if !todo.is_empty() {
+            let mut views = Vec::with_capacity(todo.len());
+            for &k in &todo {
+                let (fi, _, crop) = items[k];
+                let f = &frames[fi];
+                let image =
+                    RgbImage::new(&f.rgb, f.width, f.height, f.width as usize * 3).map_err(ModelError::Device)?;
+                views.push((image, crop));
+            }
+            for (&k, p) in todo.iter().zip(self.classify(&views)?) {
+                if let Some(thumb) = thumbs[k].take() {
+                    let (fi, ri, _) = items[k];
+                    self.still.insert((frames[fi].camera.name().to_string(), ri), (thumb, p.clone()));
+                }
+                predictions[k] = Some(p);
+            }
+        }
         let matching = Instant::now();
         let wall = Timestamp::now();
         let mut per_frame: Vec<Vec<RegionPrediction>> = vec![Vec::new(); frames.len()];
         for (&(fi, ri, crop), prediction) in items.iter().zip(predictions) {
+            let Some(prediction) = prediction else { continue };
             let name = frames[fi].camera.camera.region_name(ri);
             per_frame[fi].push(RegionPrediction { index: ri, name, crop, prediction });
         }
