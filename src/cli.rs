@@ -56,6 +56,75 @@ enum Command {
     /// Generate synthetic data: labelled vehicle images or random backbone weights.
     #[command(subcommand)]
     Synth(SynthCommand),
+    /// Measure model and pipeline throughput (see docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Backbone + cascade throughput per precision and batch size (VGG-19 shape).
+    Model {
+        /// VGG weights (safetensors); random VGG-19 weights when absent.
+        #[arg(long)]
+        backbone: Option<PathBuf>,
+        #[arg(long, default_value = "auto")]
+        device: DeviceChoice,
+        /// Precisions to measure [default: every one the device supports].
+        #[arg(long, value_delimiter = ',')]
+        precision: Vec<String>,
+        /// Batch sizes [default: 1,4,8,16,32 on CPU; 1,8,32,64,128,256 on CUDA].
+        #[arg(long, value_delimiter = ',')]
+        batches: Vec<usize>,
+        /// Seconds per measurement (at least 3 batches are timed).
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// A short run (batches 1 and 2, a fraction of a second each): for tests.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The whole watch path with N synthetic RTSP cameras.
+    Pipeline {
+        #[arg(long, default_value_t = 4)]
+        cameras: usize,
+        /// Frames analysed per second per camera.
+        #[arg(long, default_value_t = 2.0)]
+        fps: f64,
+        /// Seconds measured (after a warm-up).
+        #[arg(long, default_value_t = 30.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 5.0)]
+        warmup: f64,
+        #[arg(long, value_enum, default_value_t = Resolution::R720p)]
+        resolution: Resolution,
+        /// Frame rate of the synthetic cameras (what is decoded).
+        #[arg(long, default_value_t = 25)]
+        source_fps: u32,
+        /// Models directory [default: models, else models/demo].
+        #[arg(long)]
+        models: Option<PathBuf>,
+        #[arg(long, default_value = "auto")]
+        device: DeviceChoice,
+        #[arg(long, default_value = "auto")]
+        precision: PrecisionChoice,
+        /// auto | cpu | nvdec | keyframes
+        #[arg(long, default_value = "auto")]
+        decode: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Resolution {
+    #[value(name = "720p")]
+    R720p,
+    #[value(name = "1080p")]
+    R1080p,
 }
 
 #[derive(Args)]
@@ -104,6 +173,10 @@ struct TrainArgs {
     /// Text stored in cascade.toml and shown whenever the model is loaded.
     #[arg(long)]
     notice: Option<String>,
+    /// Also quantize the backbone to int8 for the CPU (needs the project venv's torch),
+    /// and record how often it agrees with fp32 on the validation photos.
+    #[arg(long)]
+    int8: bool,
 }
 
 #[derive(Args)]
@@ -209,6 +282,7 @@ pub fn main() -> ExitCode {
         Command::Classify(a) => classify_cmd(a),
         Command::Check(a) => check_cmd(a),
         Command::Synth(a) => synth_cmd(a),
+        Command::Bench(a) => bench_cmd(a),
     };
     match result {
         Ok(code) => code,
@@ -277,7 +351,10 @@ fn watch_cmd(a: WatchArgs) -> Result<ExitCode> {
         Some("hang-inference") => true,
         Some(other) => anyhow::bail!("unknown test fault `{other}`"),
     };
-    carwatch::watch::run(&config, carwatch::watch::WatchOptions { models: a.models, on_hit, hang_inference })?;
+    carwatch::watch::run(
+        &config,
+        carwatch::watch::WatchOptions { models: a.models, on_hit, hang_inference, ..Default::default() },
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -297,6 +374,7 @@ fn train_cmd(a: TrainArgs) -> Result<ExitCode> {
         batch_size: a.batch.max(1),
         progress: true,
         notice: a.notice,
+        int8: a.int8,
     };
     let report = train::run(&opts)?;
     let mut out = std::io::stdout().lock();
@@ -322,6 +400,20 @@ fn train_cmd(a: TrainArgs) -> Result<ExitCode> {
         report.skipped.len(),
         report.manifest.display()
     )?;
+    if let Some(q) = &report.int8 {
+        writeln!(
+            out,
+            "int8 backbone {}: same view/make/model as fp32 on {:.1}% of {} photos; {}",
+            q.path.display(),
+            q.agreement * 100.0,
+            q.photos,
+            if q.enabled {
+                "used on CPU when precision = \"auto\""
+            } else {
+                "below 98%: used only if precision = \"int8\""
+            }
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -329,12 +421,14 @@ fn classify_cmd(a: ClassifyArgs) -> Result<ExitCode> {
     let config = if a.config.exists() { Some(Config::load(&a.config)?) } else { None };
     let models =
         a.models.clone().or(config.as_ref().map(|c| c.model.dir.clone())).unwrap_or_else(|| PathBuf::from("models"));
-    let placement = resolve_placement(&a.placement, config.as_ref().map(|c| &c.model))?;
-    let recognizer =
-        Recognizer::load(&models, placement).with_context(|| format!("loading models from {}", models.display()))?;
+    let device = a.placement.device.or(config.as_ref().map(|c| c.model.device)).unwrap_or_default();
+    let precision = a.placement.precision.or(config.as_ref().map(|c| c.model.precision)).unwrap_or_default();
+    let recognizer = Recognizer::load_choosing(&models, device, precision)
+        .with_context(|| format!("loading models from {}", models.display()))?;
     if let Some(notice) = recognizer.cascade.notice() {
         eprintln!("NOTE: {notice}");
     }
+    let placement = recognizer.backbone.placement();
     tracing::info!("classifying on {}", placement.describe());
 
     let mut out = std::io::stdout().lock();
@@ -519,6 +613,129 @@ fn synth_cmd(cmd: SynthCommand) -> Result<ExitCode> {
             }
             model::weights::write_atomic(&out, &spec.random_state_dict(seed))?;
             println!("wrote random VGG weights (widths {:?}) to {}", spec.widths, out.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_cmd(cmd: BenchCommand) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        BenchCommand::Model { backbone, device, precision, batches, seconds, warmup, quick, json } => {
+            let device = device.resolve()?;
+            let precisions = if precision.is_empty() {
+                match device {
+                    tch::Device::Cuda(_) => {
+                        vec![model::Precision::Fp16, model::Precision::Bf16, model::Precision::Fp32]
+                    }
+                    _ if model::cpu_has_native_bf16() => {
+                        vec![model::Precision::Fp32, model::Precision::Bf16, model::Precision::Int8]
+                    }
+                    _ => vec![model::Precision::Fp32, model::Precision::Int8],
+                }
+            } else {
+                precision
+                    .iter()
+                    .map(|p| match p.parse::<PrecisionChoice>() {
+                        Ok(PrecisionChoice::Exactly(p)) => Ok(p),
+                        _ => Err(anyhow::anyhow!("--precision takes fp32, bf16, fp16 or int8, not `{p}`")),
+                    })
+                    .collect::<Result<_>>()?
+            };
+            let batches = match (quick, batches.is_empty(), device) {
+                (true, _, _) => vec![1, 2],
+                (false, false, _) => batches,
+                (false, true, tch::Device::Cuda(_)) => vec![1, 8, 32, 64, 128, 256],
+                (false, true, _) => vec![1, 4, 8, 16, 32],
+            };
+            let opts = carwatch::bench::ModelOptions {
+                backbone,
+                device,
+                precisions,
+                batches,
+                min_time: std::time::Duration::from_secs_f64(if quick { 0.2 } else { seconds }),
+                warmup: if quick { 1 } else { warmup },
+            };
+            let results = carwatch::bench::model(&opts).map_err(anyhow::Error::msg)?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&results)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<8} {:<9} {:>6} {:>10} {:>13} {:>10}",
+                    "device", "precision", "batch", "img/s", "ms/batch", "GFLOP/s"
+                )?;
+                for r in &results {
+                    writeln!(
+                        out,
+                        "{:<8} {:<9} {:>6} {:>10.1} {:>13.1} {:>10.0}",
+                        r.device, r.precision, r.batch, r.img_per_s, r.ms_per_batch, r.gflops
+                    )?;
+                }
+            }
+        }
+        BenchCommand::Pipeline {
+            cameras,
+            fps,
+            duration,
+            warmup,
+            resolution,
+            source_fps,
+            models,
+            device,
+            precision,
+            decode,
+            json,
+        } => {
+            let (width, height) = match resolution {
+                Resolution::R720p => (1280, 720),
+                Resolution::R1080p => (1920, 1080),
+            };
+            let decode: carwatch::camera::DecodeMode =
+                serde_json::from_value(serde_json::Value::String(decode.clone()))
+                    .map_err(|_| anyhow::anyhow!("unknown --decode `{decode}`"))?;
+            let models = models.unwrap_or_else(|| {
+                if PathBuf::from("models/cascade.toml").exists() {
+                    PathBuf::from("models")
+                } else {
+                    PathBuf::from("models/demo")
+                }
+            });
+            let opts = carwatch::bench::PipelineOptions {
+                cameras,
+                fps,
+                width,
+                height,
+                source_fps,
+                duration: std::time::Duration::from_secs_f64(duration),
+                warmup: std::time::Duration::from_secs_f64(warmup),
+                models,
+                device,
+                precision,
+                decode,
+            };
+            let r = carwatch::bench::pipeline(&opts).map_err(anyhow::Error::msg)?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&[&r])?)?;
+            } else {
+                writeln!(
+                    out,
+                    "{} cameras x {} fps at {} ({}, {}): {:.2} frames/s analysed, {} dropped; latency p50/p95/p99 {:.0}/{:.0}/{:.0} ms; CPU per frame {:.1} ms decode + {:.1} ms inference; peak RSS {:.0} MB",
+                    r.cameras,
+                    r.fps,
+                    r.resolution,
+                    r.device,
+                    r.decoder,
+                    r.analysed_fps,
+                    r.dropped,
+                    r.latency_ms_p50,
+                    r.latency_ms_p95,
+                    r.latency_ms_p99,
+                    r.cpu_ms_per_frame_decode,
+                    r.cpu_ms_per_frame_infer,
+                    r.peak_rss_mb
+                )?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -25,7 +25,7 @@ use crate::config::{Config, Problems};
 use crate::infer::{Links, Worker, WorkerError};
 use crate::matcher::Matcher;
 use crate::metrics::{self, Metrics};
-use crate::model::{Manifest, ModelError, Placement};
+use crate::model::{Manifest, ModelError};
 use crate::notify;
 use crate::publish::mqtt::{Mqtt, MqttSettings};
 use crate::publish::outbox::Outbox;
@@ -40,6 +40,16 @@ pub struct WatchOptions {
     pub on_hit: Option<HitCallback>,
     /// Test-only: the inference loop stops after start-up (for the watchdog test).
     pub hang_inference: bool,
+    /// Stops the watcher like SIGTERM does (for `bench pipeline`).
+    pub stop: Option<Receiver<()>>,
+    /// Receives the cameras and metrics once everything runs (for `bench pipeline`).
+    pub observer: Option<Sender<Running>>,
+}
+
+/// A view of a running watcher.
+pub struct Running {
+    pub cameras: Vec<Arc<CameraShared>>,
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +91,8 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
     let alerts =
         AlertSet::parse(&config.alerts, &alerts_text, &vocabulary, &config.matcher).map_err(AlertsError::Invalid)?;
     tracing::info!("{} alert(s) from {}", alerts.alerts.len(), config.alerts.display());
-    let placement = Placement::resolve(config.model.device, config.model.precision)?;
+    // Fail early, before anything starts, on a device that is not there.
+    config.model.device.resolve()?;
 
     let settings = match &config.mqtt {
         Some(s) => s.clone(),
@@ -135,6 +146,7 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
     let batcher = Batcher::new(frames, infer_stop_rx, &config.batch);
     let matcher = Matcher::new(alerts);
     let worker_models = models.clone();
+    let (device, precision) = (config.model.device, config.model.precision);
     let (updates_tx, updates_rx) = crossbeam_channel::bounded(4);
     let (problems_tx, problems_rx) = crossbeam_channel::bounded::<Problems>(16);
     let (reload_stop_tx, reload_stop_rx) = crossbeam_channel::bounded::<()>(1);
@@ -176,7 +188,7 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
     std::thread::Builder::new()
         .name("infer".into())
         .spawn(move || {
-            let result = match Worker::load(&worker_models, placement, links) {
+            let result = match Worker::load(&worker_models, device, precision, links) {
                 Ok(worker) => {
                     let _ = ready_tx.send(Ok(()));
                     worker.run()
@@ -233,7 +245,12 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
             .map_err(|e| WatchError::Io(format!("cannot start notify thread: {e}")))?;
     }
 
+    if let Some(observer) = options.observer.take() {
+        let _ = observer.send(Running { cameras: cameras.clone(), metrics: Arc::clone(&metrics) });
+    }
+    let external = options.stop.take().unwrap_or_else(crossbeam_channel::never);
     let stop = crossbeam_channel::select! {
+        recv(external) -> _ => Stop::Signal(0),
         recv(signals) -> s => Stop::Signal(s.unwrap_or(0)),
         recv(ended_rx) -> r => Stop::WorkerEnded(r.unwrap_or(Err(WorkerError::PublisherGone))),
     };

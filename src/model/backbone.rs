@@ -138,6 +138,14 @@ fn name_prefix(file: &WeightFile) -> Result<&'static str, ModelError> {
     }
 }
 
+/// How the layers are run.
+enum Form {
+    /// tch operations on our own weight tensors.
+    Native,
+    /// A quantized TorchScript module (int8 on CPU).
+    Scripted(tch::CModule),
+}
+
 struct Conv {
     weight: Tensor,
     bias: Tensor,
@@ -146,6 +154,7 @@ struct Conv {
 
 /// The frozen convolutional backbone, on one device, in one precision.
 pub struct Backbone {
+    form: Form,
     convs: Vec<Conv>,
     spec: VggSpec,
     placement: Placement,
@@ -183,7 +192,60 @@ impl Backbone {
             };
             convs.push(Conv { weight, bias, pool_after: layer.pool_after });
         }
-        Ok(Backbone { convs, spec, placement, path: path.to_path_buf(), channels_last, fused: cuda })
+        Ok(Backbone {
+            form: Form::Native,
+            convs,
+            spec,
+            placement,
+            path: path.to_path_buf(),
+            channels_last,
+            fused: cuda,
+        })
+    }
+
+    /// Loads an int8 backbone saved as TorchScript by `models/quantize_int8.py`. libtorch's
+    /// quantized convolutions are not in tch's generated API, but a scripted module runs
+    /// them. CPU only.
+    pub fn load_int8(path: &Path, spec: VggSpec) -> Result<Backbone, ModelError> {
+        if !path.exists() {
+            return Err(ModelError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        let mut module = tch::CModule::load_on_device(path, Device::Cpu).map_err(|e| ModelError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("not a loadable TorchScript module: {e}"),
+        })?;
+        module.set_eval();
+        let placement = Placement { device: Device::Cpu, precision: Precision::Int8 };
+        let b = Backbone {
+            form: Form::Scripted(module),
+            convs: Vec::new(),
+            spec,
+            placement,
+            path: path.to_path_buf(),
+            channels_last: false,
+            fused: false,
+        };
+        // The module must give the spec's feature shape.
+        let probe = b.features(&Tensor::zeros([1, 3, 224, 224], (Kind::Float, Device::Cpu)))?;
+        let expected = vec![1, spec.widths[4], FEATURE_SIDE, FEATURE_SIDE];
+        if probe.size() != expected {
+            return Err(ModelError::WrongShape {
+                path: path.to_path_buf(),
+                tensor: "output".into(),
+                expected,
+                found: probe.size(),
+            });
+        }
+        Ok(b)
+    }
+
+    /// Uses cuDNN's fused convolution+bias+ReLU (CUDA only; on by default there). Off
+    /// gives the plain conv2d+relu path, which tests compare against.
+    pub fn set_fused(&mut self, fused: bool) {
+        self.fused = fused && self.placement.device.is_cuda();
     }
 
     pub fn spec(&self) -> VggSpec {
@@ -205,6 +267,10 @@ impl Backbone {
     }
 
     fn forward(&self, batch: &Tensor) -> Result<Tensor, tch::TchError> {
+        if let Form::Scripted(module) = &self.form {
+            let x = batch.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?;
+            return module.forward_ts(&[x]);
+        }
         let kind = self.placement.precision.kind();
         let mut x = batch.f_to_device(self.placement.device)?.f_to_kind(kind)?;
         if self.channels_last {

@@ -59,6 +59,12 @@ pub struct BackboneEntry {
     pub file: PathBuf,
     #[serde(default = "vgg19")]
     pub widths: VggSpec,
+    /// The same backbone quantized to int8 (TorchScript), for the CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8: Option<PathBuf>,
+    /// Share of validation photos on which the int8 backbone gave the same path as fp32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8_agreement: Option<f64>,
 }
 
 fn vgg19() -> VggSpec {
@@ -121,6 +127,10 @@ impl Manifest {
 
     pub fn backbone_path(&self) -> PathBuf {
         self.dir.join(&self.backbone.file)
+    }
+
+    pub fn int8_path(&self) -> Option<PathBuf> {
+        self.backbone.int8.as_ref().map(|p| self.dir.join(p))
     }
 
     pub fn head_weights_path(&self, head: &HeadEntry) -> Option<PathBuf> {
@@ -245,7 +255,12 @@ mod tests {
             format: FORMAT,
             notice: None,
             root: "view".into(),
-            backbone: BackboneEntry { file: "b.safetensors".into(), widths: VggSpec::VGG19 },
+            backbone: BackboneEntry {
+                file: "b.safetensors".into(),
+                widths: VggSpec::VGG19,
+                int8: None,
+                int8_agreement: None,
+            },
             heads,
         }
     }

@@ -12,6 +12,7 @@
 
 pub mod backbone;
 pub mod cascade;
+pub mod int8;
 pub mod manifest;
 pub mod preprocess;
 pub mod weights;
@@ -43,6 +44,8 @@ pub enum ModelError {
     Manifest { path: PathBuf, reason: String },
     #[error("device: {0}")]
     Device(String),
+    #[error("int8 quantization: {0}")]
+    Quantize(String),
     #[error("{context}: {source}")]
     Torch { context: String, source: tch::TchError },
 }
@@ -89,6 +92,15 @@ impl fmt::Display for DeviceChoice {
     }
 }
 
+impl From<Device> for DeviceChoice {
+    fn from(d: Device) -> Self {
+        match d {
+            Device::Cuda(n) => DeviceChoice::Cuda(n),
+            _ => DeviceChoice::Cpu,
+        }
+    }
+}
+
 impl DeviceChoice {
     /// The tch device to use. Asking for a CUDA device that is not there is an error
     /// rather than a silent fall-back: the operator said `cuda` for a reason.
@@ -118,6 +130,8 @@ pub enum Precision {
     Fp32,
     Bf16,
     Fp16,
+    /// Quantized TorchScript backbone on CPU (see [`int8`]); input and output fp32.
+    Int8,
 }
 
 impl Precision {
@@ -126,6 +140,7 @@ impl Precision {
             Precision::Fp32 => Kind::Float,
             Precision::Bf16 => Kind::BFloat16,
             Precision::Fp16 => Kind::Half,
+            Precision::Int8 => Kind::Float,
         }
     }
 
@@ -134,6 +149,7 @@ impl Precision {
             Precision::Fp32 => "fp32",
             Precision::Bf16 => "bf16",
             Precision::Fp16 => "fp16",
+            Precision::Int8 => "int8",
         }
     }
 }
@@ -162,7 +178,8 @@ impl FromStr for PrecisionChoice {
             "fp32" => Ok(PrecisionChoice::Exactly(Precision::Fp32)),
             "bf16" => Ok(PrecisionChoice::Exactly(Precision::Bf16)),
             "fp16" => Ok(PrecisionChoice::Exactly(Precision::Fp16)),
-            _ => Err(format!("unknown precision `{s}`: expected auto, fp32, bf16 or fp16")),
+            "int8" => Ok(PrecisionChoice::Exactly(Precision::Int8)),
+            _ => Err(format!("unknown precision `{s}`: expected auto, fp32, bf16, fp16 or int8")),
         }
     }
 }
@@ -177,6 +194,9 @@ impl PrecisionChoice {
             (PrecisionChoice::Exactly(Precision::Fp16), Device::Cpu) => {
                 Err(ModelError::Device("precision fp16 needs a CUDA device; on CPU use fp32 or bf16 (or auto)".into()))
             }
+            (PrecisionChoice::Exactly(Precision::Int8), Device::Cuda(_)) => Err(ModelError::Device(
+                "precision int8 runs on the CPU only; on CUDA use fp16, bf16 or fp32 (or auto)".into(),
+            )),
             (PrecisionChoice::Exactly(p), _) => Ok(p),
         }
     }
@@ -243,12 +263,52 @@ pub struct Recognizer {
 }
 
 impl Recognizer {
-    /// Loads the cascade manifest in `models_dir` and the backbone it names.
+    /// Loads the cascade manifest in `models_dir` and the backbone it names, in the
+    /// placement's precision (int8: the quantized backbone the manifest names).
     pub fn load(models_dir: &Path, placement: Placement) -> Result<Recognizer, ModelError> {
         let manifest = Manifest::load(models_dir)?;
-        let backbone = Backbone::load(&manifest.backbone_path(), Some(manifest.backbone.spec()), placement)?;
+        let backbone = match placement.precision {
+            Precision::Int8 => {
+                let path = manifest.int8_path().ok_or_else(|| ModelError::Manifest {
+                    path: models_dir.join(manifest::MANIFEST_FILE),
+                    reason: "precision int8 asked for, but these models have no int8 backbone (carwatch train --int8)"
+                        .into(),
+                })?;
+                Backbone::load_int8(&path, manifest.backbone.spec())?
+            }
+            _ => Backbone::load(&manifest.backbone_path(), Some(manifest.backbone.spec()), placement)?,
+        };
         let cascade = Cascade::load(&manifest, backbone.spec().feature_len(), placement.device)?;
         Ok(Recognizer { backbone, cascade })
+    }
+
+    /// Like [`Recognizer::load`] with the operator's choices: on the CPU, `auto` picks the
+    /// int8 backbone when the models have one that agreed with fp32 on at least
+    /// [`int8::MIN_AGREEMENT`] of the validation photos. Says what runs in the log.
+    pub fn load_choosing(
+        models_dir: &Path,
+        device: DeviceChoice,
+        precision: PrecisionChoice,
+    ) -> Result<Recognizer, ModelError> {
+        let device = device.resolve()?;
+        let manifest = Manifest::load(models_dir)?;
+        let int8 = match (precision, device, manifest.backbone.int8_agreement) {
+            (PrecisionChoice::Auto, Device::Cpu, Some(a))
+                if manifest.int8_path().is_some() && a >= int8::MIN_AGREEMENT =>
+            {
+                Some(a)
+            }
+            _ => None,
+        };
+        let placement = match int8 {
+            Some(_) => Placement { device, precision: Precision::Int8 },
+            None => Placement::resolve(DeviceChoice::from(device), precision)?,
+        };
+        match int8 {
+            Some(a) => tracing::info!("precision int8 (agreed with fp32 on {:.1}% of validation photos)", a * 100.0),
+            None => tracing::info!("precision {}", placement.precision),
+        }
+        Recognizer::load(models_dir, placement)
     }
 
     /// Classifies each (image, crop) pair. The backbone runs once for the whole batch.

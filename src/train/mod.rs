@@ -19,7 +19,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::model::manifest::{BackboneEntry, FORMAT, HeadEntry, Manifest};
 use crate::model::weights::write_atomic;
-use crate::model::{Backbone, Crop, Level, ModelError, Placement, RgbImage, preprocess};
+use crate::model::{Backbone, Cascade, Crop, Level, ModelError, Placement, Precision, RgbImage, preprocess};
 use dataset::Dataset;
 use features::{FeatureCache, ImageKey};
 use fit::{FitOptions, Split};
@@ -55,6 +55,8 @@ pub struct TrainOptions {
     /// Copied into the manifest (and from there into logs): the demo model says it is
     /// synthetic here.
     pub notice: Option<String>,
+    /// Also make an int8 backbone (CPU) and measure its agreement with fp32.
+    pub int8: bool,
 }
 
 /// What training did, head by head.
@@ -67,6 +69,18 @@ pub struct TrainReport {
     pub computed: usize,
     pub skipped: Vec<(PathBuf, String)>,
     pub manifest: PathBuf,
+    pub int8: Option<Int8Report>,
+}
+
+/// What `--int8` produced.
+#[derive(Debug, Clone)]
+pub struct Int8Report {
+    pub path: PathBuf,
+    /// Share of validation photos with the same view/make/model as fp32.
+    pub agreement: f64,
+    pub photos: usize,
+    /// Whether `precision = "auto"` will use it (agreement at least the minimum).
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -155,15 +169,21 @@ pub fn run(opts: &TrainOptions) -> Result<TrainReport, TrainError> {
         reports.push(report);
     }
 
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         dir: opts.out.clone(),
         format: FORMAT,
         notice: opts.notice.clone(),
         root: "view".into(),
-        backbone: BackboneEntry { file: backbone_reference(&opts.backbone, &opts.out)?, widths: backbone.spec() },
+        backbone: BackboneEntry {
+            file: backbone_reference(&opts.backbone, &opts.out)?,
+            widths: backbone.spec(),
+            int8: None,
+            int8_agreement: None,
+        },
         heads: entries,
     };
     manifest.save(&opts.out)?;
+    let int8 = if opts.int8 { Some(make_int8(&data, opts, &mut manifest)?) } else { None };
     Ok(TrainReport {
         heads: reports,
         photos: data.photos.len(),
@@ -171,7 +191,77 @@ pub fn run(opts: &TrainOptions) -> Result<TrainReport, TrainError> {
         computed,
         skipped,
         manifest: opts.out.join(crate::model::manifest::MANIFEST_FILE),
+        int8,
     })
+}
+
+/// Photos decoded and preprocessed on the CPU in fp32, `batch` at a time.
+fn preprocessed<'a>(paths: &'a [&'a Path], batch: usize) -> impl Iterator<Item = Result<Tensor, TrainError>> + 'a {
+    let cpu = Placement { device: Device::Cpu, precision: Precision::Fp32 };
+    paths.chunks(batch.max(1)).map(move |chunk| {
+        let images: Vec<image::RgbImage> =
+            chunk.iter().filter_map(|p| crate::input::load(&p.display().to_string()).ok()).collect();
+        let views: Vec<(RgbImage<'_>, Crop)> = images
+            .iter()
+            .map(|i| {
+                let v = RgbImage::from_image(i);
+                (v, v.full())
+            })
+            .collect();
+        Ok(preprocess::batch(&views, cpu)?)
+    })
+}
+
+/// Training photos the int8 quantization is calibrated on (spread over the classes).
+const CALIBRATION_PHOTOS: usize = 96;
+
+/// Quantizes the backbone to int8, calibrated on training photos, and measures how
+/// often the cascade answers as it does in fp32 on the validation photos.
+fn make_int8(data: &Dataset, opts: &TrainOptions, manifest: &mut Manifest) -> Result<Int8Report, TrainError> {
+    let spec = manifest.backbone.spec();
+    let training: Vec<&Path> = data.photos.iter().filter(|p| !p.validation).map(|p| p.path.as_path()).collect();
+    let step = (training.len() / CALIBRATION_PHOTOS).max(1);
+    let calibration: Vec<&Path> = training.iter().step_by(step).take(CALIBRATION_PHOTOS).copied().collect();
+    let calib = Tensor::f_cat(&preprocessed(&calibration, 32).collect::<Result<Vec<_>, _>>()?, 0)
+        .map_err(ModelError::torch("calibration batch"))?;
+    let stem = opts.backbone.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "backbone".into());
+    let rel = PathBuf::from(format!("{stem}-int8.pt"));
+    let out = opts.out.join(&rel);
+    tracing::info!("quantizing the backbone to int8 ({} calibration photos)", calibration.len());
+    crate::model::int8::quantize(&opts.backbone, spec, &calib, &out)?;
+
+    let mut check: Vec<&Path> = data.photos.iter().filter(|p| p.validation).map(|p| p.path.as_path()).collect();
+    if check.is_empty() {
+        check = training.clone();
+    }
+    check.truncate(400);
+    let fp32 =
+        Backbone::load(&opts.backbone, Some(spec), Placement { device: Device::Cpu, precision: Precision::Fp32 })?;
+    let int8 = Backbone::load_int8(&out, spec)?;
+    let cascade = Cascade::load(manifest, spec.feature_len(), Device::Cpu)?;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let bar = bar(opts.progress, check.len() as u64, "int8 agreement");
+    for batch in preprocessed(&check, 16) {
+        let batch = batch?;
+        a.extend(cascade.run(&fp32.features(&batch)?)?);
+        b.extend(cascade.run(&int8.features(&batch)?)?);
+        bar.inc(batch.size()[0] as u64);
+    }
+    bar.finish_and_clear();
+    let agreement = crate::model::int8::agreement(&a, &b);
+    let enabled = agreement >= crate::model::int8::MIN_AGREEMENT;
+    if !enabled {
+        tracing::warn!(
+            "int8 backbone agrees with fp32 on only {:.1}% of {} photos (< {:.0}%): not used automatically",
+            agreement * 100.0,
+            a.len(),
+            crate::model::int8::MIN_AGREEMENT * 100.0
+        );
+    }
+    manifest.backbone.int8 = Some(rel);
+    manifest.backbone.int8_agreement = Some((agreement * 1e4).round() / 1e4);
+    manifest.save(&opts.out)?;
+    Ok(Int8Report { path: out, agreement, photos: a.len(), enabled })
 }
 
 type Extracted = (Vec<Option<Tensor>>, Vec<Option<Tensor>>, Vec<(PathBuf, String)>, usize, usize);

@@ -1,0 +1,104 @@
+//! The int8 backbone: made by PyTorch, run by libtorch.
+//!
+//! On CPUs with VNNI, int8 convolutions do about twice the work of bf16 per cycle. tch's
+//! generated API has no quantized convolutions, but libtorch runs a quantized TorchScript
+//! module, so quantization happens in Python (`models/quantize_int8.py`: FX post-training
+//! static quantization, x86 backend) and carwatch loads the result with `tch::CModule`.
+//! carwatch prepares the calibration batch itself, so the calibration sees exactly the
+//! preprocessing inference will. An int8 backbone is used automatically only where the
+//! cascade's answers with it agree with fp32 on [`MIN_AGREEMENT`] of the validation
+//! photos (measured by `train`, recorded in `cascade.toml`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tch::Tensor;
+
+use super::backbone::VggSpec;
+use super::weights::write_atomic;
+use super::{Level, ModelError, Prediction};
+
+/// Least share of validation photos on which int8 must give fp32's answer.
+pub const MIN_AGREEMENT: f64 = 0.98;
+
+/// The Python with torch: `$CARWATCH_PYTHON`, the project venv, or `python3`.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("CARWATCH_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = PathBuf::from(".venv/bin/python");
+    if venv.exists() { venv } else { PathBuf::from("python3") }
+}
+
+/// `quantize_int8.py`: `$CARWATCH_SCRIPTS`, `models/` of a checkout, or where
+/// `make install` puts it.
+pub fn script() -> Result<PathBuf, ModelError> {
+    let mut candidates = Vec::new();
+    if let Some(d) = std::env::var_os("CARWATCH_SCRIPTS") {
+        candidates.push(PathBuf::from(d).join("quantize_int8.py"));
+    }
+    candidates.push(PathBuf::from("models/quantize_int8.py"));
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(prefix) = exe.parent().and_then(Path::parent)
+    {
+        candidates.push(prefix.join("share/carwatch/quantize_int8.py"));
+    }
+    candidates.iter().find(|p| p.exists()).cloned().ok_or_else(|| {
+        ModelError::Quantize(format!("quantize_int8.py not found (looked in {candidates:?}); set CARWATCH_SCRIPTS"))
+    })
+}
+
+/// Quantizes the backbone in `weights` (widths `spec`) to `out`, calibrated on
+/// `calibration` (`[N, 3, 224, 224]`, preprocessed, fp32, CPU).
+pub fn quantize(weights: &Path, spec: VggSpec, calibration: &Tensor, out: &Path) -> Result<(), ModelError> {
+    let script = script()?;
+    let scratch = tempfile::Builder::new()
+        .prefix("carwatch-int8-")
+        .tempdir()
+        .map_err(|source| ModelError::Io { path: std::env::temp_dir(), source })?;
+    let calib = scratch.path().join("calibration.safetensors");
+    write_atomic(&calib, &[("images".to_string(), calibration.shallow_clone())])?;
+    let widths: Vec<String> = spec.widths.iter().map(|w| w.to_string()).collect();
+    let python = python();
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg("--weights")
+        .arg(weights)
+        .arg("--widths")
+        .arg(widths.join(","))
+        .arg("--calibration")
+        .arg(&calib)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .map_err(|e| {
+            ModelError::Quantize(format!(
+                "cannot run {}: {e} (set CARWATCH_PYTHON to a Python with torch)",
+                python.display()
+            ))
+        })?;
+    if !output.status.success() {
+        let err = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
+        return Err(ModelError::Quantize(format!(
+            "{} {} failed:\n{}",
+            python.display(),
+            script.display(),
+            tail.join("\n")
+        )));
+    }
+    Ok(())
+}
+
+/// Share of images on which two runs of the cascade chose the same view, make and model.
+pub fn agreement(a: &[Prediction], b: &[Prediction]) -> f64 {
+    if a.is_empty() {
+        return 0.0;
+    }
+    let same = a
+        .iter()
+        .zip(b)
+        .filter(|(x, y)| Level::ALL.iter().all(|&l| x.label(l).eq_ignore_ascii_case(y.label(l))))
+        .count();
+    same as f64 / a.len() as f64
+}
