@@ -30,6 +30,7 @@
 
 pub mod alerts;
 pub mod batcher;
+pub mod bench;
 pub mod camera;
 pub mod config;
 pub mod infer;

@@ -6,5 +6,6 @@ mod support;
 mod check;
 mod faults;
 mod operations;
+mod performance;
 mod train_classify;
 mod watch;

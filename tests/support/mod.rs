@@ -108,6 +108,34 @@ pub fn trained() -> &'static Trained {
     })
 }
 
+/// A cascade on the real VGG-19 shape (random weights), trained with `--int8` on the
+/// shared photos, once per test process: what the int8 agreement is claimed for.
+pub fn trained_vgg19() -> &'static Trained {
+    static TRAINED: OnceLock<Trained> = OnceLock::new();
+    TRAINED.get_or_init(|| {
+        let small = trained();
+        let backbone = small.root.join("vgg19-random.safetensors");
+        let mut cmd = carwatch();
+        cmd.args(["synth", "backbone", "--out"]).arg(&backbone);
+        let o = run(cmd, Duration::from_secs(120));
+        assert!(o.status.success(), "synth backbone: {}", stderr(&o));
+        let models = small.root.join("models-vgg19");
+        let mut cmd = carwatch();
+        cmd.arg("train").arg("--data").arg(&small.data).arg("--backbone").arg(&backbone);
+        cmd.arg("--out").arg(&models).arg("--cache-dir").arg(&small.cache).args(["--epochs", "20", "--int8"]);
+        let o = run(cmd, Duration::from_secs(1200));
+        assert!(o.status.success(), "train --int8 failed:\n{}\n{}", stdout(&o), stderr(&o));
+        Trained {
+            root: small.root.clone(),
+            models,
+            backbone,
+            data: small.data.clone(),
+            cache: small.cache.clone(),
+            train_stdout: stdout(&o),
+        }
+    })
+}
+
 /// The shared cascade lives for the whole test process (statics are never dropped), so
 /// each run removes the directories of earlier test processes that have exited.
 fn remove_stale_roots() {

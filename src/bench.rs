@@ -1,0 +1,457 @@
+//! `carwatch bench`: measurements that tell the truth about throughput.
+//!
+//! - [`model`]: backbone plus cascade on the real VGG-19 shape (random weights when no
+//!   real ones are given), for each precision the device supports and several batch
+//!   sizes, after a warm-up, each timed for at least a minimum duration. The input is an
+//!   already-normalised batch on the device; the cascade's output is copied back to the
+//!   host, as the worker does.
+//! - [`pipeline`]: N synthetic RTSP cameras (served by a child `carwatch synth rtsp`
+//!   process, so that encoding them is not counted) through the whole watch path, up to
+//!   the matcher and a real MQTT publish to the embedded broker: sustained analysed
+//!   frames per second, drops, capture-to-PUBACK latency, CPU time per analysed frame
+//!   split between decoding and inference (from per-thread CPU clocks), peak RSS.
+//!
+//! Results are plain structs; the CLI prints them as a table or as JSON.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::model::backbone::{Backbone, VggSpec};
+use crate::model::cascade::Cascade;
+use crate::model::manifest::{BackboneEntry, FORMAT, HeadEntry, Manifest};
+use crate::model::weights::write_atomic;
+use crate::model::{Level, Placement, Precision};
+
+/// One `bench model` measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelResult {
+    pub device: String,
+    pub precision: String,
+    pub batch: usize,
+    pub img_per_s: f64,
+    pub ms_per_batch: f64,
+    /// GFLOP/s achieved by the backbone's convolutions.
+    pub gflops: f64,
+    pub iterations: usize,
+}
+
+/// What `bench model` measures.
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    /// Backbone weights; random VGG-19 weights when absent.
+    pub backbone: Option<PathBuf>,
+    pub device: Device,
+    pub precisions: Vec<Precision>,
+    pub batches: Vec<usize>,
+    /// Each measurement runs at least this long (and at least 3 batches).
+    pub min_time: Duration,
+    pub warmup: usize,
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// A cascade like a real one (3 views, 3 makes per view, 3 models per make) with random
+/// weights, written to `dir`: what the heads cost does not depend on their values.
+pub fn random_cascade(dir: &Path, backbone_file: &Path, spec: VggSpec) -> Result<Manifest, String> {
+    std::fs::create_dir_all(dir.join("heads")).map_err(err)?;
+    let labels = |p: &str| (0..3).map(|i| format!("{p}{i}")).collect::<Vec<_>>();
+    let mut heads = Vec::new();
+    let mut head =
+        |id: String, level: Level, labels: Vec<String>, next: BTreeMap<String, String>| -> Result<(), String> {
+            let k = labels.len() as i64;
+            let hidden = 256;
+            let rel = PathBuf::from(format!("heads/{}.safetensors", id.replace('/', "_")));
+            let t = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.01;
+            let tensors = vec![
+                ("0.weight".to_string(), t(&[hidden, spec.feature_len()])),
+                ("0.bias".to_string(), t(&[hidden])),
+                ("3.weight".to_string(), t(&[k, hidden])),
+                ("3.bias".to_string(), t(&[k])),
+            ];
+            write_atomic(&dir.join(&rel), &tensors).map_err(err)?;
+            heads.push(HeadEntry { id, level, labels, weights: Some(rel), hidden, next, validation_accuracy: None });
+            Ok(())
+        };
+    let views = labels("view");
+    head("view".into(), Level::View, views.clone(), views.iter().map(|v| (v.clone(), format!("{v}/make"))).collect())?;
+    for v in &views {
+        let makes = labels("make");
+        head(
+            format!("{v}/make"),
+            Level::Make,
+            makes.clone(),
+            makes.iter().map(|m| (m.clone(), format!("{v}/{m}/model"))).collect(),
+        )?;
+        for m in &makes {
+            head(format!("{v}/{m}/model"), Level::Model, labels("model"), BTreeMap::new())?;
+        }
+    }
+    let manifest = Manifest {
+        dir: dir.to_path_buf(),
+        format: FORMAT,
+        notice: Some("random cascade for benchmarks".into()),
+        root: "view".into(),
+        backbone: BackboneEntry { file: backbone_file.to_path_buf(), widths: spec, int8: None, int8_agreement: None },
+        heads,
+    };
+    manifest.save(dir).map_err(err)?;
+    Ok(manifest)
+}
+
+/// The benchmark backbone quantized to int8, calibrated on generated photos.
+fn int8_backbone(weights: &Path, scratch: &Path) -> Result<Backbone, String> {
+    use crate::model::{Crop, RgbImage};
+    let spec = {
+        let f = crate::model::weights::WeightFile::open(weights).map_err(err)?;
+        VggSpec::infer(&f).map_err(err)?
+    };
+    let mut rng = crate::synthetic::rng(11);
+    let images: Vec<image::RgbImage> = crate::synthetic::catalogue()
+        .iter()
+        .cycle()
+        .take(48)
+        .map(|c| crate::synthetic::render(c, &mut rng, 160, 128))
+        .collect();
+    let views: Vec<(RgbImage<'_>, Crop)> = images
+        .iter()
+        .map(|i| {
+            let v = RgbImage::from_image(i);
+            (v, v.full())
+        })
+        .collect();
+    let cpu = Placement { device: Device::Cpu, precision: Precision::Fp32 };
+    let calibration = crate::model::preprocess::batch(&views, cpu).map_err(err)?;
+    let out = scratch.join("int8.pt");
+    tracing::info!("quantizing the benchmark backbone to int8 (calibrated on {} generated photos)", images.len());
+    crate::model::int8::quantize(weights, spec, &calibration, &out).map_err(err)?;
+    Backbone::load_int8(&out, spec).map_err(err)
+}
+
+/// Runs `bench model`.
+pub fn model(opts: &ModelOptions) -> Result<Vec<ModelResult>, String> {
+    let scratch = tempfile::Builder::new().prefix("carwatch-bench-").tempdir().map_err(err)?;
+    let backbone_file = match &opts.backbone {
+        Some(f) => f.clone(),
+        None => {
+            let f = scratch.path().join("vgg19-random.safetensors");
+            write_atomic(&f, &VggSpec::VGG19.random_state_dict(7)).map_err(err)?;
+            f
+        }
+    };
+    let mut results = Vec::new();
+    for &precision in &opts.precisions {
+        let placement = Placement { device: opts.device, precision };
+        let backbone = match precision {
+            Precision::Int8 => int8_backbone(&backbone_file, scratch.path())?,
+            _ => Backbone::load(&backbone_file, None, placement).map_err(err)?,
+        };
+        let spec = backbone.spec();
+        let manifest = random_cascade(&scratch.path().join("cascade"), &backbone_file, spec)?;
+        let cascade = Cascade::load(&manifest, spec.feature_len(), opts.device).map_err(err)?;
+        let flops = spec.flops_per_image();
+        for &batch in &opts.batches {
+            let input =
+                Tensor::randn([batch as i64, 3, 224, 224], (Kind::Float, opts.device)).to_kind(precision.kind());
+            let step = || -> Result<(), String> {
+                let f = backbone.features(&input).map_err(err)?;
+                cascade.run(&f).map_err(err)?;
+                Ok(())
+            };
+            for _ in 0..opts.warmup {
+                step()?;
+            }
+            let start = Instant::now();
+            let mut iterations = 0;
+            while iterations < 3 || start.elapsed() < opts.min_time {
+                step()?;
+                iterations += 1;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            let img_per_s = (iterations * batch) as f64 / secs;
+            results.push(ModelResult {
+                device: placement.describe().split('/').next().unwrap_or("cpu").to_string(),
+                precision: precision.name().to_string(),
+                batch,
+                img_per_s,
+                ms_per_batch: 1000.0 * secs / iterations as f64,
+                gflops: img_per_s * flops / 1e9,
+                iterations,
+            });
+            tracing::info!("{}/{} batch {batch}: {img_per_s:.1} img/s", placement.describe(), precision);
+        }
+    }
+    Ok(results)
+}
+
+/// One `bench pipeline` measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineResult {
+    pub cameras: usize,
+    pub fps: f64,
+    pub resolution: String,
+    /// Frames classified per second, all cameras together, over the measured span.
+    pub analysed_fps: f64,
+    /// Frames dropped (oldest first) because inference was behind, during the span.
+    pub dropped: u64,
+    /// Capture of a frame to the broker's PUBACK of the hit it produced.
+    pub latency_ms_p50: f64,
+    pub latency_ms_p95: f64,
+    pub latency_ms_p99: f64,
+    /// CPU time (all threads of decoding, conversion and the cameras) per analysed frame.
+    pub cpu_ms_per_frame_decode: f64,
+    /// CPU time of the inference thread (and libtorch's pool) per analysed frame.
+    pub cpu_ms_per_frame_infer: f64,
+    pub peak_rss_mb: f64,
+    pub decoder: String,
+    pub device: String,
+    pub seconds: f64,
+}
+
+/// What `bench pipeline` measures.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    pub cameras: usize,
+    pub fps: f64,
+    pub width: u32,
+    pub height: u32,
+    /// Frame rate of the synthetic cameras (what is decoded).
+    pub source_fps: u32,
+    pub duration: Duration,
+    /// Measured span starts after this.
+    pub warmup: Duration,
+    pub models: PathBuf,
+    pub device: crate::model::DeviceChoice,
+    pub precision: crate::model::PrecisionChoice,
+    pub decode: crate::camera::DecodeMode,
+}
+
+/// Per-thread CPU time (seconds) by thread name, from /proc.
+fn thread_cpu() -> Vec<(String, f64)> {
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return out };
+    for t in dir.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default().trim().to_string();
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: utime and stime are the 12th and 13th.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let (u, s) = (f.get(11).and_then(|v| v.parse::<f64>().ok()), f.get(12).and_then(|v| v.parse::<f64>().ok()));
+        if let (Some(u), Some(s)) = (u, s) {
+            out.push((comm, (u + s) / ticks));
+        }
+    }
+    out
+}
+
+/// Inference or decoding? Threads that are neither (publishing, the broker) count for
+/// neither.
+fn thread_role(name: &str) -> Option<&'static str> {
+    const OTHER: [&str; 10] = [
+        "publish",
+        "mqtt",
+        "broker",
+        "alerts",
+        "alert-errors",
+        "notify",
+        "metrics",
+        "signals",
+        "tokio-runtime-w",
+        "carwatch",
+    ];
+    if name == "infer" || name.starts_with("pt_") || name.starts_with("omp") {
+        Some("infer")
+    } else if OTHER.iter().any(|o| name.starts_with(o)) {
+        None
+    } else {
+        Some("decode")
+    }
+}
+
+fn cpu_by_role() -> (f64, f64) {
+    let (mut decode, mut infer) = (0.0, 0.0);
+    for (name, secs) in thread_cpu() {
+        match thread_role(&name) {
+            Some("infer") => infer += secs,
+            Some(_) => decode += secs,
+            None => {}
+        }
+    }
+    (decode, infer)
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn percentile(sorted: &[f32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i] as f64 * 1000.0
+}
+
+/// The child process serving the synthetic cameras; killed on drop.
+struct Cameras(Child);
+
+impl Drop for Cameras {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).map_err(err)
+}
+
+/// Runs `bench pipeline`.
+pub fn pipeline(opts: &PipelineOptions) -> Result<PipelineResult, String> {
+    let manifest = Manifest::load(&opts.models)
+        .map_err(|e| format!("{e} (train a cascade, or run `make run` once for the demo model)"))?;
+    let vehicle = manifest.leaves().into_iter().next().ok_or("the cascade has no leaves")?;
+    let exe = std::env::current_exe().map_err(err)?;
+    let rtsp_port = free_port()?;
+    let mounts: Vec<String> = (0..opts.cameras).map(|i| format!("/cam{i}=3600:front/bmw/3-series")).collect();
+    let mut cmd = Command::new(&exe);
+    cmd.args([
+        "synth",
+        "rtsp",
+        "--port",
+        &rtsp_port.to_string(),
+        "--width",
+        &opts.width.to_string(),
+        "--height",
+        &opts.height.to_string(),
+        "--fps",
+        &opts.source_fps.to_string(),
+    ]);
+    for m in &mounts {
+        cmd.args(["--mount", m]);
+    }
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let _server = Cameras(cmd.spawn().map_err(|e| format!("cannot start the synthetic cameras: {e}"))?);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", rtsp_port)).is_err() {
+        if Instant::now() > deadline {
+            return Err("the synthetic RTSP cameras did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The daemon's own configuration, in memory: every analysed frame matches the alert
+    // (no confirmation, no cooldown), so every frame is published and acknowledged.
+    let scratch = tempfile::Builder::new().prefix("carwatch-bench-").tempdir().map_err(err)?;
+    let alerts = scratch.path().join("alerts.toml");
+    let alert = format!(
+        "[[alert]]\nid = \"bench\"\nmake = \"{}\"\nmin_confidence = 0.0\nconfirm_frames = 1\ncooldown_s = 0\n",
+        vehicle.make
+    );
+    std::fs::write(&alerts, alert).map_err(err)?;
+    let mut text = format!(
+        "state_dir = \"{}\"\nalerts = \"{}\"\n[model]\ndir = \"{}\"\ndevice = \"{}\"\n[broker]\nlisten = \"127.0.0.1:{}\"\n[snapshots]\nquality = 70\n",
+        scratch.path().display(),
+        alerts.display(),
+        opts.models.display(),
+        opts.device,
+        free_port()?,
+    );
+    for i in 0..opts.cameras {
+        text.push_str(&format!(
+            "[[camera]]\nname = \"cam{i}\"\nurl = \"rtsp://127.0.0.1:{rtsp_port}/cam{i}\"\nfps = {}\ndecode = \"{}\"\n",
+            opts.fps,
+            opts.decode.name()
+        ));
+    }
+    let mut config =
+        crate::config::Config::parse(&scratch.path().join("bench.toml"), &text).map_err(|p| p.to_string())?;
+    config.model.precision = opts.precision;
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+    let (seen_tx, seen_rx) = crossbeam_channel::bounded(1);
+    let watcher = std::thread::Builder::new()
+        .name("carwatch".into())
+        .spawn(move || {
+            let options =
+                crate::watch::WatchOptions { stop: Some(stop_rx), observer: Some(seen_tx), ..Default::default() };
+            crate::watch::run(&config, options).map_err(|e| e.to_string())
+        })
+        .map_err(err)?;
+    let running = match seen_rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(r) => r,
+        Err(_) => {
+            let _ = stop_tx.send(());
+            return Err(match watcher.join() {
+                Ok(Err(e)) => e,
+                _ => "the watcher did not start".into(),
+            });
+        }
+    };
+    std::thread::sleep(opts.warmup);
+    let count = |f: &dyn Fn(&crate::camera::CameraShared) -> u64| running.cameras.iter().map(|c| f(c)).sum::<u64>();
+    let analysed0 = count(&|c| c.analysed.load(Ordering::Relaxed));
+    let dropped0 = count(&|c| c.dropped.load(Ordering::Relaxed));
+    let (decode0, infer0) = cpu_by_role();
+    if let Ok(mut l) = running.metrics.latencies.lock() {
+        l.clear();
+    }
+    let start = Instant::now();
+    std::thread::sleep(opts.duration);
+    let secs = start.elapsed().as_secs_f64();
+    let analysed = count(&|c| c.analysed.load(Ordering::Relaxed)) - analysed0;
+    let dropped = count(&|c| c.dropped.load(Ordering::Relaxed)) - dropped0;
+    let (decode1, infer1) = cpu_by_role();
+    let mut latencies = running.metrics.latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let decoder = running.cameras.first().and_then(|c| c.decoder()).unwrap_or_else(|| "unknown".into());
+    let _ = stop_tx.send(());
+    let result = watcher.join().map_err(|_| "the watcher panicked".to_string())?;
+    result?;
+    let per_frame = |cpu: f64| if analysed > 0 { 1000.0 * cpu / analysed as f64 } else { 0.0 };
+    Ok(PipelineResult {
+        cameras: opts.cameras,
+        fps: opts.fps,
+        resolution: format!("{}x{}", opts.width, opts.height),
+        analysed_fps: analysed as f64 / secs,
+        dropped,
+        latency_ms_p50: percentile(&latencies, 0.50),
+        latency_ms_p95: percentile(&latencies, 0.95),
+        latency_ms_p99: percentile(&latencies, 0.99),
+        cpu_ms_per_frame_decode: per_frame(decode1 - decode0),
+        cpu_ms_per_frame_infer: per_frame(infer1 - infer0),
+        peak_rss_mb: peak_rss_mb(),
+        decoder,
+        device: opts.device.to_string(),
+        seconds: secs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_roles() {
+        let v = [0.001f32, 0.002, 0.003, 0.004, 0.100];
+        assert_eq!(percentile(&v, 0.5), 3.0);
+        assert!((percentile(&v, 0.99) - 100.0).abs() < 1e-3);
+        assert_eq!(thread_role("infer"), Some("infer"));
+        assert_eq!(thread_role("publish"), None);
+        assert_eq!(thread_role("avdec_h264-0"), Some("decode"));
+        assert!(thread_cpu().iter().any(|(_, s)| *s >= 0.0));
+    }
+}

@@ -1,0 +1,252 @@
+//! Performance features that must not change answers: reduced precision, keyframe-only
+//! decoding, motion gating, decoder choice; and `bench` in its short mode.
+
+use std::time::Duration;
+
+use carwatch::model::{Crop, DeviceChoice, Placement, Precision, PrecisionChoice, Recognizer, RgbImage, int8};
+use carwatch::synthetic::rtsp::RtspServer;
+use carwatch::synthetic::video::Scene;
+
+use crate::support::daemon::{H, W, Watcher, camera, single, write_config};
+use crate::support::mqtt::{Message, Mosquitto, Subscriber};
+use crate::support::{self, carwatch, run, stderr, stdout, trained};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// Held-out photos (`per_class` of every class), classified with the models in
+/// `models` at `precision`.
+fn classify_held_out(
+    models: &std::path::Path,
+    per_class: usize,
+    precision: Precision,
+) -> Vec<carwatch::model::Prediction> {
+    let dir = support::tempdir();
+    let held = carwatch::synthetic::write_dataset(dir.path(), per_class, 31337, 128).unwrap();
+    let images: Vec<image::RgbImage> = held.iter().map(|s| image::open(&s.path).unwrap().to_rgb8()).collect();
+    let r = Recognizer::load(models, Placement { device: tch::Device::Cpu, precision }).unwrap();
+    let mut out = Vec::new();
+    for chunk in images.chunks(16) {
+        let views: Vec<(RgbImage<'_>, Crop)> = chunk
+            .iter()
+            .map(|i| {
+                let v = RgbImage::from_image(i);
+                (v, v.full())
+            })
+            .collect();
+        out.extend(r.classify(&views).unwrap());
+    }
+    out
+}
+
+#[test]
+fn bf16_gives_fp32_answers() {
+    let t = trained();
+    let fp32 = classify_held_out(&t.models, 4, Precision::Fp32);
+    let bf16 = classify_held_out(&t.models, 4, Precision::Bf16);
+    let agree = int8::agreement(&fp32, &bf16);
+    assert!(agree >= 0.98, "bf16 agrees with fp32 on {:.1}% of {} photos", agree * 100.0, fp32.len());
+    // Tolerance: the path's confidence moves by less than 0.05 on average.
+    let drift: f32 =
+        fp32.iter().zip(&bf16).map(|(a, b)| (a.confidence() - b.confidence()).abs()).sum::<f32>() / fp32.len() as f32;
+    assert!(drift < 0.05, "mean confidence drift {drift}");
+}
+
+#[test]
+fn int8_gives_fp32_answers_on_the_vgg19_shape_and_auto_uses_it() {
+    let t = crate::support::trained_vgg19();
+    let manifest = carwatch::model::Manifest::load(&t.models).unwrap();
+    let recorded = manifest.backbone.int8_agreement.unwrap_or(0.0);
+    assert!(
+        manifest.int8_path().is_some_and(|p| p.exists()),
+        "train --int8 wrote no int8 backbone:\n{}",
+        t.train_stdout
+    );
+    assert!(recorded >= int8::MIN_AGREEMENT, "train measured int8 agreement {recorded}:\n{}", t.train_stdout);
+    // An independent check on photos training never saw.
+    let fp32 = classify_held_out(&t.models, 2, Precision::Fp32);
+    let q = classify_held_out(&t.models, 2, Precision::Int8);
+    let agree = int8::agreement(&fp32, &q);
+    assert!(agree >= 0.98, "int8 agrees with fp32 on {:.1}% of {} held-out photos", agree * 100.0, fp32.len());
+    let drift: f32 =
+        fp32.iter().zip(&q).map(|(a, b)| (a.confidence() - b.confidence()).abs()).sum::<f32>() / fp32.len() as f32;
+    assert!(drift < 0.05, "mean confidence drift {drift}");
+    // precision = "auto" on the CPU picks it, and says so.
+    let dir = support::tempdir();
+    let photo = carwatch::synthetic::write_dataset(dir.path(), 1, 5, 128).unwrap().remove(0);
+    let mut cmd = carwatch();
+    cmd.env("RUST_LOG", "info")
+        .arg("classify")
+        .arg("--models")
+        .arg(&t.models)
+        .args(["--device", "cpu", "--precision", "auto", "--json"])
+        .arg(&photo.path);
+    let o = run(cmd, Duration::from_secs(120));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("precision int8"), "{}", stderr(&o));
+}
+
+#[test]
+fn the_fused_cuda_forward_matches_the_plain_one() {
+    if !tch::Cuda::is_available() {
+        eprintln!("SKIPPED the_fused_cuda_forward_matches_the_plain_one: no CUDA device on this machine");
+        return;
+    }
+    let t = trained();
+    let placement = Placement::resolve(DeviceChoice::Cuda(0), PrecisionChoice::Exactly(Precision::Fp16)).unwrap();
+    let mut b = carwatch::model::Backbone::load(&t.backbone, None, placement).unwrap();
+    let x = tch::Tensor::randn([4, 3, 224, 224], (tch::Kind::Float, tch::Device::Cuda(0)));
+    let fused = b.features(&x).unwrap().to_kind(tch::Kind::Float);
+    b.set_fused(false);
+    let plain = b.features(&x).unwrap().to_kind(tch::Kind::Float);
+    let rel = (&fused - &plain).norm().double_value(&[]) / plain.norm().double_value(&[]).max(1e-9);
+    assert!(rel < 0.01, "fused and plain differ by {rel} (relative L2)");
+}
+
+fn status(sub: &mut Subscriber, camera: &str, pred: impl Fn(&serde_json::Value) -> bool) -> Option<serde_json::Value> {
+    sub.wait_for(&format!("carwatch/cameras/{camera}/status"), LONG, |m: &Message| pred(&m.json())).map(|m| m.json())
+}
+
+#[test]
+fn keyframe_only_decoding_analyses_keyframes_and_still_hits() {
+    let dir = support::tempdir();
+    let broker = Mosquitto::start();
+    // 10 fps with a keyframe every second (the synthetic encoder's GOP is 1 s).
+    let rtsp = RtspServer::start(
+        vec![("/k".into(), single("front", "volvo", "c30")), ("/a".into(), single("front", "volvo", "c30"))],
+        0,
+        None,
+    )
+    .unwrap();
+    let cameras = camera("key", &rtsp.url("/k"), "decode = \"keyframes\"") + &camera("all", &rtsp.url("/a"), "");
+    let alerts = "[[alert]]\nid = \"c30\"\nmake = \"volvo\"\nmodel = \"c30\"\ncameras = [\"key\"]\n";
+    let config =
+        write_config(dir.path(), Some(broker.port), None, &cameras, alerts, "confirm_frames = 2\ncooldown_s = 60");
+    let mut sub = Subscriber::connect(broker.port, "carwatch/#");
+    let watcher = Watcher::start(&config);
+    let hit = sub.wait_for("carwatch/hits/c30", LONG, |_| true);
+    assert!(hit.is_some(), "no hit from the keyframe-only camera\n{}", watcher.logs());
+    // Rates are measured over a status interval (1 s in these tests): look at a few.
+    sub.collect_for(Duration::from_secs(5));
+    let rates = |cam: &str| -> Vec<f64> {
+        sub.on(&format!("carwatch/cameras/{cam}/status"))
+            .iter()
+            .filter_map(|m| m.json()["fps_in"].as_f64())
+            .filter(|r| *r > 0.0)
+            .collect()
+    };
+    let (key, all) = (rates("key"), rates("all"));
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    assert!(mean(&key) <= 1.5, "keyframe-only camera analyses {key:?} fps; its keyframes come once a second");
+    assert!(mean(&all) >= 3.0, "the decode-everything camera analyses {all:?} fps (asked for 4)");
+    let last = status(&mut sub, "key", |s| s["skipped_before_decode"].as_u64().unwrap_or(0) > 0)
+        .expect("frames dropped before the decoder");
+    assert_eq!(last["decode"], "keyframes");
+}
+
+#[test]
+fn motion_gating_skips_still_scenes_and_still_hits() {
+    let dir = support::tempdir();
+    let broker = Mosquitto::start();
+    // Intermittent traffic: a car for 3 s, an empty road for 3 s, and so on.
+    let scene = Scene::parse("3:front/audi/q7; 3:", W, H, 10).unwrap();
+    let rtsp = RtspServer::start(vec![("/m".into(), scene)], 0, None).unwrap();
+    let cameras = camera("gate", &rtsp.url("/m"), "motion = { enabled = true }");
+    let alerts = "[[alert]]\nid = \"q7\"\nmake = \"audi\"\nmodel = \"q7\"\n";
+    let config =
+        write_config(dir.path(), Some(broker.port), None, &cameras, alerts, "confirm_frames = 2\ncooldown_s = 1");
+    let mut sub = Subscriber::connect(broker.port, "carwatch/#");
+    let watcher = Watcher::start(&config);
+    assert!(
+        sub.wait_for("carwatch/hits/q7", LONG, |_| true).is_some(),
+        "no hit with motion gating\n{}",
+        watcher.logs()
+    );
+    sub.collect_for(Duration::from_secs(8));
+    let s = sub.on("carwatch/cameras/gate/status").last().map(|m| m.json()).expect("status");
+    let skipped = s["motion_skipped"].as_u64().unwrap();
+    // ~4 analysed frames per second for ~10 s; only changes of scene need the model.
+    assert!(skipped >= 20, "motion gating skipped only {skipped} regions: {s}");
+    assert!(sub.on("carwatch/hits/q7").len() >= 2, "hits stopped although the car keeps coming back");
+}
+
+#[test]
+fn auto_decoding_falls_back_to_software_and_nvdec_without_nvcodec_says_why() {
+    let dir = support::tempdir();
+    let broker = Mosquitto::start();
+    let rtsp = RtspServer::start(vec![("/c".into(), single("rear", "bmw", "x5"))], 0, None).unwrap();
+    let cameras =
+        camera("auto", &rtsp.url("/c"), "decode = \"auto\"") + &camera("gpu", &rtsp.url("/c"), "decode = \"nvdec\"");
+    let config = write_config(dir.path(), Some(broker.port), None, &cameras, "", "");
+    let mut sub = Subscriber::connect(broker.port, "carwatch/#");
+    let watcher = Watcher::start(&config);
+    let nvdec = carwatch::camera::pipeline::nvdec_available();
+    let auto = status(&mut sub, "auto", |s| s["state"] == "streaming" && !s["decoder"].is_null())
+        .unwrap_or_else(|| panic!("no decoder\n{}", watcher.logs()));
+    let decoder = auto["decoder"].as_str().unwrap();
+    if nvdec {
+        assert!(decoder.starts_with("nv"), "auto did not prefer NVDEC: {decoder}");
+    } else {
+        assert!(decoder.starts_with("avdec_"), "auto without nvcodec should decode in software, got {decoder}");
+        let gpu = status(&mut sub, "gpu", |s| s["state"] == "backing_off")
+            .unwrap_or_else(|| panic!("nvdec camera did not fail\n{}", watcher.logs()));
+        assert!(gpu["reason"].as_str().unwrap().contains("nvh264dec"), "{gpu}");
+    }
+}
+
+#[test]
+fn bench_short_runs_give_every_field() {
+    let t = trained();
+    let mut cmd = carwatch();
+    cmd.args(["bench", "model", "--quick", "--precision", "fp32", "--json"]);
+    let o = run(cmd, Duration::from_secs(300));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        for f in ["device", "precision", "batch", "img_per_s", "ms_per_batch"] {
+            assert!(r.get(f).is_some(), "bench model lacks {f}: {r}");
+        }
+        assert!(r["img_per_s"].as_f64().unwrap() > 0.0);
+    }
+
+    let mut cmd = carwatch();
+    cmd.args([
+        "bench",
+        "pipeline",
+        "--cameras",
+        "1",
+        "--fps",
+        "2",
+        "--duration",
+        "3",
+        "--warmup",
+        "2",
+        "--source-fps",
+        "10",
+        "--json",
+        "--device",
+        "cpu",
+    ]);
+    cmd.arg("--models").arg(&t.models);
+    let o = run(cmd, Duration::from_secs(300));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let r = &rows[0];
+    for f in [
+        "cameras",
+        "fps",
+        "analysed_fps",
+        "dropped",
+        "latency_ms_p50",
+        "latency_ms_p95",
+        "latency_ms_p99",
+        "cpu_ms_per_frame_decode",
+        "cpu_ms_per_frame_infer",
+        "peak_rss_mb",
+        "decoder",
+    ] {
+        assert!(r.get(f).is_some(), "bench pipeline lacks {f}: {r}");
+    }
+    assert!(r["analysed_fps"].as_f64().unwrap() > 1.0, "{r}");
+    assert!(r["latency_ms_p50"].as_f64().unwrap() > 0.0, "{r}");
+}
