@@ -11,7 +11,7 @@ VENV          := .venv
 CARGO         ?= cargo
 PREFIX        ?= /usr/local
 
-.PHONY: setup build release lint test run models install clean
+.PHONY: setup build release lint test run models install bench clean
 
 # Installs system packages and the torch venv (idempotent; quick when nothing is missing).
 setup:
@@ -32,6 +32,10 @@ test: lint
 
 run: build
 	bash scripts/run.sh
+
+# The measurements of docs/benchmarks.md on this machine (minutes; needs a quiet machine).
+bench: release
+	bash bench/run.sh
 
 # Real ImageNet VGG-19 weights from torchvision (needs the internet); see docs/models.md.
 models: setup

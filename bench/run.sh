@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# `make bench`: every measurement in docs/benchmarks.md, on this machine, in one run.
+# Results (JSON) go to bench/results/<host>-<date>/. Needs the demo model (make run once)
+# or trained models in models/.
+set -euo pipefail
+bin=${CARWATCH:-target/release/carwatch}
+out=bench/results/$(hostname)-$(date -u +%Y%m%dT%H%M)
+mkdir -p "$out"
+models=models; [ -f models/cascade.toml ] || models=models/demo
+seconds=${BENCH_SECONDS:-3}
+duration=${BENCH_DURATION:-30}
+
+{ lscpu | grep -E 'Model name|^CPU\(s\)|Flags' | cut -c1-200; nproc; free -g | head -2; } > "$out/machine.txt" 2>&1 || true
+nvidia-smi -L >> "$out/machine.txt" 2>&1 || true
+
+echo "bench: carwatch model" >&2
+"$bin" bench model --seconds "$seconds" --json > "$out/model.json"
+echo "bench: PyTorch model (same machine, same run)" >&2
+.venv/bin/python bench/pytorch_vgg19.py --seconds "$seconds" > "$out/pytorch.json"
+for n in ${BENCH_CAMERAS:-1 2 4 8 16}; do
+  echo "bench: pipeline, $n camera(s)" >&2
+  "$bin" bench pipeline --cameras "$n" --fps 2 --duration "$duration" --models "$models" --json > "$out/pipeline-$n.json"
+done
+for mode in auto keyframes; do
+  echo "bench: pipeline 1080p, decode=$mode" >&2
+  "$bin" bench pipeline --cameras 2 --fps 2 --resolution 1080p --decode "$mode" --duration "$duration" --models "$models" --json > "$out/decode-$mode.json"
+done
+echo "bench: results in $out" >&2
