@@ -131,7 +131,8 @@ fn int8_backbone(weights: &Path, scratch: &Path) -> Result<Backbone, String> {
     let calibration = crate::model::preprocess::batch(&views, cpu).map_err(err)?;
     let out = scratch.join("int8.pt");
     tracing::info!("quantizing the benchmark backbone to int8 (calibrated on {} generated photos)", images.len());
-    crate::model::int8::quantize(weights, spec, &calibration, &out).map_err(err)?;
+    crate::model::int8::quantize(weights, spec, &calibration, crate::model::int8::FirstConv::Int8, &out)
+        .map_err(err)?;
     Backbone::load_int8(&out, spec).map_err(err)
 }
 
@@ -185,7 +186,7 @@ pub fn model(opts: &ModelOptions) -> Result<Vec<ModelResult>, String> {
                 gflops: img_per_s * flops / 1e9,
                 iterations,
             });
-            tracing::info!("{}/{} batch {batch}: {img_per_s:.1} img/s", placement.describe(), precision);
+            tracing::info!("{} batch {batch}: {img_per_s:.1} img/s", placement.describe());
         }
     }
     Ok(results)
@@ -212,6 +213,11 @@ pub struct PipelineResult {
     pub peak_rss_mb: f64,
     pub decoder: String,
     pub device: String,
+    /// Where and in which precision the model ran (`cpu/int8`).
+    pub model: String,
+    /// Regions answered from the previous prediction because nothing moved (motion
+    /// gating), during the span; included in `analysed_fps`.
+    pub motion_skipped: u64,
     pub seconds: f64,
 }
 
@@ -231,6 +237,13 @@ pub struct PipelineOptions {
     pub device: crate::model::DeviceChoice,
     pub precision: crate::model::PrecisionChoice,
     pub decode: crate::camera::DecodeMode,
+    /// `model.threads` for the run (unset: libtorch's default, one per core).
+    pub threads: Option<std::num::NonZeroUsize>,
+    /// What the cameras show (`synth` scene syntax); default: a vehicle the cascade
+    /// knows, for the whole run.
+    pub scene: Option<String>,
+    /// Turns on motion gating for every camera.
+    pub motion: bool,
 }
 
 /// Per-thread CPU time (seconds) by thread name, from /proc.
@@ -324,10 +337,25 @@ fn free_port() -> Result<u16, String> {
 pub fn pipeline(opts: &PipelineOptions) -> Result<PipelineResult, String> {
     let manifest = Manifest::load(&opts.models)
         .map_err(|e| format!("{e} (train a cascade, or run `make run` once for the demo model)"))?;
-    let vehicle = manifest.leaves().into_iter().next().ok_or("the cascade has no leaves")?;
+    // Show a vehicle the cascade knows (a synthetic class where it has one) and alert on
+    // its make, so that analysed frames become hits and are published.
+    let leaves = manifest.leaves();
+    let known = crate::synthetic::catalogue();
+    let vehicle = leaves
+        .iter()
+        .find(|l| known.iter().any(|c| c.view == l.view && c.make == l.make && c.model == l.model))
+        .or(leaves.first())
+        .cloned()
+        .ok_or("the cascade has no leaves")?;
+    let shown = if known.iter().any(|c| c.view == vehicle.view && c.make == vehicle.make && c.model == vehicle.model) {
+        format!("{}/{}/{}", vehicle.view, vehicle.make, vehicle.model)
+    } else {
+        "front/bmw/3-series".to_string()
+    };
     let exe = std::env::current_exe().map_err(err)?;
     let rtsp_port = free_port()?;
-    let mounts: Vec<String> = (0..opts.cameras).map(|i| format!("/cam{i}=3600:front/bmw/3-series")).collect();
+    let scene = opts.scene.clone().unwrap_or_else(|| format!("3600:{shown}"));
+    let mounts: Vec<String> = (0..opts.cameras).map(|i| format!("/cam{i}={scene}")).collect();
     let mut cmd = Command::new(&exe);
     cmd.args([
         "synth",
@@ -373,14 +401,16 @@ pub fn pipeline(opts: &PipelineOptions) -> Result<PipelineResult, String> {
     );
     for i in 0..opts.cameras {
         text.push_str(&format!(
-            "[[camera]]\nname = \"cam{i}\"\nurl = \"rtsp://127.0.0.1:{rtsp_port}/cam{i}\"\nfps = {}\ndecode = \"{}\"\n",
+            "[[camera]]\nname = \"cam{i}\"\nurl = \"rtsp://127.0.0.1:{rtsp_port}/cam{i}\"\nfps = {}\ndecode = \"{}\"\nmotion = {{ enabled = {} }}\n",
             opts.fps,
-            opts.decode.name()
+            opts.decode.name(),
+            opts.motion
         ));
     }
     let mut config =
         crate::config::Config::parse(&scratch.path().join("bench.toml"), &text).map_err(|p| p.to_string())?;
     config.model.precision = opts.precision;
+    config.model.threads = opts.threads;
     let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
     let (seen_tx, seen_rx) = crossbeam_channel::bounded(1);
     let watcher = std::thread::Builder::new()
@@ -405,6 +435,7 @@ pub fn pipeline(opts: &PipelineOptions) -> Result<PipelineResult, String> {
     let count = |f: &dyn Fn(&crate::camera::CameraShared) -> u64| running.cameras.iter().map(|c| f(c)).sum::<u64>();
     let analysed0 = count(&|c| c.analysed.load(Ordering::Relaxed));
     let dropped0 = count(&|c| c.dropped.load(Ordering::Relaxed));
+    let skipped0 = count(&|c| c.motion_skipped.load(Ordering::Relaxed));
     let (decode0, infer0) = cpu_by_role();
     if let Ok(mut l) = running.metrics.latencies.lock() {
         l.clear();
@@ -414,6 +445,8 @@ pub fn pipeline(opts: &PipelineOptions) -> Result<PipelineResult, String> {
     let secs = start.elapsed().as_secs_f64();
     let analysed = count(&|c| c.analysed.load(Ordering::Relaxed)) - analysed0;
     let dropped = count(&|c| c.dropped.load(Ordering::Relaxed)) - dropped0;
+    let motion_skipped = count(&|c| c.motion_skipped.load(Ordering::Relaxed)) - skipped0;
+    let model = running.metrics.model.lock().ok().and_then(|m| m.clone()).unwrap_or_default();
     let (decode1, infer1) = cpu_by_role();
     let mut latencies = running.metrics.latencies.lock().map(|l| l.clone()).unwrap_or_default();
     latencies.sort_by(|a, b| a.total_cmp(b));
@@ -436,6 +469,8 @@ pub fn pipeline(opts: &PipelineOptions) -> Result<PipelineResult, String> {
         peak_rss_mb: peak_rss_mb(),
         decoder,
         device: opts.device.to_string(),
+        model,
+        motion_skipped,
         seconds: secs,
     })
 }

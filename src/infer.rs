@@ -118,6 +118,9 @@ impl Worker {
             tracing::warn!("{n}");
         }
         tracing::info!("model loaded from {} on {}", models.display(), placement.describe());
+        if let Ok(mut m) = metrics.model.lock() {
+            *m = Some(placement.describe());
+        }
         Ok(Worker {
             recognizer,
             batcher,

@@ -118,6 +118,8 @@ pub struct Metrics {
     pub outbox_dropped: AtomicU64,
     pub mqtt_connected: AtomicBool,
     pub heartbeat: Heartbeat,
+    /// Where and how the model runs (`cpu/int8`), once loaded: for `bench` reports.
+    pub model: std::sync::Mutex<Option<String>>,
     registry: Registry,
 }
 
@@ -268,6 +270,7 @@ impl Metrics {
             outbox_dropped: AtomicU64::new(0),
             mqtt_connected: AtomicBool::new(false),
             heartbeat: Heartbeat::new(),
+            model: std::sync::Mutex::new(None),
             registry,
         })
     }

@@ -8,7 +8,6 @@
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
-use image::codecs::jpeg::JpegEncoder;
 use image::{Rgb, RgbImage};
 use imageproc::drawing::draw_hollow_rect_mut;
 use imageproc::rect::Rect;
@@ -52,9 +51,15 @@ pub fn encode(frame: &Frame, crop: Crop, quality: u8) -> Result<Vec<u8>, String>
             draw_hollow_rect_mut(&mut img, r, Rgb([255, 40, 40]));
         }
     }
-    let mut out = Vec::new();
-    JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100))
-        .encode_image(&img)
+    let (w, h) = (u16::try_from(img.width()), u16::try_from(img.height()));
+    let (Ok(w), Ok(h)) = (w, h) else {
+        return Err(format!("a {}x{} frame is too large for a JPEG snapshot", img.width(), img.height()));
+    };
+    // jpeg-encoder (AVX2) rather than image's encoder: several times faster on 1080p
+    // frames, and the snapshot is encoded on the publisher's thread for every hit.
+    let mut out = Vec::with_capacity(img.as_raw().len() / 8);
+    jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100))
+        .encode(img.as_raw(), w, h, jpeg_encoder::ColorType::Rgb)
         .map_err(|e| format!("JPEG encoding: {e}"))?;
     Ok(out)
 }
@@ -76,4 +81,35 @@ pub fn write(path: &Path, jpeg: &[u8]) -> Result<(), String> {
         std::fs::rename(&tmp, path)
     };
     write().map_err(|e| format!("cannot write snapshot {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::camera::{Camera, CameraConfig, CameraShared};
+    use std::time::{Instant, SystemTime};
+
+    #[test]
+    fn snapshots_decode_to_the_frame_with_the_crop_outlined() {
+        let cfg: CameraConfig = toml::from_str("name = \"gate\"\nurl = \"rtsp://h/\"").unwrap();
+        let camera = CameraShared::new(Camera::from_config(&cfg).unwrap());
+        let (width, height) = (640u32, 360u32);
+        let frame = Frame {
+            camera,
+            captured_at: SystemTime::now(),
+            seen: Instant::now(),
+            pts: None,
+            width,
+            height,
+            rgb: vec![40; (width * height * 3) as usize],
+        };
+        let crop = Crop { x: 100, y: 50, width: 200, height: 100 };
+        let jpeg = encode(&frame, crop, 90).unwrap();
+        let img = image::load_from_memory(&jpeg).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (width, height));
+        let edge = img.get_pixel(200, 51);
+        assert!(edge[0] > 200 && edge[1] < 90, "outline pixel {edge:?} is not red");
+        let inside = img.get_pixel(200, 100);
+        assert!(inside.0.iter().all(|&c| c.abs_diff(40) < 8), "inside pixel {inside:?} changed");
+    }
 }

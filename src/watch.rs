@@ -146,7 +146,7 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
     let batcher = Batcher::new(frames, infer_stop_rx, &config.batch);
     let matcher = Matcher::new(alerts);
     let worker_models = models.clone();
-    let (device, precision) = (config.model.device, config.model.precision);
+    let (device, precision, threads) = (config.model.device, config.model.precision, config.model.threads);
     let (updates_tx, updates_rx) = crossbeam_channel::bounded(4);
     let (problems_tx, problems_rx) = crossbeam_channel::bounded::<Problems>(16);
     let (reload_stop_tx, reload_stop_rx) = crossbeam_channel::bounded::<()>(1);
@@ -188,6 +188,12 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
     std::thread::Builder::new()
         .name("infer".into())
         .spawn(move || {
+            // libtorch's intra-op thread count is per calling thread: set it here, on the
+            // thread that runs the model.
+            if let Some(n) = threads {
+                tch::set_num_threads(n.get() as i32);
+            }
+            tracing::info!("model runs on {} intra-op thread(s)", tch::get_num_threads());
             let result = match Worker::load(&worker_models, device, precision, links) {
                 Ok(worker) => {
                     let _ = ready_tx.send(Ok(()));

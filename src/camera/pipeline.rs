@@ -100,6 +100,11 @@ fn steer_decoding(src: &gst::Element, shared: &Arc<CameraShared>) -> Result<(), 
         if klass.contains("Decoder") && klass.contains("Video") {
             let name = factory.name().to_string();
             tracing::info!(camera = %cam.name(), "camera {} decodes with {name}", cam.name());
+            // One thread per software decoder: cameras already decode in parallel, and
+            // frame threading would add a frame of delay and compete with the model.
+            if element.find_property("max-threads").is_some() {
+                element.set_property_from_str("max-threads", "1");
+            }
             if let Ok(mut d) = cam.decoder.lock() {
                 *d = Some(name);
             }

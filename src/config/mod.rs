@@ -89,11 +89,21 @@ pub struct ModelConfig {
     pub device: DeviceChoice,
     #[serde(default)]
     pub precision: PrecisionChoice,
+    /// libtorch intra-op threads for the backbone on the CPU. Unset: one per core, which
+    /// measured best even with decoding beside it (docs/benchmarks.md); fewer leaves
+    /// cores to GStreamer on machines with many cameras per core.
+    #[serde(default)]
+    pub threads: Option<std::num::NonZeroUsize>,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { dir: default_model_dir(), device: DeviceChoice::Auto, precision: PrecisionChoice::Auto }
+        ModelConfig {
+            dir: default_model_dir(),
+            device: DeviceChoice::Auto,
+            precision: PrecisionChoice::Auto,
+            threads: None,
+        }
     }
 }
 

@@ -116,8 +116,16 @@ pub fn batch(images: &[(RgbImage<'_>, Crop)], placement: Placement) -> Result<Te
             .and_then(|t| t.f_to_device(device))
             .and_then(|t| t.f_permute([2, 0, 1]))
             .and_then(|t| t.f_unsqueeze(0))
-            .and_then(|t| t.f_to_kind(Kind::Float))
-            .and_then(|t| resize(&t))
+            .and_then(|t| {
+                if device.is_cuda() {
+                    resize(&t.f_to_kind(Kind::Float)?)
+                } else {
+                    // libtorch resizes channels-last uint8 on the CPU with SIMD, about
+                    // 7x faster than in fp32 (1.2 ms for a 720p frame); the result
+                    // differs by at most one level of 255.
+                    resize(&t)?.f_to_kind(Kind::Float)
+                }
+            })
             .map_err(ModelError::torch("preprocessing"))?;
         items.push(t);
     }
@@ -180,6 +188,27 @@ mod tests {
         let white_r = (1.0 - 0.485) / 0.229;
         assert!((min - (1.0 - 0.406) / 0.225).abs() < 1e-3 || min > 1.5, "crop saw black pixels: min {min}");
         assert!((b.double_value(&[0, 0, 50, 50]) - white_r).abs() < 1e-3);
+    }
+
+    #[test]
+    fn resizing_in_uint8_matches_resizing_in_fp32_within_one_level() {
+        let img = image::RgbImage::from_fn(640, 360, |x, y| {
+            image::Rgb([(x % 256) as u8, (y * 3 % 256) as u8, ((x ^ y) % 256) as u8])
+        });
+        let view = RgbImage::from_image(&img);
+        let fast = batch(&[(view, view.full())], cpu()).unwrap();
+        let reference = Tensor::from_data_size(img.as_raw(), &[360, 640, 3], Kind::Uint8)
+            .permute([2, 0, 1])
+            .unsqueeze(0)
+            .to_kind(Kind::Float)
+            .internal_upsample_bilinear2d_aa([224, 224], false, None, None);
+        let std = Tensor::from_slice(&IMAGENET_STD).view([1, 3, 1, 1]);
+        let levels = (&fast * &std * 255.0
+            - (&reference - Tensor::from_slice(&IMAGENET_MEAN).view([1, 3, 1, 1]) * 255.0))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(levels <= 1.0 + 1e-3, "uint8 resize differs from fp32 by {levels} levels");
     }
 
     #[test]

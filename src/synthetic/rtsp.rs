@@ -1,9 +1,9 @@
 //! Live RTSP cameras on loopback, showing synthetic scenes.
 //!
 //! A gst-rtsp-server instance on 127.0.0.1 (a free port, or a chosen one) with one
-//! mount per scene; each mount encodes its scene as H.264 on the fly and loops it
-//! forever, like an IP camera. It runs on its own GLib main loop thread. Used by the
-//! integration tests and `carwatch bench pipeline`; [`RtspServer::stop`] closes every
+//! mount per scene; each mount serves its scene as H.264 (encoded once at start, one GOP
+//! per segment) and loops it forever, like an IP camera. It runs on its own GLib main
+//! loop thread. Used by the integration tests and `carwatch bench pipeline`; [`RtspServer::stop`] closes every
 //! client connection, which is how tests make a camera go away.
 
 use std::sync::{Arc, Mutex};
@@ -16,7 +16,7 @@ use gstreamer_app as gst_app;
 use gstreamer_rtsp_server as rtsp;
 use gstreamer_rtsp_server::prelude::*;
 
-use super::video::{Scene, rgb_caps, x264_settings};
+use super::video::{Scene, encode_segments};
 
 /// A running server; stops when dropped.
 pub struct RtspServer {
@@ -56,7 +56,7 @@ impl RtspServer {
                     server.set_service(&port.to_string());
                     let Some(points) = server.mount_points() else { return Err("no mount points".to_string()) };
                     for (path, scene) in mounts {
-                        points.add_factory(&path, factory(scene, credentials.as_ref()));
+                        points.add_factory(&path, factory(scene, credentials.as_ref())?);
                     }
                     if let Some(c) = &credentials {
                         let auth = rtsp::RTSPAuth::new();
@@ -124,12 +124,12 @@ impl Drop for RtspServer {
     }
 }
 
-fn factory(scene: Scene, credentials: Option<&Credentials>) -> rtsp::RTSPMediaFactory {
+fn factory(scene: Scene, credentials: Option<&Credentials>) -> Result<rtsp::RTSPMediaFactory, String> {
     let f = rtsp::RTSPMediaFactory::new();
-    f.set_launch(&format!(
-        "( appsrc name=src is-live=true format=time ! videoconvert ! video/x-raw,format=I420 ! {} ! rtph264pay name=pay0 pt=96 config-interval=1 )",
-        x264_settings(scene.fps)
-    ));
+    // Encoded once here, served from memory: the cameras cost the machine next to nothing.
+    f.set_launch(
+        "( appsrc name=src is-live=true format=time ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=1 )",
+    );
     f.set_shared(true);
     if credentials.is_some() {
         f.add_role_from_structure(
@@ -139,24 +139,33 @@ fn factory(scene: Scene, credentials: Option<&Credentials>) -> rtsp::RTSPMediaFa
                 .build(),
         );
     }
-    let images = Arc::new(scene.render_segments());
+    let encoded = Arc::new(encode_segments(&scene)?);
     let scene = Arc::new(scene);
     f.connect_media_configure(move |_, media| {
         let Some(bin) = media.element().downcast::<gst::Bin>().ok() else { return };
         let Some(src) = bin.by_name_recurse_up("src").and_then(|e| e.downcast::<gst_app::AppSrc>().ok()) else {
             return;
         };
-        src.set_caps(Some(&rgb_caps(&scene)));
-        let (scene, images) = (Arc::clone(&scene), Arc::clone(&images));
+        src.set_caps(Some(&encoded.caps));
+        let (scene, encoded) = (Arc::clone(&scene), Arc::clone(&encoded));
         let frame_ns = 1_000_000_000 / scene.fps.max(1) as u64;
-        let counter = Mutex::new(0u64);
+        // (frame number, current segment, frame at which it began)
+        let state = Mutex::new((0u64, usize::MAX, 0u64));
         src.set_callbacks(
             gst_app::AppSrcCallbacks::builder()
                 .need_data(move |src, _| {
-                    let Ok(mut n) = counter.lock() else { return };
-                    let mut buffer = gst::Buffer::from_slice(images[scene.segment_at(*n)].as_raw().clone());
+                    let Ok(mut st) = state.lock() else { return };
+                    let (n, segment, began) = &mut *st;
+                    let now = scene.segment_at(*n);
+                    if now != *segment {
+                        (*segment, *began) = (now, *n);
+                    }
+                    // Each segment starts at its keyframe and loops its GOP.
+                    let chunk = &encoded.chunks[now];
+                    let mut buffer = chunk[((*n - *began) % chunk.len() as u64) as usize].copy();
                     if let Some(b) = buffer.get_mut() {
                         b.set_pts(gst::ClockTime::from_nseconds(*n * frame_ns));
+                        b.set_dts(gst::ClockTime::from_nseconds(*n * frame_ns));
                         b.set_duration(gst::ClockTime::from_nseconds(frame_ns));
                     }
                     *n += 1;
@@ -165,5 +174,5 @@ fn factory(scene: Scene, credentials: Option<&Credentials>) -> rtsp::RTSPMediaFa
                 .build(),
         );
     });
-    f
+    Ok(f)
 }

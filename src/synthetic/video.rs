@@ -182,6 +182,72 @@ pub fn write_clip(scene: &Scene, path: &Path) -> Result<(), String> {
     result
 }
 
+/// A scene encoded once, for serving in a loop: one GOP per segment.
+pub struct Encoded {
+    /// H.264 byte-stream caps (with size and rate).
+    pub caps: gst::Caps,
+    /// Per segment, `fps` access units starting with a keyframe that carries SPS/PPS.
+    pub chunks: Vec<Vec<gst::Buffer>>,
+}
+
+/// Encodes one second (one GOP) of each segment. Frames of a segment are identical, so
+/// looping that GOP for as long as the segment lasts is the stream a live encoder would
+/// send, without a live encoder's CPU cost on the machine being measured.
+pub fn encode_segments(scene: &Scene) -> Result<Encoded, String> {
+    gst::init().map_err(|e| e.to_string())?;
+    let launch = format!(
+        "appsrc name=src format=time ! videoconvert ! video/x-raw,format=I420 ! {} ! h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au ! appsink name=sink sync=false",
+        x264_settings(scene.fps)
+    );
+    let pipeline = gst::parse::launch(&launch)
+        .map_err(|e| format!("encoder pipeline: {e}"))?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| "not a pipeline")?;
+    let src = pipeline.by_name("src").and_then(|e| e.downcast::<gst_app::AppSrc>().ok()).ok_or("no appsrc")?;
+    let sink = pipeline.by_name("sink").and_then(|e| e.downcast::<gst_app::AppSink>().ok()).ok_or("no appsink")?;
+    src.set_caps(Some(&rgb_caps(scene)));
+    src.set_max_bytes(0);
+    pipeline.set_state(gst::State::Playing).map_err(|e| format!("encoder pipeline: {e}"))?;
+    let gop = scene.fps.max(1) as usize;
+    let frame_ns = 1_000_000_000 / gop as u64;
+    let images = scene.render_segments();
+    let mut n = 0u64;
+    for image in &images {
+        for _ in 0..gop {
+            let mut buffer = gst::Buffer::from_slice(image.as_raw().clone());
+            if let Some(b) = buffer.get_mut() {
+                b.set_pts(gst::ClockTime::from_nseconds(n * frame_ns));
+                b.set_duration(gst::ClockTime::from_nseconds(frame_ns));
+            }
+            src.push_buffer(buffer).map_err(|e| format!("pushing frame {n}: {e:?}"))?;
+            n += 1;
+        }
+    }
+    src.end_of_stream().map_err(|e| format!("ending the encode: {e:?}"))?;
+    let mut units = Vec::with_capacity(n as usize);
+    let mut caps = None;
+    while let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_seconds(60)) {
+        if caps.is_none() {
+            caps = sample.caps_owned();
+        }
+        if let Some(b) = sample.buffer_owned() {
+            units.push(b);
+        }
+        if units.len() == n as usize {
+            break;
+        }
+    }
+    let _ = pipeline.set_state(gst::State::Null);
+    if units.len() != n as usize {
+        return Err(format!("the encoder gave {} of {n} frames", units.len()));
+    }
+    let chunks: Vec<Vec<gst::Buffer>> = units.chunks(gop).map(|c| c.to_vec()).collect();
+    if let Some(i) = chunks.iter().position(|c| c[0].flags().contains(gst::BufferFlags::DELTA_UNIT)) {
+        return Err(format!("segment {i} does not start with a keyframe"));
+    }
+    Ok(Encoded { caps: caps.ok_or("the encoder gave no caps")?, chunks })
+}
+
 /// Caps of the RGB frames a scene produces.
 pub fn rgb_caps(scene: &Scene) -> gst::Caps {
     gst::Caps::builder("video/x-raw")

@@ -19,7 +19,7 @@ use crate::model::weights::{WeightFile, write_atomic};
 use crate::model::{Backbone, Precision};
 
 /// Bumped whenever preprocessing changes what features an image gives.
-const PREPROCESS_VERSION: u32 = 1;
+const PREPROCESS_VERSION: u32 = 2; // 2: resize in uint8 on the CPU
 
 /// The on-disk cache for one backbone.
 pub struct FeatureCache {

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::{Device, Kind, Tensor};
 
+use crate::model::int8::FirstConv;
 use crate::model::manifest::{BackboneEntry, FORMAT, HeadEntry, Manifest};
 use crate::model::weights::write_atomic;
 use crate::model::{Backbone, Cascade, Crop, Level, ModelError, Placement, Precision, RgbImage, preprocess};
@@ -81,6 +82,8 @@ pub struct Int8Report {
     pub photos: usize,
     /// Whether `precision = "auto"` will use it (agreement at least the minimum).
     pub enabled: bool,
+    /// Which variant was kept (see [`FirstConv`]).
+    pub first_conv: FirstConv,
 }
 
 #[derive(Debug, Clone)]
@@ -227,8 +230,6 @@ fn make_int8(data: &Dataset, opts: &TrainOptions, manifest: &mut Manifest) -> Re
     let stem = opts.backbone.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "backbone".into());
     let rel = PathBuf::from(format!("{stem}-int8.pt"));
     let out = opts.out.join(&rel);
-    tracing::info!("quantizing the backbone to int8 ({} calibration photos)", calibration.len());
-    crate::model::int8::quantize(&opts.backbone, spec, &calib, &out)?;
 
     let mut check: Vec<&Path> = data.photos.iter().filter(|p| p.validation).map(|p| p.path.as_path()).collect();
     if check.is_empty() {
@@ -237,31 +238,61 @@ fn make_int8(data: &Dataset, opts: &TrainOptions, manifest: &mut Manifest) -> Re
     check.truncate(400);
     let fp32 =
         Backbone::load(&opts.backbone, Some(spec), Placement { device: Device::Cpu, precision: Precision::Fp32 })?;
-    let int8 = Backbone::load_int8(&out, spec)?;
     let cascade = Cascade::load(manifest, spec.feature_len(), Device::Cpu)?;
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    let bar = bar(opts.progress, check.len() as u64, "int8 agreement");
+    let mut reference = Vec::new();
     for batch in preprocessed(&check, 16) {
-        let batch = batch?;
-        a.extend(cascade.run(&fp32.features(&batch)?)?);
-        b.extend(cascade.run(&int8.features(&batch)?)?);
-        bar.inc(batch.size()[0] as u64);
+        reference.extend(cascade.run(&fp32.features(&batch?)?)?);
     }
-    bar.finish_and_clear();
-    let agreement = crate::model::int8::agreement(&a, &b);
+    drop(fp32);
+
+    // All-int8 first (fastest); the fp32 first layer only when that disagrees too often.
+    let mut best: Option<(FirstConv, f64, PathBuf)> = None;
+    for first in [FirstConv::Int8, FirstConv::Fp32] {
+        let candidate = opts.out.join(format!("{stem}-int8.{}.tmp", first.name()));
+        tracing::info!(
+            "quantizing the backbone to int8, first convolution {} ({} calibration photos)",
+            first.name(),
+            calibration.len()
+        );
+        crate::model::int8::quantize(&opts.backbone, spec, &calib, first, &candidate)?;
+        let int8 = Backbone::load_int8(&candidate, spec)?;
+        let mut answers = Vec::new();
+        let bar = bar(opts.progress, check.len() as u64, "int8 agreement");
+        for batch in preprocessed(&check, 16) {
+            let batch = batch?;
+            answers.extend(cascade.run(&int8.features(&batch)?)?);
+            bar.inc(batch.size()[0] as u64);
+        }
+        bar.finish_and_clear();
+        let agreement = crate::model::int8::agreement(&reference, &answers);
+        tracing::info!("int8 (first convolution {}): {:.1}% agreement with fp32", first.name(), agreement * 100.0);
+        if best.as_ref().is_none_or(|(_, a, _)| agreement > *a) {
+            if let Some((_, _, old)) = best.replace((first, agreement, candidate)) {
+                let _ = std::fs::remove_file(old);
+            }
+        } else {
+            let _ = std::fs::remove_file(&candidate);
+        }
+        if best.as_ref().is_some_and(|(_, a, _)| *a >= crate::model::int8::MIN_AGREEMENT) {
+            break;
+        }
+    }
+    let (first_conv, agreement, chosen) =
+        best.ok_or_else(|| ModelError::Quantize("no int8 variant could be measured".into()))?;
+    std::fs::rename(&chosen, &out).map_err(|source| ModelError::Io { path: out.clone(), source })?;
     let enabled = agreement >= crate::model::int8::MIN_AGREEMENT;
     if !enabled {
         tracing::warn!(
             "int8 backbone agrees with fp32 on only {:.1}% of {} photos (< {:.0}%): not used automatically",
             agreement * 100.0,
-            a.len(),
+            reference.len(),
             crate::model::int8::MIN_AGREEMENT * 100.0
         );
     }
     manifest.backbone.int8 = Some(rel);
     manifest.backbone.int8_agreement = Some((agreement * 1e4).round() / 1e4);
     manifest.save(&opts.out)?;
-    Ok(Int8Report { path: out, agreement, photos: a.len(), enabled })
+    Ok(Int8Report { path: out, agreement, photos: reference.len(), enabled, first_conv })
 }
 
 type Extracted = (Vec<Option<Tensor>>, Vec<Option<Tensor>>, Vec<(PathBuf, String)>, usize, usize);
