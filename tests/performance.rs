@@ -20,10 +20,19 @@ fn classify_held_out(
     per_class: usize,
     precision: Precision,
 ) -> Vec<carwatch::model::Prediction> {
+    classify_held_out_on(models, per_class, tch::Device::Cpu, precision)
+}
+
+fn classify_held_out_on(
+    models: &std::path::Path,
+    per_class: usize,
+    device: tch::Device,
+    precision: Precision,
+) -> Vec<carwatch::model::Prediction> {
     let dir = support::tempdir();
     let held = carwatch::synthetic::write_dataset(dir.path(), per_class, 31337, 128).unwrap();
     let images: Vec<image::RgbImage> = held.iter().map(|s| image::open(&s.path).unwrap().to_rgb8()).collect();
-    let r = Recognizer::load(models, Placement { device: tch::Device::Cpu, precision }).unwrap();
+    let r = Recognizer::load(models, Placement { device, precision }).unwrap();
     let mut out = Vec::new();
     for chunk in images.chunks(16) {
         let views: Vec<(RgbImage<'_>, Crop)> = chunk
@@ -83,6 +92,23 @@ fn int8_gives_fp32_answers_on_the_vgg19_shape_and_auto_uses_it() {
     let o = run(cmd, Duration::from_secs(120));
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("precision int8"), "{}", stderr(&o));
+}
+
+#[test]
+fn fp16_on_cuda_gives_fp32_answers() {
+    if !tch::Cuda::is_available() {
+        eprintln!("SKIPPED fp16_on_cuda_gives_fp32_answers: no CUDA device on this machine");
+        return;
+    }
+    let t = trained();
+    let fp32 = classify_held_out(&t.models, 4, Precision::Fp32);
+    let fp16 = classify_held_out_on(&t.models, 4, tch::Device::Cuda(0), Precision::Fp16);
+    let agree = int8::agreement(&fp32, &fp16);
+    assert!(agree >= 0.98, "CUDA fp16 agrees with CPU fp32 on {:.1}% of {} photos", agree * 100.0, fp32.len());
+    // Tolerance: the path's confidence moves by less than 0.05 on average.
+    let drift: f32 =
+        fp32.iter().zip(&fp16).map(|(a, b)| (a.confidence() - b.confidence()).abs()).sum::<f32>() / fp32.len() as f32;
+    assert!(drift < 0.05, "mean confidence drift {drift}");
 }
 
 #[test]
