@@ -58,7 +58,7 @@ install: release
 	sed 's|/usr/local/|$(PREFIX)/|g' systemd/carwatch.service > $(DESTDIR)$(UNITDIR)/carwatch.service
 	install -d $(DESTDIR)$(PREFIX)/share/carwatch/models $(DESTDIR)$(PREFIX)/share/doc/carwatch
 	install -m 0644 README.md docs/*.md docs/*.json $(DESTDIR)$(PREFIX)/share/doc/carwatch/
-	install -m 0644 models/export_vgg19.py $(DESTDIR)$(PREFIX)/share/carwatch/
+	install -m 0644 models/export_vgg19.py models/quantize_int8.py $(DESTDIR)$(PREFIX)/share/carwatch/
 	install -d -m 0755 $(DESTDIR)/etc/carwatch
 	[ -e $(DESTDIR)/etc/carwatch/carwatch.toml ] || sed 's|/usr/local/|$(PREFIX)/|g' config/service.toml > $(DESTDIR)/etc/carwatch/carwatch.toml
 	[ -e $(DESTDIR)/etc/carwatch/alerts.toml ] || install -m 0644 config/service-alerts.toml $(DESTDIR)/etc/carwatch/alerts.toml
