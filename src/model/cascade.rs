@@ -3,8 +3,8 @@
 //! Each head is a small MLP (Linear -> ReLU -> Dropout -> Linear -> softmax) on the
 //! flattened features. The tree starts with a view head; each view leads to a make
 //! head, each (view, make) to a model head. The idea this follows switched heads by
-//! the previous head's answer; we run *every* head on every image instead (they are a
-//! few matrix products next to 39 GFLOP of convolutions) and keep two readings:
+//! the previous head's answer; we run every head that some image in the batch may
+//! reach (see [`SKIP_BELOW`]) and keep two readings:
 //!
 //! - the greedy path, the answer of the head that the previous answer selects, which is
 //!   what a person reading `classify` output expects, and
@@ -125,6 +125,12 @@ impl Leaf {
     }
 }
 
+/// A head is evaluated only for batches in which some image reaches it with at least
+/// this probability, or reaches it along its greedy path. A cascade has one model head
+/// per (view, make), each with megabytes of weights to read; a confident view and make
+/// make all but a few of them irrelevant.
+const SKIP_BELOW: f32 = 1e-4;
+
 /// The loaded cascade.
 pub struct Cascade {
     nodes: Vec<Node>,
@@ -217,11 +223,23 @@ impl Cascade {
             flatten(features)?
         };
         let n = x.size()[0] as usize;
-        let mut probs: Vec<Vec<f32>> = Vec::with_capacity(self.nodes.len());
+        let count = self.nodes.len();
+        let mut probs: Vec<Vec<f32>> = vec![Vec::new(); count];
+        // Per node and image: the probability of reaching the node, and whether it lies
+        // on the image's greedy path. Parents come before children (breadth first).
+        let mut reach: Vec<Vec<f32>> = vec![Vec::new(); count];
+        let mut on_path: Vec<Vec<bool>> = vec![Vec::new(); count];
+        reach[self.root] = vec![1.0; n];
+        on_path[self.root] = vec![true; n];
+        let mut queue = std::collections::VecDeque::from([self.root]);
         tch::no_grad(|| -> Result<(), ModelError> {
-            for node in &self.nodes {
+            while let Some(at) = queue.pop_front() {
+                let node = &self.nodes[at];
+                let k = node.labels.len();
+                let (r, path) = (std::mem::take(&mut reach[at]), std::mem::take(&mut on_path[at]));
+                let needed = (0..n).any(|i| path[i] || r[i] >= SKIP_BELOW);
                 let p = match &node.mlp {
-                    Some(mlp) => {
+                    Some(mlp) if needed => {
                         let p = mlp
                             .probabilities(&x)
                             .and_then(|p| p.f_to_device(Device::Cpu))
@@ -230,9 +248,21 @@ impl Cascade {
                         Vec::<f32>::try_from(p.f_flatten(0, -1).map_err(ModelError::torch("head output"))?)
                             .map_err(ModelError::torch(format!("head `{}` output", node.id)))?
                     }
-                    None => vec![1.0; n * node.labels.len()],
+                    // Unlikely for every image: read as uniform, so that every level
+                    // still sums to 1 and no leaf moves by more than SKIP_BELOW.
+                    Some(_) => vec![1.0 / k as f32; n * k],
+                    None => vec![1.0; n * k],
                 };
-                probs.push(p);
+                let best: Vec<usize> = (0..n)
+                    .map(|i| (0..k).max_by(|&a, &b| p[i * k + a].total_cmp(&p[i * k + b])).unwrap_or(0))
+                    .collect();
+                for (l, next) in node.next.iter().enumerate() {
+                    let Some(child) = *next else { continue };
+                    reach[child] = (0..n).map(|i| r[i] * p[i * k + l]).collect();
+                    on_path[child] = (0..n).map(|i| path[i] && best[i] == l).collect();
+                    queue.push_back(child);
+                }
+                probs[at] = p;
             }
             Ok(())
         })?;
@@ -385,6 +415,59 @@ mod tests {
     /// Outputs for one image, node by node.
     fn outputs(rows: &[&[f32]]) -> Vec<Vec<f32>> {
         rows.iter().map(|r| r.to_vec()).collect()
+    }
+
+    /// A head on 2 features whose logits are `scale * features + bias`.
+    fn head(id: &str, level: Level, labels: &[&str], next: Vec<Option<usize>>, scale: f32, bias: &[f32]) -> Node {
+        let k = labels.len() as i64;
+        let eye = Tensor::eye(2, (Kind::Float, Device::Cpu));
+        let mlp = Mlp {
+            w1: eye.shallow_clone(),
+            b1: Tensor::zeros([2], (Kind::Float, Device::Cpu)),
+            w2: (eye * scale as f64).narrow(0, 0, k),
+            b2: Tensor::from_slice(bias),
+        };
+        Node { mlp: Some(mlp), ..node(id, level, labels, next) }
+    }
+
+    /// The view head follows the features (front for [1, 0], angled for [0, 1]); the
+    /// make heads lean audi on the angled side, the model heads lean each their way.
+    fn confident_tree() -> Cascade {
+        let nodes = vec![
+            head("view", Level::View, &["front", "angled"], vec![Some(1), Some(2)], 20.0, &[0.0, 0.0]),
+            head("front/make", Level::Make, &["audi", "bmw"], vec![Some(3), Some(4)], 0.0, &[0.0, 1.0]),
+            head("angled/make", Level::Make, &["audi", "bmw"], vec![Some(5), Some(6)], 0.0, &[3.0, 0.0]),
+            node("front/audi/model", Level::Model, &["a4"], vec![None]),
+            head("front/bmw/model", Level::Model, &["3-series", "x5"], vec![None, None], 0.0, &[2.0, 0.0]),
+            node("angled/audi/model", Level::Model, &["a4"], vec![None]),
+            head("angled/bmw/model", Level::Model, &["3-series", "x5"], vec![None, None], 0.0, &[0.0, 4.0]),
+        ];
+        Cascade::from_nodes(nodes, 0, 2, None)
+    }
+
+    #[test]
+    fn heads_no_image_can_reach_are_skipped_without_breaking_the_sums() {
+        let c = confident_tree();
+        let front = Tensor::from_slice(&[1.0f32, 0.0]).view([1, 2]);
+        let p = c.run(&front).unwrap().remove(0);
+        assert_eq!((p.label(Level::View), p.label(Level::Make), p.label(Level::Model)), ("front", "bmw", "3-series"));
+        // The angled branch (reached with p ~ 2e-9) was not evaluated: its heads read as
+        // uniform. Evaluated, angled/make would give audi 19 times bmw's probability.
+        let audi = p.probability(Some("angled"), "audi", None);
+        let bmw = p.probability(Some("angled"), "bmw", None);
+        assert!(audi > 0.0 && (audi / bmw - 1.0).abs() < 1e-3, "angled audi {audi} vs bmw {bmw}");
+        for level in Level::ALL {
+            let sum: f32 = p.marginal(level).iter().map(|(_, q)| q).sum();
+            assert!((sum - 1.0).abs() < 1e-5, "{level} marginals sum to {sum}");
+        }
+        // With an angled image in the batch, the angled heads run for both images.
+        let both = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0]).view([2, 2]);
+        let ps = c.run(&both).unwrap();
+        assert_eq!(ps[1].label(Level::View), "angled");
+        let (audi, bmw) =
+            (ps[1].probability(Some("angled"), "audi", None), ps[1].probability(Some("angled"), "bmw", None));
+        assert!((audi / bmw - 3f32.exp()).abs() < 0.05, "angled image: audi {audi} vs bmw {bmw}");
+        assert_eq!(ps[1].label(Level::Model), "a4");
     }
 
     #[test]
