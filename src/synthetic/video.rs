@@ -140,32 +140,44 @@ pub fn x264_settings(fps: u32) -> String {
     format!("x264enc tune=zerolatency speed-preset=ultrafast key-int-max={} bframes=0", fps.max(1))
 }
 
-/// Writes one pass of `scene` as H.264 in Matroska to `path`.
-pub fn write_clip(scene: &Scene, path: &Path) -> Result<(), String> {
+/// A pipeline that takes the scene's RGB frames from `src` and encodes them with
+/// [`x264_settings`], then `tail`; not yet playing.
+fn rgb_encoder(scene: &Scene, tail: &str, what: &str) -> Result<(gst::Pipeline, gst_app::AppSrc), String> {
     gst::init().map_err(|e| e.to_string())?;
     let launch = format!(
-        "appsrc name=src format=time ! videoconvert ! video/x-raw,format=I420 ! {} ! h264parse ! matroskamux ! filesink name=sink",
+        "appsrc name=src format=time ! videoconvert ! video/x-raw,format=I420 ! {} ! {tail}",
         x264_settings(scene.fps)
     );
     let pipeline = gst::parse::launch(&launch)
-        .map_err(|e| format!("clip pipeline: {e}"))?
+        .map_err(|e| format!("{what} pipeline: {e}"))?
         .downcast::<gst::Pipeline>()
         .map_err(|_| "not a pipeline")?;
-    let sink = pipeline.by_name("sink").ok_or("no sink")?;
-    sink.set_property("location", path.to_string_lossy().to_string());
     let src = pipeline.by_name("src").and_then(|e| e.downcast::<gst_app::AppSrc>().ok()).ok_or("no appsrc")?;
     src.set_caps(Some(&rgb_caps(scene)));
+    Ok((pipeline, src))
+}
+
+/// Pushes `image` as frame `n` of a stream of `frame_ns` frames.
+fn push_frame(src: &gst_app::AppSrc, image: &RgbImage, n: u64, frame_ns: u64) -> Result<(), String> {
+    let mut buffer = gst::Buffer::from_slice(image.as_raw().clone());
+    if let Some(b) = buffer.get_mut() {
+        b.set_pts(gst::ClockTime::from_nseconds(n * frame_ns));
+        b.set_duration(gst::ClockTime::from_nseconds(frame_ns));
+    }
+    src.push_buffer(buffer).map(|_| ()).map_err(|e| format!("pushing frame {n}: {e:?}"))
+}
+
+/// Writes one pass of `scene` as H.264 in Matroska to `path`.
+pub fn write_clip(scene: &Scene, path: &Path) -> Result<(), String> {
+    let (pipeline, src) = rgb_encoder(scene, "h264parse ! matroskamux ! filesink name=sink", "clip")?;
+    let sink = pipeline.by_name("sink").ok_or("no sink")?;
+    sink.set_property("location", path.to_string_lossy().to_string());
     pipeline.set_state(gst::State::Playing).map_err(|e| format!("clip pipeline: {e}"))?;
     let images = scene.render_segments();
     let frames = (scene.period().as_secs_f64() * scene.fps as f64).round() as u64;
     let frame_ns = 1_000_000_000 / scene.fps.max(1) as u64;
     for n in 0..frames {
-        let mut buffer = gst::Buffer::from_slice(images[scene.segment_at(n)].as_raw().clone());
-        if let Some(b) = buffer.get_mut() {
-            b.set_pts(gst::ClockTime::from_nseconds(n * frame_ns));
-            b.set_duration(gst::ClockTime::from_nseconds(frame_ns));
-        }
-        src.push_buffer(buffer).map_err(|e| format!("pushing frame {n}: {e:?}"))?;
+        push_frame(&src, &images[scene.segment_at(n)], n, frame_ns)?;
     }
     src.end_of_stream().map_err(|e| format!("ending clip: {e:?}"))?;
     let bus = pipeline.bus().ok_or("no bus")?;
@@ -194,18 +206,9 @@ pub struct Encoded {
 /// looping that GOP for as long as the segment lasts is the stream a live encoder would
 /// send, without a live encoder's CPU cost on the machine being measured.
 pub fn encode_segments(scene: &Scene) -> Result<Encoded, String> {
-    gst::init().map_err(|e| e.to_string())?;
-    let launch = format!(
-        "appsrc name=src format=time ! videoconvert ! video/x-raw,format=I420 ! {} ! h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au ! appsink name=sink sync=false",
-        x264_settings(scene.fps)
-    );
-    let pipeline = gst::parse::launch(&launch)
-        .map_err(|e| format!("encoder pipeline: {e}"))?
-        .downcast::<gst::Pipeline>()
-        .map_err(|_| "not a pipeline")?;
-    let src = pipeline.by_name("src").and_then(|e| e.downcast::<gst_app::AppSrc>().ok()).ok_or("no appsrc")?;
+    let tail = "h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au ! appsink name=sink sync=false";
+    let (pipeline, src) = rgb_encoder(scene, tail, "encoder")?;
     let sink = pipeline.by_name("sink").and_then(|e| e.downcast::<gst_app::AppSink>().ok()).ok_or("no appsink")?;
-    src.set_caps(Some(&rgb_caps(scene)));
     src.set_max_bytes(0);
     pipeline.set_state(gst::State::Playing).map_err(|e| format!("encoder pipeline: {e}"))?;
     let gop = scene.fps.max(1) as usize;
@@ -214,12 +217,7 @@ pub fn encode_segments(scene: &Scene) -> Result<Encoded, String> {
     let mut n = 0u64;
     for image in &images {
         for _ in 0..gop {
-            let mut buffer = gst::Buffer::from_slice(image.as_raw().clone());
-            if let Some(b) = buffer.get_mut() {
-                b.set_pts(gst::ClockTime::from_nseconds(n * frame_ns));
-                b.set_duration(gst::ClockTime::from_nseconds(frame_ns));
-            }
-            src.push_buffer(buffer).map_err(|e| format!("pushing frame {n}: {e:?}"))?;
+            push_frame(&src, image, n, frame_ns)?;
             n += 1;
         }
     }
@@ -282,5 +280,18 @@ mod tests {
         assert_eq!(s.render_segments().len(), 3);
         assert!(Scene::parse("2:front/tesla/x", 64, 48, 10).is_err());
         assert!(Scene::parse("front/bmw/x5", 64, 48, 10).is_err());
+    }
+
+    #[test]
+    fn encoded_segments_are_one_gop_each_starting_with_a_keyframe() {
+        let scene = Scene::parse("3:front/bmw/3-series; 2:", 64, 48, 5).unwrap();
+        let e = encode_segments(&scene).unwrap();
+        assert_eq!(e.chunks.len(), 2);
+        for chunk in &e.chunks {
+            assert_eq!(chunk.len(), 5);
+            assert!(!chunk[0].flags().contains(gst::BufferFlags::DELTA_UNIT));
+            assert!(chunk[1..].iter().all(|b| b.flags().contains(gst::BufferFlags::DELTA_UNIT)));
+        }
+        assert_eq!(e.caps.structure(0).map(|s| s.name().as_str()), Some("video/x-h264"));
     }
 }
