@@ -3,8 +3,9 @@
 //! A gst-rtsp-server instance on 127.0.0.1 (a free port, or a chosen one) with one
 //! mount per scene; each mount serves its scene as H.264 (encoded once at start, one GOP
 //! per segment) and loops it forever, like an IP camera. It runs on its own GLib main
-//! loop thread. Used by the integration tests and `carwatch bench pipeline`; [`RtspServer::stop`] closes every
-//! client connection, which is how tests make a camera go away.
+//! loop thread. Used by the integration tests and `carwatch bench pipeline`;
+//! [`RtspServer::stop`] closes every client connection, which is how tests make a
+//! camera go away.
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
