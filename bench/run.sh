@@ -15,6 +15,8 @@ nvidia-smi -L >> "$out/machine.txt" 2>&1 || true
 
 echo "bench: carwatch model" >&2
 "$bin" bench model --seconds "$seconds" --json > "$out/model.json"
+echo "bench: carwatch model with the trained cascade on generated photos" >&2
+"$bin" bench model --models "$models" --seconds "$seconds" --json > "$out/model-trained.json"
 echo "bench: PyTorch model (same machine, same run)" >&2
 .venv/bin/python bench/pytorch_vgg19.py --seconds "$seconds" > "$out/pytorch.json"
 for n in ${BENCH_CAMERAS:-1 2 4 8 16}; do

@@ -39,6 +39,9 @@ pub struct ModelResult {
     /// GFLOP/s achieved by the backbone's convolutions.
     pub gflops: f64,
     pub iterations: usize,
+    /// `random` (13 uncertain heads on noise: every head runs) or the models directory
+    /// measured on generated vehicle photos.
+    pub cascade: String,
 }
 
 /// What `bench model` measures.
@@ -46,6 +49,10 @@ pub struct ModelResult {
 pub struct ModelOptions {
     /// Backbone weights; random VGG-19 weights when absent.
     pub backbone: Option<PathBuf>,
+    /// A trained models directory: its backbone (and int8 copy) and its cascade, fed
+    /// generated vehicle photos, so heads the photos cannot reach are skipped as in
+    /// `watch`. Overrides `backbone`.
+    pub models: Option<PathBuf>,
     pub device: Device,
     pub precisions: Vec<Precision>,
     pub batches: Vec<usize>,
@@ -106,18 +113,14 @@ pub fn random_cascade(dir: &Path, backbone_file: &Path, spec: VggSpec) -> Result
     Ok(manifest)
 }
 
-/// The benchmark backbone quantized to int8, calibrated on generated photos.
-fn int8_backbone(weights: &Path, scratch: &Path) -> Result<Backbone, String> {
+/// `n` generated vehicle photos (every class in turn), preprocessed for the CPU in fp32.
+fn generated_photos(n: usize) -> Result<Tensor, String> {
     use crate::model::{Crop, RgbImage};
-    let spec = {
-        let f = crate::model::weights::WeightFile::open(weights).map_err(err)?;
-        VggSpec::infer(&f).map_err(err)?
-    };
     let mut rng = crate::synthetic::rng(11);
     let images: Vec<image::RgbImage> = crate::synthetic::catalogue()
         .iter()
         .cycle()
-        .take(48)
+        .take(n)
         .map(|c| crate::synthetic::render(c, &mut rng, 160, 128))
         .collect();
     let views: Vec<(RgbImage<'_>, Crop)> = images
@@ -128,9 +131,18 @@ fn int8_backbone(weights: &Path, scratch: &Path) -> Result<Backbone, String> {
         })
         .collect();
     let cpu = Placement { device: Device::Cpu, precision: Precision::Fp32 };
-    let calibration = crate::model::preprocess::batch(&views, cpu).map_err(err)?;
+    crate::model::preprocess::batch(&views, cpu).map_err(err)
+}
+
+/// The benchmark backbone quantized to int8, calibrated on generated photos.
+fn int8_backbone(weights: &Path, scratch: &Path) -> Result<Backbone, String> {
+    let spec = {
+        let f = crate::model::weights::WeightFile::open(weights).map_err(err)?;
+        VggSpec::infer(&f).map_err(err)?
+    };
+    let calibration = generated_photos(48)?;
     let out = scratch.join("int8.pt");
-    tracing::info!("quantizing the benchmark backbone to int8 (calibrated on {} generated photos)", images.len());
+    tracing::info!("quantizing the benchmark backbone to int8 (calibrated on 48 generated photos)");
     crate::model::int8::quantize(weights, spec, &calibration, crate::model::int8::FirstConv::Int8, &out)
         .map_err(err)?;
     Backbone::load_int8(&out, spec).map_err(err)
@@ -147,20 +159,50 @@ pub fn model(opts: &ModelOptions) -> Result<Vec<ModelResult>, String> {
             f
         }
     };
+    let trained = match &opts.models {
+        Some(dir) => Some(Manifest::load(dir).map_err(err)?),
+        None => None,
+    };
+    let photos = if trained.is_some() { Some(generated_photos(64)?) } else { None };
     let mut results = Vec::new();
     for &precision in &opts.precisions {
         let placement = Placement { device: opts.device, precision };
-        let backbone = match precision {
-            Precision::Int8 => int8_backbone(&backbone_file, scratch.path())?,
-            _ => Backbone::load(&backbone_file, None, placement).map_err(err)?,
+        let (backbone, manifest, cascade_name) = match &trained {
+            Some(m) => {
+                let backbone = match precision {
+                    Precision::Int8 => {
+                        let path = m.int8_path().ok_or("these models have no int8 backbone (train with --int8)")?;
+                        Backbone::load_int8(&path, m.backbone.spec()).map_err(err)?
+                    }
+                    _ => Backbone::load(&m.backbone_path(), Some(m.backbone.spec()), placement).map_err(err)?,
+                };
+                let name = opts.models.as_ref().map(|d| d.display().to_string()).unwrap_or_default();
+                (backbone, m.clone(), name)
+            }
+            None => {
+                let backbone = match precision {
+                    Precision::Int8 => int8_backbone(&backbone_file, scratch.path())?,
+                    _ => Backbone::load(&backbone_file, None, placement).map_err(err)?,
+                };
+                let spec = backbone.spec();
+                let manifest = random_cascade(&scratch.path().join("cascade"), &backbone_file, spec)?;
+                (backbone, manifest, "random".to_string())
+            }
         };
         let spec = backbone.spec();
-        let manifest = random_cascade(&scratch.path().join("cascade"), &backbone_file, spec)?;
         let cascade = Cascade::load(&manifest, spec.feature_len(), opts.device).map_err(err)?;
         let flops = spec.flops_per_image();
         for &batch in &opts.batches {
-            let input =
-                Tensor::randn([batch as i64, 3, 224, 224], (Kind::Float, opts.device)).to_kind(precision.kind());
+            let input = match &photos {
+                // Photos in turn, as many as the batch holds.
+                Some(p) => {
+                    let index = Tensor::arange(batch as i64, (Kind::Int64, Device::Cpu)).remainder(p.size()[0]);
+                    p.f_index_select(0, &index).map_err(err)?.to_device(opts.device).to_kind(precision.kind())
+                }
+                None => {
+                    Tensor::randn([batch as i64, 3, 224, 224], (Kind::Float, opts.device)).to_kind(precision.kind())
+                }
+            };
             let step = || -> Result<(), String> {
                 let f = backbone.features(&input).map_err(err)?;
                 cascade.run(&f).map_err(err)?;
@@ -185,6 +227,7 @@ pub fn model(opts: &ModelOptions) -> Result<Vec<ModelResult>, String> {
                 ms_per_batch: 1000.0 * secs / iterations as f64,
                 gflops: img_per_s * flops / 1e9,
                 iterations,
+                cascade: cascade_name.clone(),
             });
             tracing::info!("{} batch {batch}: {img_per_s:.1} img/s", placement.describe());
         }

@@ -68,6 +68,10 @@ enum BenchCommand {
         /// VGG weights (safetensors); random VGG-19 weights when absent.
         #[arg(long)]
         backbone: Option<PathBuf>,
+        /// A trained models directory, measured on generated vehicle photos (heads the
+        /// photos cannot reach are skipped, as in `watch`) instead of a random cascade.
+        #[arg(long, conflicts_with = "backbone")]
+        models: Option<PathBuf>,
         #[arg(long, default_value = "auto")]
         device: DeviceChoice,
         /// Precisions to measure [default: every one the device supports].
@@ -641,7 +645,7 @@ fn synth_cmd(cmd: SynthCommand) -> Result<ExitCode> {
 fn bench_cmd(cmd: BenchCommand) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match cmd {
-        BenchCommand::Model { backbone, device, precision, batches, seconds, warmup, quick, json } => {
+        BenchCommand::Model { backbone, models, device, precision, batches, seconds, warmup, quick, json } => {
             let device = device.resolve()?;
             let precisions = if precision.is_empty() {
                 match device {
@@ -670,6 +674,7 @@ fn bench_cmd(cmd: BenchCommand) -> Result<ExitCode> {
             };
             let opts = carwatch::bench::ModelOptions {
                 backbone,
+                models,
                 device,
                 precisions,
                 batches,
@@ -680,6 +685,9 @@ fn bench_cmd(cmd: BenchCommand) -> Result<ExitCode> {
             if json {
                 writeln!(out, "{}", serde_json::to_string(&results)?)?;
             } else {
+                if let Some(r) = results.first() {
+                    writeln!(out, "backbone + cascade ({})", r.cascade)?;
+                }
                 writeln!(
                     out,
                     "{:<8} {:<9} {:>6} {:>10} {:>13} {:>10}",
