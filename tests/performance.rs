@@ -233,7 +233,17 @@ fn bench_short_runs_give_every_field() {
             assert!(r.get(f).is_some(), "bench model lacks {f}: {r}");
         }
         assert!(r["img_per_s"].as_f64().unwrap() > 0.0);
+        assert_eq!(r["cascade"], "random");
     }
+    // The same with the test's trained models on generated photos.
+    let mut cmd = carwatch();
+    cmd.args(["bench", "model", "--quick", "--precision", "fp32", "--json", "--device", "cpu", "--models"])
+        .arg(&t.models);
+    let o = run(cmd, Duration::from_secs(300));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["cascade"] == t.models.display().to_string() && r["img_per_s"].as_f64() > Some(0.0)));
 
     let mut cmd = carwatch();
     cmd.args([
