@@ -115,7 +115,6 @@ pub fn random_cascade(dir: &Path, backbone_file: &Path, spec: VggSpec) -> Result
 
 /// `n` generated vehicle photos (every class in turn), preprocessed for the CPU in fp32.
 fn generated_photos(n: usize) -> Result<Tensor, String> {
-    use crate::model::{Crop, RgbImage};
     let mut rng = crate::synthetic::rng(11);
     let images: Vec<image::RgbImage> = crate::synthetic::catalogue()
         .iter()
@@ -123,13 +122,7 @@ fn generated_photos(n: usize) -> Result<Tensor, String> {
         .take(n)
         .map(|c| crate::synthetic::render(c, &mut rng, 160, 128))
         .collect();
-    let views: Vec<(RgbImage<'_>, Crop)> = images
-        .iter()
-        .map(|i| {
-            let v = RgbImage::from_image(i);
-            (v, v.full())
-        })
-        .collect();
+    let views = crate::model::preprocess::whole(&images);
     let cpu = Placement { device: Device::Cpu, precision: Precision::Fp32 };
     crate::model::preprocess::batch(&views, cpu).map_err(err)
 }

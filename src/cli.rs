@@ -12,9 +12,7 @@ use serde_json::json;
 use carwatch::alerts::{AlertSet, AlertsError, Vocabulary};
 use carwatch::config::{self, Config, ConfigError};
 use carwatch::infer::WorkerError;
-use carwatch::model::{
-    self, Crop, DeviceChoice, Level, Placement, PrecisionChoice, Prediction, Recognizer, RgbImage, VggSpec,
-};
+use carwatch::model::{self, DeviceChoice, Level, Placement, PrecisionChoice, Prediction, Recognizer, VggSpec};
 use carwatch::synthetic::rtsp::RtspServer;
 use carwatch::synthetic::video::Scene;
 use carwatch::train::{self, TrainOptions, fit::FitOptions};
@@ -462,14 +460,7 @@ fn classify_cmd(a: ClassifyArgs) -> Result<ExitCode> {
     for chunk in a.inputs.chunks(8) {
         let loaded: Vec<Result<image::RgbImage, String>> =
             chunk.iter().map(|input| carwatch::input::load(input).map_err(|e| e.to_string())).collect();
-        let views: Vec<(RgbImage<'_>, Crop)> = loaded
-            .iter()
-            .flatten()
-            .map(|img| {
-                let v = RgbImage::from_image(img);
-                (v, v.full())
-            })
-            .collect();
+        let views = carwatch::model::preprocess::whole(loaded.iter().flatten());
         let mut predictions = match recognizer.classify(&views) {
             Ok(p) => p.into_iter().map(Ok).collect::<Vec<_>>(),
             Err(e) => views.iter().map(|_| Err(e.to_string())).collect(),

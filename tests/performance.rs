@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use carwatch::model::{Crop, DeviceChoice, Placement, Precision, PrecisionChoice, Recognizer, RgbImage, int8};
+use carwatch::model::{DeviceChoice, Placement, Precision, PrecisionChoice, Recognizer, int8};
 use carwatch::synthetic::rtsp::RtspServer;
 use carwatch::synthetic::video::Scene;
 
@@ -35,13 +35,7 @@ fn classify_held_out_on(
     let r = Recognizer::load(models, Placement { device, precision }).unwrap();
     let mut out = Vec::new();
     for chunk in images.chunks(16) {
-        let views: Vec<(RgbImage<'_>, Crop)> = chunk
-            .iter()
-            .map(|i| {
-                let v = RgbImage::from_image(i);
-                (v, v.full())
-            })
-            .collect();
+        let views = carwatch::model::preprocess::whole(chunk);
         out.extend(r.classify(&views).unwrap());
     }
     out

@@ -86,6 +86,18 @@ impl<'a> RgbImage<'a> {
     }
 }
 
+/// Each image whole, as the (image, crop) pairs [`batch`] takes: what training,
+/// `classify` and the benchmarks feed the model (`watch` crops regions instead).
+pub fn whole<'a>(images: impl IntoIterator<Item = &'a image::RgbImage>) -> Vec<(RgbImage<'a>, Crop)> {
+    images
+        .into_iter()
+        .map(|i| {
+            let v = RgbImage::from_image(i);
+            (v, v.full())
+        })
+        .collect()
+}
+
 /// A rectangle in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Crop {

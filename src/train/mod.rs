@@ -20,7 +20,7 @@ use tch::{Device, Kind, Tensor};
 use crate::model::int8::FirstConv;
 use crate::model::manifest::{BackboneEntry, FORMAT, HeadEntry, Manifest};
 use crate::model::weights::write_atomic;
-use crate::model::{Backbone, Cascade, Crop, Level, ModelError, Placement, Precision, RgbImage, preprocess};
+use crate::model::{Backbone, Cascade, Level, ModelError, Placement, Precision, preprocess};
 use dataset::Dataset;
 use features::{FeatureCache, ImageKey};
 use fit::{FitOptions, Split};
@@ -204,13 +204,7 @@ fn preprocessed<'a>(paths: &'a [&'a Path], batch: usize) -> impl Iterator<Item =
     paths.chunks(batch.max(1)).map(move |chunk| {
         let images: Vec<image::RgbImage> =
             chunk.iter().filter_map(|p| crate::input::load(&p.display().to_string()).ok()).collect();
-        let views: Vec<(RgbImage<'_>, Crop)> = images
-            .iter()
-            .map(|i| {
-                let v = RgbImage::from_image(i);
-                (v, v.full())
-            })
-            .collect();
+        let views = preprocess::whole(&images);
         Ok(preprocess::batch(&views, cpu)?)
     })
 }
@@ -373,13 +367,7 @@ fn run_backbone(
     cache: &FeatureCache,
     items: Vec<(usize, bool, ImageKey, image::RgbImage)>,
 ) -> Result<Vec<(usize, bool, Tensor)>, TrainError> {
-    let views: Vec<(RgbImage<'_>, Crop)> = items
-        .iter()
-        .map(|(_, _, _, img)| {
-            let v = RgbImage::from_image(img);
-            (v, v.full())
-        })
-        .collect();
+    let views = preprocess::whole(items.iter().map(|(_, _, _, img)| img));
     let batch = preprocess::batch(&views, backbone.placement())?;
     let flat = crate::model::cascade::flatten(&backbone.features(&batch)?)?
         .f_to_device(Device::Cpu)
