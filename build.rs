@@ -9,6 +9,9 @@
 //!   `--as-needed` to the linker, which drops it, and libtorch then silently runs on CPU
 //!   on a GPU host. Loading it needs no GPU: on a machine without one CUDA reports
 //!   zero devices and carwatch falls back to CPU.
+//!
+//! It also compiles `src/model/cuda_streams.cpp`, the few CUDA stream and event calls
+//! tch does not expose, against libtorch's headers (`<lib>/../include`).
 
 use std::env;
 use std::path::Path;
@@ -19,6 +22,20 @@ fn main() {
         println!("cargo:warning=torch-sys did not report libtorch's directory: no rpath set");
         return;
     };
+    println!("cargo:rerun-if-changed=src/model/cuda_streams.cpp");
+    let include = Path::new(&lib_dir).parent().map(|torch| torch.join("include"));
+    match include {
+        Some(dir) if dir.join("c10/core/Event.h").exists() => cc::Build::new()
+            .cpp(true)
+            .file("src/model/cuda_streams.cpp")
+            .include(&dir)
+            .flag("-std=c++17")
+            .warnings(false)
+            .compile("carwatch_cuda_streams"),
+        _ => panic!(
+            "libtorch's C++ headers are not beside {lib_dir} (expected ../include/c10): reinstall torch in .venv"
+        ),
+    }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
     // Where `make install` puts libtorch, relative to the installed binary
     // (PREFIX/bin/carwatch -> PREFIX/lib/carwatch/site-packages/torch/lib).

@@ -19,32 +19,83 @@ use crate::config::values::{millis, positive};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
-    /// Most frames per backbone call.
-    #[serde(default = "default_max_size", deserialize_with = "positive")]
-    pub max_size: u32,
+    /// Most frames per backbone call, or measured at start-up.
+    #[serde(default)]
+    pub max_size: BatchSize,
     /// Longest a frame waits for others to join its batch.
     #[serde(default = "default_max_wait", deserialize_with = "millis", rename = "max_wait_ms")]
     pub max_wait: Duration,
     /// Frames queued between cameras and the worker; beyond it the oldest are dropped.
-    #[serde(default = "default_queue", deserialize_with = "positive")]
-    pub queue: u32,
+    /// Unset: [`BatchConfig::queue_len`].
+    #[serde(default, deserialize_with = "positive_opt")]
+    pub queue: Option<u32>,
 }
 
-fn default_max_size() -> u32 {
-    8
+/// `batch.max_size`: a number of frames, or `"auto"`, the smallest batch within 10% of
+/// the best throughput measured at start-up (see [`crate::model::sizing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BatchSize {
+    #[default]
+    Auto,
+    Fixed(u32),
+}
+
+/// The largest batch `auto` tries: a 2-core CPU gains nothing past 16, a GPU needs
+/// 64-256 to be busy.
+pub const AUTO_CAP_CPU: u32 = 16;
+pub const AUTO_CAP_GPU: u32 = 256;
+
+impl BatchSize {
+    /// The largest batch this can form, on a GPU or not.
+    pub fn cap(self, gpu: bool) -> u32 {
+        match self {
+            BatchSize::Fixed(n) => n,
+            BatchSize::Auto if gpu => AUTO_CAP_GPU,
+            BatchSize::Auto => AUTO_CAP_CPU,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BatchSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(i64),
+            Text(String),
+        }
+        let expected = "expected a positive number of frames or \"auto\"";
+        match Raw::deserialize(d).map_err(|_| serde::de::Error::custom(expected))? {
+            Raw::Number(n) if n > 0 && n <= u32::MAX as i64 => Ok(BatchSize::Fixed(n as u32)),
+            Raw::Text(t) if t == "auto" => Ok(BatchSize::Auto),
+            Raw::Number(n) => Err(serde::de::Error::custom(format!("{expected}, found {n}"))),
+            Raw::Text(t) => Err(serde::de::Error::custom(format!("{expected}, found \"{t}\""))),
+        }
+    }
+}
+
+fn positive_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    positive(d).map(Some)
 }
 
 fn default_max_wait() -> Duration {
     Duration::from_millis(50)
 }
 
-fn default_queue() -> u32 {
-    32
+impl BatchConfig {
+    /// Frames the queue holds: as set, or room for two of the largest batches and at
+    /// least 32.
+    pub fn queue_len(&self, gpu: bool) -> usize {
+        match self.queue {
+            Some(q) => q as usize,
+            None => (2 * self.max_size.cap(gpu) as usize).max(32),
+        }
+    }
 }
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig { max_size: default_max_size(), max_wait: default_max_wait(), queue: default_queue() }
+        BatchConfig { max_size: BatchSize::default(), max_wait: default_max_wait(), queue: None }
     }
 }
 
@@ -67,8 +118,10 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    pub fn new(frames: Receiver<Arc<Frame>>, stop: Receiver<()>, config: &BatchConfig) -> Batcher {
-        Batcher { frames, stop, max_size: config.max_size as usize, max_wait: config.max_wait }
+    /// Batches of at most `max_size` frames (with `auto`, the largest size it may
+    /// choose until the worker sets the measured one).
+    pub fn new(frames: Receiver<Arc<Frame>>, stop: Receiver<()>, max_size: usize, max_wait: Duration) -> Batcher {
+        Batcher { frames, stop, max_size: max_size.max(1), max_wait }
     }
 
     /// The next batch; waits at most `idle` for its first frame.
@@ -101,6 +154,27 @@ impl Batcher {
         }
         Next::Batch(batch)
     }
+
+    /// The frames queued right now, up to a full batch, without waiting (`Idle` when
+    /// there are none): for a worker that has a batch in flight on a GPU and should not
+    /// keep it waiting for a deadline.
+    pub fn queued(&self) -> Next {
+        if self.stop.try_recv().is_ok() {
+            return Next::Stop;
+        }
+        let batch: Vec<Arc<Frame>> = self.frames.try_iter().take(self.max_size).collect();
+        if batch.is_empty() { Next::Idle } else { Next::Batch(batch) }
+    }
+
+    /// Most frames per batch.
+    pub fn max_size(&self) -> usize {
+        self.max_size
+    }
+
+    /// Changes the batch size (chosen by measurement at start-up, `max_size = "auto"`).
+    pub fn set_max_size(&mut self, max_size: usize) {
+        self.max_size = max_size.max(1);
+    }
 }
 
 #[cfg(test)]
@@ -126,8 +200,7 @@ mod tests {
         let cam = CameraShared::new(Camera::from_config(&cfg).unwrap());
         let (q, rx) = FrameQueue::bounded(64);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
-        let config = BatchConfig { max_size, max_wait: Duration::from_millis(wait_ms), queue: 64 };
-        (q, Batcher::new(rx, stop_rx, &config), stop_tx, cam)
+        (q, Batcher::new(rx, stop_rx, max_size as usize, Duration::from_millis(wait_ms)), stop_tx, cam)
     }
 
     #[test]
@@ -159,6 +232,43 @@ mod tests {
         }
         let waited = start.elapsed();
         assert!(waited >= Duration::from_millis(30) && waited < Duration::from_millis(1000), "{waited:?}");
+    }
+
+    #[test]
+    fn max_size_is_a_number_or_auto() {
+        let parse = |s: &str| toml::from_str::<BatchConfig>(s);
+        assert_eq!(parse("").unwrap().max_size, BatchSize::Auto);
+        assert_eq!(parse("max_size = \"auto\"").unwrap().max_size, BatchSize::Auto);
+        assert_eq!(parse("max_size = 8").unwrap().max_size, BatchSize::Fixed(8));
+        for bad in ["max_size = 0", "max_size = -3", "max_size = \"big\"", "max_size = 1.5"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("positive number of frames or \"auto\""), "{bad}: {e}");
+        }
+        let auto = parse("").unwrap();
+        assert_eq!((auto.queue_len(false), auto.queue_len(true)), (32, 512));
+        assert_eq!(parse("max_size = 64").unwrap().queue_len(false), 128);
+        assert_eq!(parse("queue = 10").unwrap().queue_len(true), 10);
+    }
+
+    #[test]
+    fn queued_takes_what_is_there_without_waiting() {
+        let (q, b, stop, cam) = setup(4, 10_000);
+        assert!(matches!(b.queued(), Next::Idle));
+        for _ in 0..6 {
+            q.push(frame(&cam));
+        }
+        let start = Instant::now();
+        match b.queued() {
+            Next::Batch(v) => assert_eq!(v.len(), 4),
+            other => panic!("{other:?}"),
+        }
+        match b.queued() {
+            Next::Batch(v) => assert_eq!(v.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(1));
+        stop.send(()).unwrap();
+        assert!(matches!(b.queued(), Next::Stop));
     }
 
     #[test]

@@ -24,6 +24,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::model::backbone::{Backbone, VggSpec};
 use crate::model::cascade::Cascade;
+use crate::model::feed::Feeder;
 use crate::model::manifest::{BackboneEntry, FORMAT, HeadEntry, Manifest};
 use crate::model::weights::write_atomic;
 use crate::model::{Level, Placement, Precision};
@@ -42,6 +43,28 @@ pub struct ModelResult {
     /// `random` (13 uncertain heads on noise: every head runs) or the models directory
     /// measured on generated vehicle photos.
     pub cascade: String,
+    /// The backbone alone on the same input: with `img_per_s`, what the heads and the
+    /// copy of predictions back to the host cost.
+    pub backbone_img_per_s: f64,
+    /// From 224x224 RGB frames in host memory (uint8, HWC) to predictions on the host,
+    /// as `watch` runs it: upload (pinned, on a side stream, overlapping the previous
+    /// batch on CUDA), normalisation, backbone, heads.
+    pub from_frames_img_per_s: f64,
+}
+
+/// Runs `step` `opts.warmup` times, then until `opts.min_time` has passed (at least 3
+/// times): (timed runs, seconds).
+fn timed(opts: &ModelOptions, mut step: impl FnMut() -> Result<(), String>) -> Result<(usize, f64), String> {
+    for _ in 0..opts.warmup {
+        step()?;
+    }
+    let start = Instant::now();
+    let mut n = 0;
+    while n < 3 || start.elapsed() < opts.min_time {
+        step()?;
+        n += 1;
+    }
+    Ok((n, start.elapsed().as_secs_f64()))
 }
 
 /// What `bench model` measures.
@@ -157,6 +180,14 @@ pub fn model(opts: &ModelOptions) -> Result<Vec<ModelResult>, String> {
         None => None,
     };
     let photos = if trained.is_some() { Some(generated_photos(64)?) } else { None };
+    let largest = opts.batches.iter().copied().max().unwrap_or(1);
+    let mut rng = crate::synthetic::rng(13);
+    let frames: Vec<image::RgbImage> = crate::synthetic::catalogue()
+        .iter()
+        .cycle()
+        .take(largest)
+        .map(|c| crate::synthetic::render(c, &mut rng, 224, 224))
+        .collect();
     let mut results = Vec::new();
     for &precision in &opts.precisions {
         let placement = Placement { device: opts.device, precision };
@@ -196,22 +227,42 @@ pub fn model(opts: &ModelOptions) -> Result<Vec<ModelResult>, String> {
                     Tensor::randn([batch as i64, 3, 224, 224], (Kind::Float, opts.device)).to_kind(precision.kind())
                 }
             };
-            let step = || -> Result<(), String> {
+            let sync = || {
+                if let Device::Cuda(n) = opts.device {
+                    tch::Cuda::synchronize(n as i64);
+                }
+            };
+            let (iterations, secs) = timed(opts, || {
                 let f = backbone.features(&input).map_err(err)?;
                 cascade.run(&f).map_err(err)?;
                 Ok(())
-            };
-            for _ in 0..opts.warmup {
-                step()?;
-            }
-            let start = Instant::now();
-            let mut iterations = 0;
-            while iterations < 3 || start.elapsed() < opts.min_time {
-                step()?;
-                iterations += 1;
-            }
-            let secs = start.elapsed().as_secs_f64();
+            })?;
             let img_per_s = (iterations * batch) as f64 / secs;
+            let (n, backbone_secs) = timed(opts, || {
+                let _features = backbone.features(&input).map_err(err)?;
+                sync();
+                Ok(())
+            })?;
+            let backbone_img_per_s = (n * batch) as f64 / backbone_secs;
+            // Frames as the worker gets them: 224x224 RGB bytes in host memory, staged
+            // through the feeder (pinned memory and a side stream on CUDA) while the
+            // previous batch is in the backbone, predictions back on the host.
+            let views = crate::model::preprocess::whole(&frames[..batch]);
+            let mut feeder = Feeder::new(placement).map_err(err)?;
+            let mut flight: Option<Tensor> = None;
+            let (n, frames_secs) = timed(opts, || {
+                let staged = feeder.stage(&views).map_err(err)?;
+                if let Some(f) = flight.take() {
+                    cascade.run(&f).map_err(err)?;
+                }
+                let input = feeder.input(staged).map_err(err)?;
+                flight = Some(backbone.features(&input).map_err(err)?);
+                Ok(())
+            })?;
+            if let Some(f) = flight.take() {
+                cascade.run(&f).map_err(err)?;
+            }
+            let from_frames_img_per_s = (n * batch) as f64 / frames_secs;
             results.push(ModelResult {
                 device: placement.describe().split('/').next().unwrap_or("cpu").to_string(),
                 precision: precision.name().to_string(),
@@ -221,6 +272,8 @@ pub fn model(opts: &ModelOptions) -> Result<Vec<ModelResult>, String> {
                 gflops: img_per_s * flops / 1e9,
                 iterations,
                 cascade: cascade_name.clone(),
+                backbone_img_per_s,
+                from_frames_img_per_s,
             });
             tracing::info!("{} batch {batch}: {img_per_s:.1} img/s", placement.describe());
         }
@@ -251,6 +304,8 @@ pub struct PipelineResult {
     pub device: String,
     /// Where and in which precision the model ran (`cpu/int8`).
     pub model: String,
+    /// Most frames per batch (measured at start-up: `batch.max_size = "auto"`).
+    pub batch_max: usize,
     /// Regions answered from the previous prediction because nothing moved (motion
     /// gating), during the span; included in `analysed_fps`.
     pub motion_skipped: u64,
@@ -506,6 +561,7 @@ pub fn pipeline(opts: &PipelineOptions) -> Result<PipelineResult, String> {
         decoder,
         device: opts.device.to_string(),
         model,
+        batch_max: running.metrics.batch_max.get().max(0) as usize,
         motion_skipped,
         seconds: secs,
     })

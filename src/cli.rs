@@ -681,14 +681,28 @@ fn bench_cmd(cmd: BenchCommand) -> Result<ExitCode> {
                 }
                 writeln!(
                     out,
-                    "{:<8} {:<9} {:>6} {:>10} {:>13} {:>10}",
-                    "device", "precision", "batch", "img/s", "ms/batch", "GFLOP/s"
+                    "{:<8} {:<9} {:>6} {:>10} {:>13} {:>10} {:>15} {:>17}",
+                    "device",
+                    "precision",
+                    "batch",
+                    "img/s",
+                    "ms/batch",
+                    "GFLOP/s",
+                    "backbone img/s",
+                    "from frames img/s"
                 )?;
                 for r in &results {
                     writeln!(
                         out,
-                        "{:<8} {:<9} {:>6} {:>10.1} {:>13.1} {:>10.0}",
-                        r.device, r.precision, r.batch, r.img_per_s, r.ms_per_batch, r.gflops
+                        "{:<8} {:<9} {:>6} {:>10.1} {:>13.1} {:>10.0} {:>15.1} {:>17.1}",
+                        r.device,
+                        r.precision,
+                        r.batch,
+                        r.img_per_s,
+                        r.ms_per_batch,
+                        r.gflops,
+                        r.backbone_img_per_s,
+                        r.from_frames_img_per_s
                     )?;
                 }
             }
@@ -745,11 +759,12 @@ fn bench_cmd(cmd: BenchCommand) -> Result<ExitCode> {
             } else {
                 writeln!(
                     out,
-                    "{} cameras x {} fps at {} ({}, {}): {:.2} frames/s analysed, {} dropped, {} answered by motion gating; latency p50/p95/p99 {:.0}/{:.0}/{:.0} ms; CPU per frame {:.1} ms decode + {:.1} ms inference; peak RSS {:.0} MB",
+                    "{} cameras x {} fps at {} ({}, batch {}, {}): {:.2} frames/s analysed, {} dropped, {} answered by motion gating; latency p50/p95/p99 {:.0}/{:.0}/{:.0} ms; CPU per frame {:.1} ms decode + {:.1} ms inference; peak RSS {:.0} MB",
                     r.cameras,
                     r.fps,
                     r.resolution,
                     r.model,
+                    r.batch_max,
                     r.decoder,
                     r.analysed_fps,
                     r.dropped,

@@ -19,7 +19,9 @@ use crate::batcher::{Batcher, Next};
 use crate::camera::Frame;
 use crate::matcher::{Matcher, RegionPrediction};
 use crate::metrics::{Metrics, Stage};
-use crate::model::{Crop, DeviceChoice, ModelError, PrecisionChoice, Prediction, Recognizer, RgbImage, preprocess};
+use crate::model::feed::{Feeder, Staged};
+use crate::model::sizing;
+use crate::model::{Crop, DeviceChoice, ModelError, PrecisionChoice, Prediction, Recognizer, RgbImage};
 use crate::publish::Event;
 
 /// A 32x32 grey sample of a region, for motion gating: cheap to take and to compare,
@@ -66,11 +68,16 @@ pub struct Links {
     pub metrics: Arc<Metrics>,
     /// Test-only fault: stop going round after start-up (the watchdog test).
     pub hang: bool,
+    /// `batch.max_size = "auto"`: measure batch sizes up to this one at start-up and
+    /// use the best.
+    pub auto_batch: Option<usize>,
 }
 
 /// The worker's state.
 pub struct Worker {
     recognizer: Recognizer,
+    /// Gets batches to the model's device (pinned side-stream uploads on CUDA).
+    feeder: Feeder,
     batcher: Batcher,
     matcher: Matcher,
     events: Sender<Event>,
@@ -84,6 +91,24 @@ pub struct Worker {
     /// Per (camera, region): the thumbnail last analysed and its prediction.
     still: HashMap<(String, usize), (Thumbnail, Prediction)>,
     active: Vec<String>,
+}
+
+/// A batch from staging to predictions.
+struct InFlight {
+    frames: Vec<Arc<Frame>>,
+    /// (frame index, region index, crop) of every region.
+    items: Vec<(usize, usize, Crop)>,
+    /// Per item: known already (motion gating) or filled in by `complete`.
+    predictions: Vec<Option<Prediction>>,
+    /// Per item that goes through the model with motion gating on: its thumbnail.
+    thumbs: Vec<Option<Thumbnail>>,
+    /// Items that go through the model, in batch order.
+    todo: Vec<usize>,
+    staged: Option<Staged>,
+    /// Backbone output, once launched.
+    features: Option<tch::Tensor>,
+    /// Time spent staging, reported with the rest of preprocessing.
+    preprocess: Duration,
 }
 
 /// Why the worker stopped.
@@ -105,15 +130,33 @@ impl Worker {
         precision: PrecisionChoice,
         links: Links,
     ) -> Result<Worker, WorkerError> {
-        let Links { batcher, matcher, events, alert_updates, metrics, hang } = links;
+        let Links { mut batcher, matcher, events, alert_updates, metrics, hang, auto_batch } = links;
         let recognizer = Recognizer::load_choosing(models, device, precision)?;
         let placement = recognizer.backbone.placement();
-        // One test batch before anyone relies on the model: shapes, device and kernels
-        // fail here, at start-up, rather than on the first car.
+        let mut feeder = Feeder::new(placement)?;
+        // One test batch, through the same path as camera frames, before anyone relies
+        // on the model: shapes, device and kernels fail here, at start-up, rather than
+        // on the first car.
         let blank = image::RgbImage::new(64, 48);
         let view = RgbImage::from_image(&blank);
-        recognizer.classify(&[(view, view.full())])?;
+        let staged = feeder.stage(&[(view, view.full())])?;
+        recognizer.cascade.run(&recognizer.backbone.features(&feeder.input(staged)?)?)?;
         metrics.heartbeat.beat();
+        if let Some(cap) = auto_batch {
+            let min_time =
+                if placement.device.is_cuda() { Duration::from_millis(100) } else { Duration::from_millis(250) };
+            let measured = sizing::measure(&recognizer, &mut feeder, &sizing::candidates(cap), min_time)?;
+            let chosen = sizing::choose(&measured).unwrap_or(1);
+            let table: Vec<String> = measured.iter().map(|m| format!("{}: {:.1}", m.batch, m.img_per_s)).collect();
+            tracing::info!(
+                "batch size {chosen}: the smallest within {:.0}% of the best throughput measured (img/s by batch: {})",
+                100.0 * (1.0 - sizing::WITHIN),
+                table.join(", ")
+            );
+            batcher.set_max_size(chosen);
+            metrics.heartbeat.beat();
+        }
+        metrics.batch_max.set(batcher.max_size() as i64);
         if let Some(n) = recognizer.cascade.notice() {
             tracing::warn!("{n}");
         }
@@ -123,6 +166,7 @@ impl Worker {
         }
         Ok(Worker {
             recognizer,
+            feeder,
             batcher,
             matcher,
             events,
@@ -136,6 +180,11 @@ impl Worker {
     }
 
     /// Runs until the batcher says stop.
+    ///
+    /// On CUDA one batch is kept in flight: the next batch is staged (packed and
+    /// uploaded on a side stream) while the GPU still runs the backbone on the previous
+    /// one, and only then are the previous one's predictions read. Without a GPU each
+    /// batch is finished before the next is taken, as pipelining would gain nothing.
     pub fn run(mut self) -> Result<(), WorkerError> {
         self.announce_alerts(true)?;
         let mut failures = 0;
@@ -145,32 +194,77 @@ impl Worker {
                 std::thread::park();
             }
         }
+        let mut flight: Option<InFlight> = None;
         loop {
             self.metrics.heartbeat.beat();
             while let Ok(set) = self.alert_updates.try_recv() {
                 self.matcher.set_alerts(set);
                 self.announce_alerts(true)?;
             }
-            match self.batcher.next(Duration::from_millis(500)) {
-                Next::Stop => return Ok(()),
-                Next::Idle => self.announce_alerts(false)?,
-                Next::Batch(frames) => match self.process(&frames) {
-                    Ok(()) => failures = 0,
-                    Err(WorkerError::PublisherGone) => return Err(WorkerError::PublisherGone),
-                    Err(e) => {
-                        failures += 1;
-                        self.metrics.inference_errors.inc();
-                        tracing::error!("dropped a batch of {} frame(s): {e}", frames.len());
-                        if failures >= MAX_CONSECUTIVE_FAILURES {
-                            return Err(WorkerError::Failing(e.to_string()));
-                        }
+            // With a batch in flight, take only what is queued now: its predictions
+            // should not wait for a batch deadline.
+            let next = match flight {
+                Some(_) => self.batcher.queued(),
+                None => self.batcher.next(Duration::from_millis(500)),
+            };
+            match next {
+                Next::Stop => {
+                    if let Some(f) = flight.take() {
+                        let n = f.frames.len();
+                        let r = self.complete(f);
+                        self.settle(r, n, &mut failures)?;
                     }
+                    return Ok(());
+                }
+                Next::Idle => match flight.take() {
+                    Some(f) => {
+                        let n = f.frames.len();
+                        let r = self.complete(f);
+                        self.settle(r, n, &mut failures)?;
+                    }
+                    None => self.announce_alerts(false)?,
                 },
+                Next::Batch(frames) => {
+                    let n = frames.len();
+                    let prepared = self.prepare(frames);
+                    if let Some(f) = flight.take() {
+                        let n = f.frames.len();
+                        let r = self.complete(f);
+                        self.settle(r, n, &mut failures)?;
+                    }
+                    match prepared.and_then(|p| self.launch(p)) {
+                        Ok(f) if self.feeder.overlaps() => flight = Some(f),
+                        Ok(f) => {
+                            let r = self.complete(f);
+                            self.settle(r, n, &mut failures)?;
+                        }
+                        Err(e) => self.settle(Err(e), n, &mut failures)?,
+                    }
+                }
             }
         }
     }
 
-    fn process(&mut self, frames: &[Arc<Frame>]) -> Result<(), WorkerError> {
+    /// Counts a failed batch; gives up after [`MAX_CONSECUTIVE_FAILURES`] in a row.
+    fn settle(&self, result: Result<(), WorkerError>, frames: usize, failures: &mut u32) -> Result<(), WorkerError> {
+        match result {
+            Ok(()) => *failures = 0,
+            Err(WorkerError::PublisherGone) => return Err(WorkerError::PublisherGone),
+            Err(e) => {
+                *failures += 1;
+                self.metrics.inference_errors.inc();
+                tracing::error!("dropped a batch of {frames} frame(s): {e}");
+                if *failures >= MAX_CONSECUTIVE_FAILURES {
+                    return Err(WorkerError::Failing(e.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Regions of every frame, motion gating, and staging of the regions that need the
+    /// model.
+    fn prepare(&mut self, frames: Vec<Arc<Frame>>) -> Result<InFlight, WorkerError> {
         // (frame index, region index, crop) for every region of every frame.
         let mut items: Vec<(usize, usize, Crop)> = Vec::new();
         for (fi, frame) in frames.iter().enumerate() {
@@ -211,7 +305,10 @@ impl Worker {
             }
         }
         let todo: Vec<usize> = (0..items.len()).filter(|&k| predictions[k].is_none()).collect();
-        if !todo.is_empty() {
+        let t = Instant::now();
+        let staged = if todo.is_empty() {
+            None
+        } else {
             let mut views = Vec::with_capacity(todo.len());
             for &k in &todo {
                 let (fi, _, crop) = items[k];
@@ -220,7 +317,32 @@ impl Worker {
                     RgbImage::new(&f.rgb, f.width, f.height, f.width as usize * 3).map_err(ModelError::Device)?;
                 views.push((image, crop));
             }
-            for (&k, p) in todo.iter().zip(self.classify(&views)?) {
+            Some(self.feeder.stage(&views)?)
+        };
+        Ok(InFlight { frames, items, predictions, thumbs, todo, staged, features: None, preprocess: t.elapsed() })
+    }
+
+    /// The backbone on a staged batch: queued on CUDA, done when this returns on CPU.
+    fn launch(&mut self, mut flight: InFlight) -> Result<InFlight, WorkerError> {
+        let Some(staged) = flight.staged.take() else { return Ok(flight) };
+        let t = Instant::now();
+        let input = self.feeder.input(staged)?;
+        self.metrics.observe_stage(Stage::preprocess, flight.preprocess + t.elapsed());
+        let t = Instant::now();
+        flight.features = Some(self.recognizer.backbone.features(&input)?);
+        self.metrics.observe_stage(Stage::backbone, t.elapsed());
+        Ok(flight)
+    }
+
+    /// The heads on a launched batch (on CUDA this waits for its backbone), then the
+    /// matcher and the hits.
+    fn complete(&mut self, flight: InFlight) -> Result<(), WorkerError> {
+        let InFlight { frames, items, mut predictions, mut thumbs, todo, features, .. } = flight;
+        if let Some(features) = features {
+            let t = Instant::now();
+            let computed = self.recognizer.cascade.run(&features)?;
+            self.metrics.observe_stage(Stage::heads, t.elapsed());
+            for (&k, p) in todo.iter().zip(computed) {
                 if let Some(thumb) = thumbs[k].take() {
                     let (fi, ri, _) = items[k];
                     self.still.insert((frames[fi].camera.name().to_string(), ri), (thumb, p.clone()));
@@ -245,25 +367,6 @@ impl Worker {
         self.metrics.observe_stage(Stage::matcher, matching.elapsed());
         self.metrics.batch_size.observe(frames.len() as f64);
         self.announce_alerts(false)
-    }
-
-    /// Preprocess, backbone and heads, each timed (on CUDA the device is synchronised
-    /// after the backbone so that its time is its own).
-    fn classify(&self, views: &[(RgbImage<'_>, Crop)]) -> Result<Vec<crate::model::Prediction>, ModelError> {
-        let r = &self.recognizer;
-        let t = Instant::now();
-        let batch = preprocess::batch(views, r.backbone.placement())?;
-        self.metrics.observe_stage(Stage::preprocess, t.elapsed());
-        let t = Instant::now();
-        let features = r.backbone.features(&batch)?;
-        if let tch::Device::Cuda(n) = r.backbone.placement().device {
-            tch::Cuda::synchronize(n as i64);
-        }
-        self.metrics.observe_stage(Stage::backbone, t.elapsed());
-        let t = Instant::now();
-        let predictions = r.cascade.run(&features)?;
-        self.metrics.observe_stage(Stage::heads, t.elapsed());
-        Ok(predictions)
     }
 
     /// Sends the active alert list when it changed (or always, with `force`).

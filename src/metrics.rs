@@ -17,7 +17,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
@@ -105,6 +105,8 @@ impl Default for Heartbeat {
 #[derive(Debug)]
 pub struct Metrics {
     pub batch_size: Histogram,
+    /// The most frames per batch (configured, or measured with `max_size = "auto"`).
+    pub batch_max: Gauge,
     pub stage_seconds: Family<StageLabel, Histogram>,
     pub hits: Family<AlertLabel, Counter>,
     pub inference_errors: Counter,
@@ -241,6 +243,12 @@ impl Metrics {
         let inference_errors = Counter::default();
         let hit_latency = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         registry.register("carwatch_batch_size", "Frames per backbone call.", batch_size.clone());
+        let batch_max = Gauge::default();
+        registry.register(
+            "carwatch_batch_max_size",
+            "Most frames per backbone call (configured, or measured at start-up).",
+            batch_max.clone(),
+        );
         registry.register(
             "carwatch_inference_stage_seconds",
             "Time per batch in each inference stage.",
@@ -260,6 +268,7 @@ impl Metrics {
         registry.register_collector(Box::new(Cameras(cameras.to_vec())));
         Arc::new(Metrics {
             batch_size,
+            batch_max,
             stage_seconds,
             hits,
             inference_errors,

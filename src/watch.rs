@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::alerts::{AlertSet, AlertsError, Reloader, Vocabulary};
-use crate::batcher::Batcher;
+use crate::batcher::{BatchSize, Batcher};
 use crate::camera::supervisor::{self, GstOpener, Timing};
 use crate::camera::{CameraShared, FrameQueue};
 use crate::config::{Config, Problems};
@@ -139,11 +139,16 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
     .map_err(|e| WatchError::Io(format!("cannot start publish thread: {e}")))?;
 
     // The worker loads the model on its own thread and says when it is ready.
-    let (queue, frames) = FrameQueue::bounded(config.batch.queue as usize);
+    // On a GPU the worker measures batches up to 256 (`max_size = "auto"`), and the
+    // queue must be able to hold them.
+    let gpu = config.model.device.resolve().map(|d| d.is_cuda()).unwrap_or(false);
+    let (queue, frames) = FrameQueue::bounded(config.batch.queue_len(gpu));
     let (infer_stop_tx, infer_stop_rx) = crossbeam_channel::bounded::<()>(1);
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
     let (ended_tx, ended_rx) = crossbeam_channel::bounded::<Result<(), WorkerError>>(1);
-    let batcher = Batcher::new(frames, infer_stop_rx, &config.batch);
+    let cap = config.batch.max_size.cap(gpu) as usize;
+    let batcher = Batcher::new(frames, infer_stop_rx, cap, config.batch.max_wait);
+    let auto_batch = (config.batch.max_size == BatchSize::Auto).then_some(cap.min(config.batch.queue_len(gpu)));
     let matcher = Matcher::new(alerts);
     let worker_models = models.clone();
     let (device, precision, threads) = (config.model.device, config.model.precision, config.model.threads);
@@ -184,6 +189,7 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
         alert_updates: updates_rx,
         metrics: Arc::clone(&metrics),
         hang: options.hang_inference,
+        auto_batch,
     };
     std::thread::Builder::new()
         .name("infer".into())

@@ -226,7 +226,9 @@ fn bench_short_runs_give_every_field() {
         for f in ["device", "precision", "batch", "img_per_s", "ms_per_batch"] {
             assert!(r.get(f).is_some(), "bench model lacks {f}: {r}");
         }
-        assert!(r["img_per_s"].as_f64().unwrap() > 0.0);
+        for f in ["img_per_s", "backbone_img_per_s", "from_frames_img_per_s"] {
+            assert!(r[f].as_f64().is_some_and(|v| v > 0.0), "bench model: {f} missing or not positive: {r}");
+        }
         assert_eq!(r["cascade"], "random");
     }
     // The same with the test's trained models on generated photos.
@@ -279,4 +281,7 @@ fn bench_short_runs_give_every_field() {
     }
     assert!(r["analysed_fps"].as_f64().unwrap() > 1.0, "{r}");
     assert!(r["latency_ms_p50"].as_f64().unwrap() > 0.0, "{r}");
+    // `batch.max_size = "auto"` (the default): the worker measured and chose a size.
+    let batch = r["batch_max"].as_u64().unwrap_or(0);
+    assert!((1..=16).contains(&batch), "batch size not measured at start-up: {r}");
 }

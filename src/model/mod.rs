@@ -6,15 +6,20 @@
 //! - [`cascade`] is the tree of small heads read from `cascade.toml`: features ->
 //!   [`Prediction`] (most likely path plus marginals over every branch).
 //! - [`weights`] reads safetensors files with every name and shape checked.
+//! - [`feed`] is how the inference worker gets batches to the device: on CUDA through
+//!   pinned memory on a side stream ([`cuda`]), overlapping the previous batch.
 //!
 //! [`Recognizer`] ties them together; it is what `classify`, `train` and the inference
 //! worker hold. It owns tch tensors, which are `Send` but not `Sync`: one thread owns it.
 
 pub mod backbone;
 pub mod cascade;
+pub mod cuda;
+pub mod feed;
 pub mod int8;
 pub mod manifest;
 pub mod preprocess;
+pub mod sizing;
 pub mod weights;
 
 use std::fmt;

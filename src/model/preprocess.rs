@@ -68,6 +68,16 @@ impl<'a> RgbImage<'a> {
         Crop { x: 0, y: 0, width: self.width, height: self.height }
     }
 
+    /// Copies the pixels of `crop`, row after row with no padding, into `dst`, which
+    /// must hold exactly `width * height * 3` bytes. The caller checks that `crop` fits.
+    pub(crate) fn pack(&self, crop: Crop, dst: &mut [u8]) {
+        let row = crop.width as usize * 3;
+        for (r, out) in dst.chunks_exact_mut(row).enumerate() {
+            let start = (crop.y as usize + r) * self.stride + crop.x as usize * 3;
+            out.copy_from_slice(&self.data[start..start + row]);
+        }
+    }
+
     /// The pixels of `crop` as a `[1, 3, h, w]` uint8 tensor over this image's own
     /// memory (channels-last strides, no copy). The caller checks that `crop` fits, and
     /// turns the view into an owned tensor before `self`'s borrow ends.
@@ -151,19 +161,22 @@ pub fn batch(images: &[(RgbImage<'_>, Crop)], placement: Placement) -> Result<Te
             })
             .map_err(ModelError::torch("preprocessing"))?;
     }
-    let scale: Vec<f32> = IMAGENET_STD.iter().map(|s| 1.0 / (255.0 * s)).collect();
-    let shift: Vec<f32> = IMAGENET_MEAN.iter().zip(IMAGENET_STD).map(|(m, s)| m / s).collect();
-    let result = (|| {
-        let scale = Tensor::from_slice(&scale).f_view([1, 3, 1, 1])?.f_to_device(device)?;
-        let shift = Tensor::from_slice(&shift).f_view([1, 3, 1, 1])?.f_to_device(device)?;
-        let mut x = out;
-        let _ = x.f_mul_(&scale)?.f_sub_(&shift)?;
-        x.f_to_kind(placement.precision.kind())
-    })();
-    result.map_err(ModelError::torch("normalising batch"))
+    normalise(out, placement).map_err(ModelError::torch("normalising batch"))
 }
 
-fn resize(t: &Tensor) -> Result<Tensor, tch::TchError> {
+/// Pixel values 0-255 (fp32, NCHW) to the network's input, in the placement's precision.
+pub(crate) fn normalise(mut x: Tensor, placement: Placement) -> Result<Tensor, tch::TchError> {
+    let device = placement.device;
+    let scale: Vec<f32> = IMAGENET_STD.iter().map(|s| 1.0 / (255.0 * s)).collect();
+    let shift: Vec<f32> = IMAGENET_MEAN.iter().zip(IMAGENET_STD).map(|(m, s)| m / s).collect();
+    let scale = Tensor::from_slice(&scale).f_view([1, 3, 1, 1])?.f_to_device(device)?;
+    let shift = Tensor::from_slice(&shift).f_view([1, 3, 1, 1])?.f_to_device(device)?;
+    let _ = x.f_mul_(&scale)?.f_sub_(&shift)?;
+    x.f_to_kind(placement.precision.kind())
+}
+
+/// To 224x224, bilinear with antialiasing (a no-op at that size already).
+pub(crate) fn resize(t: &Tensor) -> Result<Tensor, tch::TchError> {
     let size = t.size();
     if size[2] == INPUT_SIDE && size[3] == INPUT_SIDE {
         return Ok(t.shallow_clone());
