@@ -59,6 +59,8 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--skip", default="", help="comma-separated impls to skip (e.g. compile)")
+    p.add_argument("--compile-mode", default="max-autotune-no-cudagraphs",
+                   help="torch.compile mode (default compiles in seconds, max-autotune in minutes)")
     a = p.parse_args()
     cuda = torch.cuda.is_available() if a.device == "auto" else a.device.startswith("cuda")
     batches = [int(b) for b in (a.batches or ("1,8,32,64,128,256" if cuda else "1,4,8,16,32")).split(",")]
@@ -73,7 +75,7 @@ def main():
             m = features().to(dev, dtype).to(memory_format=torch.channels_last)
             variants = [("pytorch-eager", m)]
             if "compile" not in skip:
-                variants.append(("pytorch-compile", torch.compile(m, mode="max-autotune-no-cudagraphs")))
+                variants.append(("pytorch-compile", torch.compile(m, mode=a.compile_mode)))
             for impl, fn in variants:
                 for b in batches:
                     x = torch.randn(b, 3, 224, 224, device=dev, dtype=dtype).to(memory_format=torch.channels_last)

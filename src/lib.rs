@@ -11,7 +11,9 @@
 //! - [`infer`] is the one thread that owns the model: it crops regions and runs
 //!   [`model::Recognizer`] — [`model::preprocess`] (crop, resize, ImageNet normalisation),
 //!   [`model::backbone`] (VGG-19's frozen convolutions, CPU or CUDA) and
-//!   [`model::cascade`] (heads for view -> make -> model, with marginals).
+//!   [`model::cascade`] (heads for view -> make -> model, with marginals). Batches reach
+//!   the device through [`model::feed`] (on CUDA: pinned memory, a side stream, one batch
+//!   in flight), at a batch size [`model::sizing`] measured at start-up.
 //! - [`matcher`] compares predictions with the active [`alerts`], confirms over several
 //!   frames and applies cooldowns, producing hits.
 //! - [`publish`] writes each hit's [`snapshot`] and publishes hits, camera status and the
