@@ -31,7 +31,7 @@ pub struct BatchConfig {
     pub queue: Option<u32>,
 }
 
-/// `batch.max_size`: a number of frames, or `"auto"`, the smallest batch within 10% of
+/// `batch.max_size`: a number of frames, or `"auto"`, the smallest batch within 5% of
 /// the best throughput measured at start-up (see [`crate::model::sizing`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BatchSize {

@@ -214,7 +214,7 @@ pub fn model(opts: &ModelOptions) -> Result<Vec<ModelResult>, String> {
             }
         };
         let spec = backbone.spec();
-        let cascade = Cascade::load(&manifest, spec.feature_len(), opts.device).map_err(err)?;
+        let cascade = Cascade::load(&manifest, spec.feature_len(), placement).map_err(err)?;
         let flops = spec.flops_per_image();
         for &batch in &opts.batches {
             let input = match &photos {

@@ -21,9 +21,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::ModelError;
 use super::manifest::Manifest;
 use super::weights::WeightFile;
+use super::{ModelError, Placement, Precision};
 
 /// A level of the tree. The order is fixed: view, then make, then model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -65,7 +65,8 @@ impl fmt::Display for Level {
     }
 }
 
-/// One fully connected head's weights, on the model's device, fp32.
+/// One fully connected head's weights, on the model's device, in the heads' precision
+/// (see [`head_kind`]).
 pub struct Mlp {
     w1: Tensor,
     b1: Tensor,
@@ -77,12 +78,19 @@ impl Mlp {
     /// Tensor names of a PyTorch `nn.Sequential(Linear, ReLU, Dropout, Linear)`.
     pub const NAMES: [&'static str; 4] = ["0.weight", "0.bias", "3.weight", "3.bias"];
 
-    fn load(path: &Path, inputs: i64, hidden: i64, outputs: i64, device: Device) -> Result<Mlp, ModelError> {
+    fn load(
+        path: &Path,
+        inputs: i64,
+        hidden: i64,
+        outputs: i64,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Mlp, ModelError> {
         let f = WeightFile::open(path)?;
         let shapes = [vec![hidden, inputs], vec![hidden], vec![outputs, hidden], vec![outputs]];
         let mut t = Vec::with_capacity(4);
         for (name, shape) in Self::NAMES.iter().zip(shapes) {
-            t.push(f.tensor(name, &shape, Kind::Float, device)?);
+            t.push(f.tensor(name, &shape, kind, device)?);
         }
         let [w1, b1, w2, b2]: [Tensor; 4] = t
             .try_into()
@@ -90,7 +98,8 @@ impl Mlp {
         Ok(Mlp { w1, b1, w2, b2 })
     }
 
-    /// Class probabilities `[N, k]` for flattened features `[N, inputs]`.
+    /// Class probabilities `[N, k]` (fp32) for flattened features `[N, inputs]` in the
+    /// heads' precision.
     fn probabilities(&self, x: &Tensor) -> Result<Tensor, tch::TchError> {
         x.f_linear(&self.w1, Some(&self.b1))?.f_relu()?.f_linear(&self.w2, Some(&self.b2))?.f_softmax(-1, Kind::Float)
     }
@@ -140,6 +149,8 @@ pub struct Cascade {
     leaf_steps: Vec<[(usize, usize); 3]>,
     feature_len: i64,
     notice: Option<String>,
+    /// The heads' precision ([`head_kind`]).
+    kind: Kind,
 }
 
 /// Flattened fp32 features `[N, C*H*W]` in NCHW order (whatever the memory layout of
@@ -152,22 +163,40 @@ pub fn flatten(features: &Tensor) -> Result<Tensor, ModelError> {
         .map_err(ModelError::torch("flattening features"))
 }
 
+/// The precision the heads run in next to a backbone in `placement`: fp32 next to fp32,
+/// otherwise the backbone's reduced type (bf16 next to int8 on a CPU with native bf16).
+/// A head's first layer holds 25088 x 256 weights, 25 MB in fp32, read on every call:
+/// with a dozen heads that is most of a small batch's time on a CPU, and bf16 halves it.
+/// Activations are accumulated in fp32 either way and probabilities come out in fp32.
+pub fn head_kind(placement: Placement) -> Kind {
+    match (placement.device, placement.precision) {
+        (_, Precision::Fp32) => Kind::Float,
+        (Device::Cuda(_), p) if p != Precision::Int8 => p.kind(),
+        (Device::Cpu, Precision::Bf16) => Kind::BFloat16,
+        (Device::Cpu, Precision::Int8) if super::cpu_has_native_bf16() => Kind::BFloat16,
+        _ => Kind::Float,
+    }
+}
+
 impl Cascade {
     /// Loads every head's weights, checking their shapes against the manifest and the
-    /// backbone's feature length.
-    pub fn load(manifest: &Manifest, feature_len: i64, device: Device) -> Result<Cascade, ModelError> {
+    /// backbone's feature length, in the precision [`head_kind`] gives for `placement`.
+    pub fn load(manifest: &Manifest, feature_len: i64, placement: Placement) -> Result<Cascade, ModelError> {
+        let (device, kind) = (placement.device, head_kind(placement));
         let index: HashMap<&str, usize> = manifest.heads.iter().enumerate().map(|(i, h)| (h.id.as_str(), i)).collect();
         let mut nodes = Vec::with_capacity(manifest.heads.len());
         for h in &manifest.heads {
             let mlp = match manifest.head_weights_path(h) {
-                Some(path) => Some(Mlp::load(&path, feature_len, h.hidden, h.labels.len() as i64, device)?),
+                Some(path) => Some(Mlp::load(&path, feature_len, h.hidden, h.labels.len() as i64, device, kind)?),
                 None => None,
             };
             let next = h.labels.iter().map(|l| h.next.get(l).map(|id| index[id.as_str()])).collect();
             nodes.push(Node { id: h.id.clone(), level: h.level, labels: h.labels.clone(), next, mlp });
         }
         let root = index[manifest.root.as_str()];
-        Ok(Cascade::from_nodes(nodes, root, feature_len, manifest.notice.clone()))
+        let mut cascade = Cascade::from_nodes(nodes, root, feature_len, manifest.notice.clone());
+        cascade.kind = kind;
+        Ok(cascade)
     }
 
     fn from_nodes(nodes: Vec<Node>, root: usize, feature_len: i64, notice: Option<String>) -> Cascade {
@@ -186,7 +215,7 @@ impl Cascade {
                 }
             }
         }
-        Cascade { nodes, root, leaves: leaves.into(), leaf_steps, feature_len, notice }
+        Cascade { nodes, root, leaves: leaves.into(), leaf_steps, feature_len, notice, kind: Kind::Float }
     }
 
     /// Every (view, make, model) the cascade can answer.
@@ -217,11 +246,11 @@ impl Cascade {
 
     /// Predictions for backbone features `[N, C, 7, 7]` (or already flat `[N, F]`).
     pub fn run(&self, features: &Tensor) -> Result<Vec<Prediction>, ModelError> {
-        let x = if features.dim() == 2 {
-            features.f_to_kind(Kind::Float).map_err(ModelError::torch("features"))?
-        } else {
-            flatten(features)?
-        };
+        // NCHW order (the order heads are trained on), in the heads' precision.
+        let x = if features.dim() == 2 { Ok(features.shallow_clone()) } else { features.f_contiguous() }
+            .and_then(|f| f.f_flatten(1, -1))
+            .and_then(|f| f.f_to_kind(self.kind))
+            .map_err(ModelError::torch("flattening features"))?;
         let n = x.size()[0] as usize;
         let count = self.nodes.len();
         let mut probs: Vec<Vec<f32>> = vec![Vec::new(); count];
@@ -468,6 +497,43 @@ mod tests {
             (ps[1].probability(Some("angled"), "audi", None), ps[1].probability(Some("angled"), "bmw", None));
         assert!((audi / bmw - 3f32.exp()).abs() < 0.05, "angled image: audi {audi} vs bmw {bmw}");
         assert_eq!(ps[1].label(Level::Model), "a4");
+    }
+
+    #[test]
+    fn heads_run_in_fp32_next_to_fp32_and_reduced_next_to_reduced() {
+        let at = |device, precision| head_kind(Placement { device, precision });
+        assert_eq!(at(Device::Cpu, Precision::Fp32), Kind::Float);
+        assert_eq!(at(Device::Cuda(0), Precision::Fp32), Kind::Float);
+        assert_eq!(at(Device::Cpu, Precision::Bf16), Kind::BFloat16);
+        assert_eq!(at(Device::Cuda(0), Precision::Fp16), Kind::Half);
+        let int8 = if crate::model::cpu_has_native_bf16() { Kind::BFloat16 } else { Kind::Float };
+        assert_eq!(at(Device::Cpu, Precision::Int8), int8);
+    }
+
+    /// bf16 heads (what runs next to a bf16 or int8 backbone) against fp32 heads on the
+    /// same features: marginals within 0.01.
+    #[test]
+    fn bf16_heads_give_fp32_marginals() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = crate::model::VggSpec { widths: [4, 8, 8, 16, 16] };
+        let backbone = dir.path().join("b.safetensors");
+        crate::model::weights::write_atomic(&backbone, &spec.random_state_dict(1)).unwrap();
+        let manifest = crate::bench::random_cascade(dir.path(), &backbone, spec).unwrap();
+        let load = |precision| {
+            Cascade::load(&manifest, spec.feature_len(), Placement { device: Device::Cpu, precision }).unwrap()
+        };
+        let (fp32, bf16) = (load(Precision::Fp32), load(Precision::Bf16));
+        assert_eq!(bf16.kind, Kind::BFloat16);
+        let features = Tensor::randn([4, 16, 7, 7], (Kind::Float, Device::Cpu)) * 30.0;
+        let (a, b) = (fp32.run(&features).unwrap(), bf16.run(&features).unwrap());
+        for (x, y) in a.iter().zip(&b) {
+            for level in [Level::View, Level::Make, Level::Model] {
+                for ((l1, p1), (l2, p2)) in x.marginal(level).iter().zip(y.marginal(level)) {
+                    assert_eq!(l1, &l2);
+                    assert!((p1 - p2).abs() < 0.01, "{level:?} {l1}: fp32 {p1} bf16 {p2}");
+                }
+            }
+        }
     }
 
     #[test]

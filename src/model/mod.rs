@@ -283,7 +283,7 @@ impl Recognizer {
             }
             _ => Backbone::load(&manifest.backbone_path(), Some(manifest.backbone.spec()), placement)?,
         };
-        let cascade = Cascade::load(&manifest, backbone.spec().feature_len(), placement.device)?;
+        let cascade = Cascade::load(&manifest, backbone.spec().feature_len(), placement)?;
         Ok(Recognizer { backbone, cascade })
     }
 

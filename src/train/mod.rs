@@ -232,12 +232,17 @@ fn make_int8(data: &Dataset, opts: &TrainOptions, manifest: &mut Manifest) -> Re
     check.truncate(400);
     let fp32 =
         Backbone::load(&opts.backbone, Some(spec), Placement { device: Device::Cpu, precision: Precision::Fp32 })?;
-    let cascade = Cascade::load(manifest, spec.feature_len(), Device::Cpu)?;
+    let cascade =
+        Cascade::load(manifest, spec.feature_len(), Placement { device: Device::Cpu, precision: Precision::Fp32 })?;
     let mut reference = Vec::new();
     for batch in preprocessed(&check, 16) {
         reference.extend(cascade.run(&fp32.features(&batch?)?)?);
     }
     drop(fp32);
+    // The heads as they run next to the int8 backbone (bf16 where the CPU has it), so
+    // the agreement recorded is that of what `watch` runs.
+    let int8_placement = Placement { device: Device::Cpu, precision: Precision::Int8 };
+    let int8_cascade = Cascade::load(manifest, spec.feature_len(), int8_placement)?;
 
     // All-int8 first (fastest); the fp32 first layer only when that disagrees too often.
     let mut best: Option<(FirstConv, f64, PathBuf)> = None;
@@ -254,7 +259,7 @@ fn make_int8(data: &Dataset, opts: &TrainOptions, manifest: &mut Manifest) -> Re
         let bar = bar(opts.progress, check.len() as u64, "int8 agreement");
         for batch in preprocessed(&check, 16) {
             let batch = batch?;
-            answers.extend(cascade.run(&int8.features(&batch)?)?);
+            answers.extend(int8_cascade.run(&int8.features(&batch)?)?);
             bar.inc(batch.size()[0] as u64);
         }
         bar.finish_and_clear();
