@@ -2,6 +2,7 @@
 # Every GPU check and measurement of docs/benchmarks.md, in one go, on a GPU host (see
 # scripts/gpu-bundle.sh for what .gpu/ holds and how to send it). About 7 minutes, at
 # most about 11 (each step has a time limit):
+#  0. the CUDA unit tests (when scripts/gpu-bundle.sh included them);
 #  1. a cascade trained on this device from generated photos over a random VGG-19;
 #  2. CUDA fp16 and bf16 answers against CPU fp32 on the same photos (>= 98% agreement);
 #  3. `carwatch bench model` (fp16, bf16) and PyTorch eager and torch.compile, same run;
@@ -40,6 +41,11 @@ else
   fast=(fp16 bf16); decode=nvdec; batches=1,8,32,64,128,256; per_class=12
 fi
 
+if [ -x .gpu/carwatch-unit-tests ]; then
+  # The CUDA unit tests (GPU preprocessing with two batches in flight, fused against
+  # plain convolution); they print SKIPPED where there is no CUDA.
+  step unit-tests-cuda.txt 120 .gpu/carwatch-unit-tests --nocapture --test-threads 1 gpu_feeder cuda_fused
+fi
 w=$(mktemp -d /tmp/carwatch-gpu.XXXXXX)  # models and photos: not results
 trap 'rm -rf "$w"' EXIT
 step backbone.txt 30 "$bin" synth backbone --out "$w/vgg19.safetensors"

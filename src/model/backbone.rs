@@ -353,6 +353,30 @@ mod tests {
         assert!(fa.allclose(&fb, 1e-5, 1e-6, false));
     }
 
+    /// On CUDA: fp16 channels-last with cuDNN's fused convolution+bias+ReLU against the
+    /// plain conv2d+relu path, and against CPU fp32 (relative L2 under 1% and 5%).
+    #[test]
+    fn cuda_fused_fp16_agrees_with_plain_and_with_cpu_fp32() {
+        if !tch::Cuda::is_available() {
+            eprintln!("SKIPPED cuda_fused_fp16_agrees_with_plain_and_with_cpu_fp32: no CUDA device");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.safetensors");
+        write_atomic(&path, &NARROW.random_state_dict(4)).unwrap();
+        let x = Tensor::randn([4, 3, 224, 224], (Kind::Float, Device::Cpu));
+        let reference = Backbone::load(&path, None, cpu()).unwrap().features(&x).unwrap();
+        let gpu = Placement { device: Device::Cuda(0), precision: Precision::Fp16 };
+        let mut b = Backbone::load(&path, None, gpu).unwrap();
+        let on = |t: Tensor| t.to_device(Device::Cpu).to_kind(Kind::Float);
+        let fused = on(b.features(&x.to_device(Device::Cuda(0))).unwrap());
+        b.set_fused(false);
+        let plain = on(b.features(&x.to_device(Device::Cuda(0))).unwrap());
+        let rel = |a: &Tensor, b: &Tensor| (a - b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-9);
+        assert!(rel(&fused, &plain) < 0.01, "fused and plain differ by {}", rel(&fused, &plain));
+        assert!(rel(&fused, &reference) < 0.05, "CUDA fp16 and CPU fp32 differ by {}", rel(&fused, &reference));
+    }
+
     #[test]
     fn bf16_features_agree_with_fp32() {
         let dir = tempfile::tempdir().unwrap();
