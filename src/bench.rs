@@ -138,13 +138,7 @@ pub fn random_cascade(dir: &Path, backbone_file: &Path, spec: VggSpec) -> Result
 
 /// `n` generated vehicle photos (every class in turn), preprocessed for the CPU in fp32.
 fn generated_photos(n: usize) -> Result<Tensor, String> {
-    let mut rng = crate::synthetic::rng(11);
-    let images: Vec<image::RgbImage> = crate::synthetic::catalogue()
-        .iter()
-        .cycle()
-        .take(n)
-        .map(|c| crate::synthetic::render(c, &mut rng, 160, 128))
-        .collect();
+    let images = crate::synthetic::photos(n, 11, 160, 128);
     let views = crate::model::preprocess::whole(&images);
     let cpu = Placement { device: Device::Cpu, precision: Precision::Fp32 };
     crate::model::preprocess::batch(&views, cpu).map_err(err)
@@ -181,13 +175,7 @@ pub fn model(opts: &ModelOptions) -> Result<Vec<ModelResult>, String> {
     };
     let photos = if trained.is_some() { Some(generated_photos(64)?) } else { None };
     let largest = opts.batches.iter().copied().max().unwrap_or(1);
-    let mut rng = crate::synthetic::rng(13);
-    let frames: Vec<image::RgbImage> = crate::synthetic::catalogue()
-        .iter()
-        .cycle()
-        .take(largest)
-        .map(|c| crate::synthetic::render(c, &mut rng, 224, 224))
-        .collect();
+    let frames = crate::synthetic::photos(largest, 13, 224, 224);
     let mut results = Vec::new();
     for &precision in &opts.precisions {
         let placement = Placement { device: opts.device, precision };

@@ -42,13 +42,7 @@ pub fn measure(
     min_time: Duration,
 ) -> Result<Vec<Measured>, ModelError> {
     let largest = candidates.iter().copied().max().unwrap_or(1);
-    let mut rng = crate::synthetic::rng(5);
-    let photos: Vec<image::RgbImage> = crate::synthetic::catalogue()
-        .iter()
-        .cycle()
-        .take(largest)
-        .map(|c| crate::synthetic::render(c, &mut rng, 224, 224))
-        .collect();
+    let photos = crate::synthetic::photos(largest, 5, 224, 224);
     let views = super::preprocess::whole(&photos);
     let mut out: Vec<Measured> = Vec::new();
     for &batch in candidates {

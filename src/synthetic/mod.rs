@@ -90,6 +90,13 @@ pub fn render(class: &Class, rng: &mut StdRng, width: u32, height: u32) -> RgbIm
     img
 }
 
+/// `n` images, every class of the catalogue in turn, from `seed`: the stand-in for real
+/// photos where only the cost of the model matters (benchmarks, batch sizing).
+pub fn photos(n: usize, seed: u64, width: u32, height: u32) -> Vec<RgbImage> {
+    let mut rng = rng(seed);
+    catalogue().iter().cycle().take(n).map(|c| render(c, &mut rng, width, height)).collect()
+}
+
 /// Fills `img` with a noisy grey scene: sky-ish top, darker road band at the bottom.
 pub fn draw_background(img: &mut RgbImage, rng: &mut StdRng) {
     let base: i32 = rng.random_range(70..170);
