@@ -139,8 +139,7 @@ impl Worker {
         // on the first car.
         let blank = image::RgbImage::new(64, 48);
         let view = RgbImage::from_image(&blank);
-        let staged = feeder.stage(&[(view, view.full())])?;
-        recognizer.cascade.run(&recognizer.backbone.features(&feeder.input(staged)?)?)?;
+        recognizer.classify_fed(&mut feeder, &[(view, view.full())])?;
         metrics.heartbeat.beat();
         if let Some(cap) = auto_batch {
             let min_time =
@@ -210,39 +209,35 @@ impl Worker {
             match next {
                 Next::Stop => {
                     if let Some(f) = flight.take() {
-                        let n = f.frames.len();
-                        let r = self.complete(f);
-                        self.settle(r, n, &mut failures)?;
+                        self.finish(f, &mut failures)?;
                     }
                     return Ok(());
                 }
                 Next::Idle => match flight.take() {
-                    Some(f) => {
-                        let n = f.frames.len();
-                        let r = self.complete(f);
-                        self.settle(r, n, &mut failures)?;
-                    }
+                    Some(f) => self.finish(f, &mut failures)?,
                     None => self.announce_alerts(false)?,
                 },
                 Next::Batch(frames) => {
                     let n = frames.len();
                     let prepared = self.prepare(frames);
                     if let Some(f) = flight.take() {
-                        let n = f.frames.len();
-                        let r = self.complete(f);
-                        self.settle(r, n, &mut failures)?;
+                        self.finish(f, &mut failures)?;
                     }
                     match prepared.and_then(|p| self.launch(p)) {
                         Ok(f) if self.feeder.overlaps() => flight = Some(f),
-                        Ok(f) => {
-                            let r = self.complete(f);
-                            self.settle(r, n, &mut failures)?;
-                        }
+                        Ok(f) => self.finish(f, &mut failures)?,
                         Err(e) => self.settle(Err(e), n, &mut failures)?,
                     }
                 }
             }
         }
+    }
+
+    /// Completes a launched batch and counts the outcome.
+    fn finish(&mut self, flight: InFlight, failures: &mut u32) -> Result<(), WorkerError> {
+        let n = flight.frames.len();
+        let result = self.complete(flight);
+        self.settle(result, n, failures)
     }
 
     /// Counts a failed batch; gives up after [`MAX_CONSECUTIVE_FAILURES`] in a row.

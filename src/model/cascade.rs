@@ -194,12 +194,10 @@ impl Cascade {
             nodes.push(Node { id: h.id.clone(), level: h.level, labels: h.labels.clone(), next, mlp });
         }
         let root = index[manifest.root.as_str()];
-        let mut cascade = Cascade::from_nodes(nodes, root, feature_len, manifest.notice.clone());
-        cascade.kind = kind;
-        Ok(cascade)
+        Ok(Cascade::from_nodes(nodes, root, feature_len, manifest.notice.clone(), kind))
     }
 
-    fn from_nodes(nodes: Vec<Node>, root: usize, feature_len: i64, notice: Option<String>) -> Cascade {
+    fn from_nodes(nodes: Vec<Node>, root: usize, feature_len: i64, notice: Option<String>, kind: Kind) -> Cascade {
         let mut leaves = Vec::new();
         let mut leaf_steps = Vec::new();
         // Depth-first over (view, make, model); the manifest was validated to be a tree
@@ -215,7 +213,7 @@ impl Cascade {
                 }
             }
         }
-        Cascade { nodes, root, leaves: leaves.into(), leaf_steps, feature_len, notice, kind: Kind::Float }
+        Cascade { nodes, root, leaves: leaves.into(), leaf_steps, feature_len, notice, kind }
     }
 
     /// Every (view, make, model) the cascade can answer.
@@ -438,7 +436,7 @@ mod tests {
             node("angled/audi/model", Level::Model, &["a4"], vec![None]),
             node("angled/bmw/model", Level::Model, &["3-series", "x5"], vec![None, None]),
         ];
-        Cascade::from_nodes(nodes, 0, 8, None)
+        Cascade::from_nodes(nodes, 0, 8, None, Kind::Float)
     }
 
     /// Outputs for one image, node by node.
@@ -471,7 +469,7 @@ mod tests {
             node("angled/audi/model", Level::Model, &["a4"], vec![None]),
             head("angled/bmw/model", Level::Model, &["3-series", "x5"], vec![None, None], 0.0, &[0.0, 4.0]),
         ];
-        Cascade::from_nodes(nodes, 0, 2, None)
+        Cascade::from_nodes(nodes, 0, 2, None, Kind::Float)
     }
 
     #[test]

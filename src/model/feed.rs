@@ -56,15 +56,6 @@ impl Feeder {
     /// Starts moving `images` to the device. At most two batches may be staged and not
     /// yet input.
     pub fn stage(&mut self, images: &[(RgbImage<'_>, Crop)]) -> Result<Staged, ModelError> {
-        for (i, (image, crop)) in images.iter().enumerate() {
-            if !crop.fits(image.width(), image.height()) {
-                return Err(ModelError::Device(format!(
-                    "batch item {i}: crop {crop:?} does not fit a {}x{} image",
-                    image.width(),
-                    image.height()
-                )));
-            }
-        }
         match &mut self.gpu {
             None => Ok(Staged(Inner::Ready(preprocess::batch(images, self.placement)?))),
             Some(gpu) => gpu.stage(images),
@@ -118,6 +109,8 @@ impl GpuFeeder {
     }
 
     fn stage(&mut self, images: &[(RgbImage<'_>, Crop)]) -> Result<Staged, ModelError> {
+        // Before any byte is packed: `pack` relies on every crop fitting.
+        preprocess::check_crops(images)?;
         let device = self.device;
         let index = self.next;
         let slot = &mut self.slots[index];

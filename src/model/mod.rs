@@ -326,6 +326,18 @@ impl Recognizer {
         self.cascade.run(&features)
     }
 
+    /// Like [`Recognizer::classify`], through `feeder`: the path camera frames take in
+    /// `watch` (pinned side-stream uploads and GPU preprocessing on CUDA).
+    pub fn classify_fed(
+        &self,
+        feeder: &mut feed::Feeder,
+        images: &[(RgbImage<'_>, Crop)],
+    ) -> Result<Vec<Prediction>, ModelError> {
+        let staged = feeder.stage(images)?;
+        let features = self.backbone.features(&feeder.input(staged)?)?;
+        self.cascade.run(&features)
+    }
+
     /// Backbone features of already-preprocessed input, flattened to fp32 rows: what
     /// the heads read and what `train` caches.
     pub fn flat_features(&self, batch: &Tensor) -> Result<Tensor, ModelError> {

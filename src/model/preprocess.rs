@@ -127,6 +127,20 @@ impl Crop {
     }
 }
 
+/// Every crop is non-empty and inside its image; the error names the first that is not.
+pub(crate) fn check_crops(images: &[(RgbImage<'_>, Crop)]) -> Result<(), ModelError> {
+    match images.iter().position(|(image, crop)| !crop.fits(image.width, image.height)) {
+        None => Ok(()),
+        Some(i) => {
+            let (image, crop) = &images[i];
+            Err(ModelError::Device(format!(
+                "batch item {i}: crop {crop:?} does not fit a {}x{} image",
+                image.width, image.height
+            )))
+        }
+    }
+}
+
 /// One normalised batch `[N, 3, 224, 224]` (fp32 values, in the placement's precision,
 /// on its device) from (image, crop) pairs.
 pub fn batch(images: &[(RgbImage<'_>, Crop)], placement: Placement) -> Result<Tensor, ModelError> {
@@ -134,15 +148,10 @@ pub fn batch(images: &[(RgbImage<'_>, Crop)], placement: Placement) -> Result<Te
     let n = images.len() as i64;
     // The one tensor the batch is written into; each item is read straight from the
     // frame's memory (no crop copy) and resized into its slot.
+    check_crops(images)?;
     let out = Tensor::f_empty([n, 3, INPUT_SIDE, INPUT_SIDE], (Kind::Float, device))
         .map_err(ModelError::torch("allocating the batch"))?;
     for (i, (image, crop)) in images.iter().enumerate() {
-        if !crop.fits(image.width, image.height) {
-            return Err(ModelError::Device(format!(
-                "batch item {i}: crop {crop:?} does not fit a {}x{} image",
-                image.width, image.height
-            )));
-        }
         image
             .borrowed_view(*crop)
             .and_then(|t| {

@@ -47,13 +47,7 @@ pub fn measure(
     let mut out: Vec<Measured> = Vec::new();
     for &batch in candidates {
         let items: &[(RgbImage<'_>, super::Crop)] = &views[..batch];
-        let mut call = || -> Result<(), ModelError> {
-            let staged = feeder.stage(items)?;
-            let input = feeder.input(staged)?;
-            let features = recognizer.backbone.features(&input)?;
-            recognizer.cascade.run(&features)?;
-            Ok(())
-        };
+        let mut call = || recognizer.classify_fed(feeder, items).map(drop);
         call()?;
         let start = Instant::now();
         let mut calls = 0;
