@@ -242,6 +242,7 @@ fn bench_short_runs_give_every_field() {
     assert!(rows.iter().all(|r| r["cascade"] == t.models.display().to_string() && r["img_per_s"].as_f64() > Some(0.0)));
 
     let mut cmd = carwatch();
+    cmd.env("RUST_LOG", "carwatch=info");
     cmd.args([
         "bench",
         "pipeline",
@@ -281,7 +282,12 @@ fn bench_short_runs_give_every_field() {
     }
     assert!(r["analysed_fps"].as_f64().unwrap() > 1.0, "{r}");
     assert!(r["latency_ms_p50"].as_f64().unwrap() > 0.0, "{r}");
-    // `batch.max_size = "auto"` (the default): the worker measured and chose a size.
+    // `batch.max_size = "auto"` (the default): the worker measured sizes 1 up to 16 at
+    // start-up, said so, and uses the one it chose.
     let batch = r["batch_max"].as_u64().unwrap_or(0);
-    assert!((1..=16).contains(&batch), "batch size not measured at start-up: {r}");
+    let log = stderr(&o);
+    let line =
+        log.lines().find(|l| l.contains("img/s by batch: 1:")).unwrap_or_else(|| panic!("no sizing line:\n{log}"));
+    assert!(line.contains(&format!("batch size {batch}:")), "reported batch_max {batch}, log says: {line}");
+    assert!(line.contains(", 16:") || line.contains(", 8:"), "sizes measured: {line}");
 }
