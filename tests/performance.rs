@@ -282,12 +282,11 @@ fn bench_short_runs_give_every_field() {
     }
     assert!(r["analysed_fps"].as_f64().unwrap() > 1.0, "{r}");
     assert!(r["latency_ms_p50"].as_f64().unwrap() > 0.0, "{r}");
-    // `batch.max_size = "auto"` (the default): the worker measured sizes 1 up to 16 at
-    // start-up, said so, and uses the one it chose.
+    // `batch.max_size = "auto"` (the default): the worker measured sizes from 1 up at
+    // start-up (stopping early once throughput falls), said so, and uses the one it chose.
     let batch = r["batch_max"].as_u64().unwrap_or(0);
     let log = stderr(&o);
     let line =
         log.lines().find(|l| l.contains("img/s by batch: 1:")).unwrap_or_else(|| panic!("no sizing line:\n{log}"));
     assert!(line.contains(&format!("batch size {batch}:")), "reported batch_max {batch}, log says: {line}");
-    assert!(line.contains(", 16:") || line.contains(", 8:"), "sizes measured: {line}");
 }
