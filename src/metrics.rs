@@ -118,6 +118,10 @@ pub struct Metrics {
     pub hits_total: AtomicU64,
     pub outbox_depth: AtomicU64,
     pub outbox_dropped: AtomicU64,
+    /// Hits the broker kept refusing, moved to `outbox/dead-letter.jsonl`.
+    pub outbox_dead_letters: AtomicU64,
+    /// Hits that could not be stored (disk full, I/O errors): published at most once.
+    pub outbox_write_errors: AtomicU64,
     pub mqtt_connected: AtomicBool,
     pub heartbeat: Heartbeat,
     /// Where and how the model runs (`cpu/int8`), once loaded: for `bench` reports.
@@ -201,7 +205,7 @@ struct Gauges(Arc<Metrics>);
 impl Collector for Gauges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let m = &self.0;
-        let gauges: [(&str, &str, i64); 4] = [
+        let gauges: [(&str, &str, i64); 6] = [
             (
                 "carwatch_outbox_depth",
                 "Hits stored and not yet acknowledged by the broker.",
@@ -221,6 +225,16 @@ impl Collector for Gauges {
                 "carwatch_outbox_dropped_hits",
                 "Hits dropped because the outbox was full (since start).",
                 m.outbox_dropped.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "carwatch_outbox_dead_letters",
+                "Hits the broker kept refusing, moved to outbox/dead-letter.jsonl (since start).",
+                m.outbox_dead_letters.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "carwatch_outbox_write_errors",
+                "Hits that could not be stored in the outbox (disk full?) and went out at most once (since start).",
+                m.outbox_write_errors.load(Ordering::Relaxed) as i64,
             ),
         ];
         for (name, help, value) in gauges {
@@ -277,6 +291,8 @@ impl Metrics {
             hits_total: AtomicU64::new(0),
             outbox_depth: AtomicU64::new(0),
             outbox_dropped: AtomicU64::new(0),
+            outbox_dead_letters: AtomicU64::new(0),
+            outbox_write_errors: AtomicU64::new(0),
             mqtt_connected: AtomicBool::new(false),
             heartbeat: Heartbeat::new(),
             model: std::sync::Mutex::new(None),

@@ -243,6 +243,20 @@ pub struct OutboxConfig {
     /// Most undelivered hits kept; beyond it the oldest are dropped (counted and logged).
     #[serde(default = "default_outbox_hits", deserialize_with = "values::positive")]
     pub max_hits: u32,
+    /// Most bytes of undelivered hits kept (inline snapshots make hits large); beyond it
+    /// the oldest are dropped (counted and logged).
+    #[serde(default = "default_outbox_bytes", deserialize_with = "values::byte_count")]
+    pub max_bytes: u64,
+}
+
+impl OutboxConfig {
+    pub fn bounds(&self) -> crate::publish::outbox::Bounds {
+        crate::publish::outbox::Bounds { hits: self.max_hits as usize, bytes: self.max_bytes }
+    }
+}
+
+fn default_outbox_bytes() -> u64 {
+    256 << 20
 }
 
 fn default_outbox_hits() -> u32 {
@@ -251,7 +265,7 @@ fn default_outbox_hits() -> u32 {
 
 impl Default for OutboxConfig {
     fn default() -> Self {
-        OutboxConfig { max_hits: default_outbox_hits() }
+        OutboxConfig { max_hits: default_outbox_hits(), max_bytes: default_outbox_bytes() }
     }
 }
 
