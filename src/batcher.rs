@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Select};
 use serde::Deserialize;
 
 use crate::camera::Frame;
-use crate::config::values::{millis, positive};
+use crate::config::values::{bounded, millis};
 
 /// `[batch]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -27,7 +27,7 @@ pub struct BatchConfig {
     pub max_wait: Duration,
     /// Frames queued between cameras and the worker; beyond it the oldest are dropped.
     /// Unset: [`BatchConfig::queue_len`].
-    #[serde(default, deserialize_with = "positive_opt")]
+    #[serde(default, deserialize_with = "queue_opt")]
     pub queue: Option<u32>,
 }
 
@@ -64,9 +64,9 @@ impl<'de> Deserialize<'de> for BatchSize {
             Number(i64),
             Text(String),
         }
-        let expected = "expected a positive number of frames or \"auto\"";
-        match Raw::deserialize(d).map_err(|_| serde::de::Error::custom(expected))? {
-            Raw::Number(n) if n > 0 && n <= u32::MAX as i64 => Ok(BatchSize::Fixed(n as u32)),
+        let expected = format!("expected a number of frames from 1 to {MAX_BATCH} or \"auto\"");
+        match Raw::deserialize(d).map_err(|_| serde::de::Error::custom(&expected))? {
+            Raw::Number(n) if n > 0 && n <= MAX_BATCH as i64 => Ok(BatchSize::Fixed(n as u32)),
             Raw::Text(t) if t == "auto" => Ok(BatchSize::Auto),
             Raw::Number(n) => Err(serde::de::Error::custom(format!("{expected}, found {n}"))),
             Raw::Text(t) => Err(serde::de::Error::custom(format!("{expected}, found \"{t}\""))),
@@ -74,8 +74,13 @@ impl<'de> Deserialize<'de> for BatchSize {
     }
 }
 
-fn positive_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    positive(d).map(Some)
+/// The largest batch and frame queue accepted: both preallocate, and far larger values
+/// are typos that would abort the process on allocation.
+pub const MAX_BATCH: u32 = 1024;
+pub const MAX_QUEUE: u32 = 16_384;
+
+fn queue_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    bounded(d, 1, MAX_QUEUE).map(Some)
 }
 
 fn default_max_wait() -> Duration {
@@ -143,7 +148,7 @@ impl Batcher {
                 }
             }
         };
-        let deadline = Instant::now() + self.max_wait;
+        let deadline = crate::config::values::later(Instant::now(), self.max_wait);
         let mut batch = Vec::with_capacity(self.max_size);
         batch.push(first);
         while batch.len() < self.max_size {
@@ -240,10 +245,13 @@ mod tests {
         assert_eq!(parse("").unwrap().max_size, BatchSize::Auto);
         assert_eq!(parse("max_size = \"auto\"").unwrap().max_size, BatchSize::Auto);
         assert_eq!(parse("max_size = 8").unwrap().max_size, BatchSize::Fixed(8));
-        for bad in ["max_size = 0", "max_size = -3", "max_size = \"big\"", "max_size = 1.5"] {
+        for bad in ["max_size = 0", "max_size = -3", "max_size = \"big\"", "max_size = 1.5", "max_size = 4000000000"] {
             let e = parse(bad).unwrap_err().to_string();
-            assert!(e.contains("positive number of frames or \"auto\""), "{bad}: {e}");
+            assert!(e.contains("number of frames from 1 to 1024 or \"auto\""), "{bad}: {e}");
         }
+        // Sizes that would preallocate gigabytes are refused, with the range.
+        let e = parse("queue = 100000000").unwrap_err().to_string();
+        assert!(e.contains("from 1 to 16384"), "{e}");
         let auto = parse("").unwrap();
         assert_eq!((auto.queue_len(false), auto.queue_len(true)), (32, 512));
         assert_eq!(parse("max_size = 64").unwrap().queue_len(false), 128);

@@ -26,7 +26,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
-use crate::config::values::{Name, Secret};
+use crate::config::values::{Credentials, Name, Secret};
 use crate::model::Crop;
 
 /// A `[[camera]]` entry as the operator wrote it.
@@ -297,26 +297,10 @@ impl Source {
                 (url, false)
             }
         };
-        let mut username = c.username.clone();
-        let mut password = c.password.clone();
-        if c.password.is_some() && c.password_file.is_some() {
-            return Err("give either password or password_file, not both".into());
-        }
-        if let Some(file) = &c.password_file {
-            password = Some(Secret::from_file(file)?);
-        }
         // Credentials in the URL are taken out: GStreamer gets them as properties and
         // they never reach a log line.
-        if !url.username().is_empty() {
-            let user = percent_decode(url.username());
-            username.get_or_insert(user);
-        }
-        if let Some(p) = url.password() {
-            let p = percent_decode(p);
-            password.get_or_insert(Secret::new(p));
-        }
-        let _ = url.set_username("");
-        let _ = url.set_password(None);
+        let Credentials { username, password } =
+            Credentials::resolve(&mut url, c.username.as_deref(), c.password.as_ref(), c.password_file.as_deref())?;
         let mut redacted = url.clone();
         if redacted.query().is_some() {
             redacted.set_query(Some("..."));
@@ -335,10 +319,6 @@ impl Source {
         }
         out
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
 }
 
 /// A camera ready to run: everything resolved and checked.
