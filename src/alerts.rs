@@ -316,36 +316,66 @@ impl AlertSet {
     }
 }
 
+/// How bad a problem with an input file is, for `{prefix}/errors`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The input was refused; what ran before stays in force.
+    Error,
+    /// The input was applied, but it may not be what the operator meant.
+    Warning,
+}
+
 /// Keeps the alert set current while carwatch runs (thread `alerts`).
 ///
 /// The file is read again when it changes (inotify on its directory, so editors that
 /// write a new file and rename it are seen), every `poll` as a fallback (network file
 /// systems, missed events), and on SIGHUP. A change is read only once the file has been
-/// the same for a short while, so a slow writer is not caught half-way. An edit that
-/// does not parse or validate leaves the last good set in force; its problems go to the
-/// log and to `errors` (file:line:column each). A good edit goes to `updates`.
+/// the same for `settle`, so a slow writer is not caught half-way. An edit that does not
+/// parse or validate leaves the last good set in force; its problems go to the log and
+/// to `errors` (file:line:column each). A good edit goes to `updates`.
+///
+/// An edit that removes every alert (an emptied or cut file parses as "no alerts") is
+/// applied only once the file has stayed that way for `empty_settle` as well, and is
+/// reported as a warning: a writer that truncates first and writes later never clears
+/// the alerts in between. Writing a temporary file and renaming it avoids all of this.
 pub struct Reloader {
     pub path: PathBuf,
     pub vocabulary: Vocabulary,
     pub defaults: MatcherConfig,
     pub updates: crossbeam_channel::Sender<AlertSet>,
-    pub errors: crossbeam_channel::Sender<Problems>,
+    pub errors: crossbeam_channel::Sender<(Severity, Problems)>,
     pub hup: crossbeam_channel::Receiver<()>,
     pub stop: crossbeam_channel::Receiver<()>,
     pub poll: Duration,
     /// How long the file must stay unchanged before it is read.
     pub settle: Duration,
+    /// How long a file with no alerts must stay unchanged before it replaces a set that
+    /// has some.
+    pub empty_settle: Duration,
 }
 
 /// What identifies a version of the file without reading it.
-fn stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+pub type Stamp = Option<(std::time::SystemTime, u64)>;
+
+/// The file's stamp now. Take it *before* reading the file, so that an edit between
+/// the two is seen as a change later rather than lost.
+pub fn stamp(path: &Path) -> Stamp {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
 }
 
+/// Why the reloader stopped waiting.
+enum Waited {
+    Stop,
+    /// The file's stamp when it had not changed for the whole wait (bounded).
+    Stable(Stamp),
+}
+
 impl Reloader {
-    /// Runs until `stop` fires; `initial` is the text the running set came from.
-    pub fn run(self, initial: &str) {
+    /// Runs until `stop` fires. `initial` is the text the running set came from and
+    /// `initial_stamp` the file's stamp taken before that text was read.
+    pub fn run(self, initial: &str, initial_stamp: Stamp) {
         use notify::Watcher;
         let (fs_tx, fs_rx) = crossbeam_channel::bounded::<()>(16);
         let name = self.path.file_name().map(|n| n.to_os_string());
@@ -374,40 +404,37 @@ impl Reloader {
             }
         };
         let mut last_text = initial.to_string();
-        let mut last_stamp = stamp(&self.path);
+        let mut last_stamp = initial_stamp;
+        let mut current_len = None;
         let tick = crossbeam_channel::tick(self.poll);
+        // An edit made before the watcher started is only seen by comparing stamps.
+        let mut pending = stamp(&self.path) != last_stamp;
         loop {
-            let forced = crossbeam_channel::select! {
-                recv(self.stop) -> _ => return,
-                recv(self.hup) -> r => {
-                    if r.is_err() {
-                        return;
+            let forced = if std::mem::take(&mut pending) {
+                false
+            } else {
+                crossbeam_channel::select! {
+                    recv(self.stop) -> _ => return,
+                    recv(self.hup) -> r => {
+                        if r.is_err() {
+                            return;
+                        }
+                        tracing::info!("SIGHUP: reading {} again", self.path.display());
+                        true
                     }
-                    tracing::info!("SIGHUP: reading {} again", self.path.display());
-                    true
-                }
-                recv(fs_rx) -> _ => false,
-                recv(tick) -> _ => {
-                    if stamp(&self.path) == last_stamp {
-                        continue;
+                    recv(fs_rx) -> _ => false,
+                    recv(tick) -> _ => {
+                        if stamp(&self.path) == last_stamp {
+                            continue;
+                        }
+                        false
                     }
-                    false
                 }
             };
-            // Wait until the file stops changing (bounded), then read it.
-            let deadline = std::time::Instant::now() + self.settle * 10;
-            let mut seen = stamp(&self.path);
-            loop {
-                if self.stop.recv_timeout(self.settle).is_ok() {
-                    return;
-                }
-                while fs_rx.try_recv().is_ok() {}
-                let now = stamp(&self.path);
-                if now == seen || std::time::Instant::now() > deadline {
-                    break;
-                }
-                seen = now;
-            }
+            let seen = match self.settled(self.settle, &fs_rx) {
+                Waited::Stop => return,
+                Waited::Stable(s) => s,
+            };
             last_stamp = seen;
             let text = match std::fs::read_to_string(&self.path) {
                 Ok(t) => t,
@@ -419,10 +446,36 @@ impl Reloader {
             if text == last_text && !forced {
                 continue;
             }
-            last_text = text.clone();
             match AlertSet::parse(&self.path, &text, &self.vocabulary, &self.defaults) {
                 Ok(set) => {
+                    let emptied = set.alerts.is_empty() && current_len.unwrap_or(1) > 0;
+                    if emptied {
+                        match self.settled(self.empty_settle, &fs_rx) {
+                            Waited::Stop => return,
+                            Waited::Stable(s) if s == seen => {}
+                            Waited::Stable(_) => {
+                                // Still being written: look again once it settles.
+                                pending = true;
+                                continue;
+                            }
+                        }
+                        let message = format!(
+                            "the alert file now holds no alerts: every alert was removed (after it stayed so for {:?})",
+                            self.empty_settle
+                        );
+                        tracing::warn!("{}: {message}", self.path.display());
+                        let problem = crate::config::Problem {
+                            file: self.path.clone(),
+                            line: 0,
+                            column: 0,
+                            key: String::new(),
+                            reason: message,
+                        };
+                        let _ = self.errors.send((Severity::Warning, Problems(vec![problem])));
+                    }
                     tracing::info!("alert file {} reloaded: {} alert(s)", self.path.display(), set.alerts.len());
+                    last_text = text;
+                    current_len = Some(set.alerts.len());
                     if self.updates.send(set).is_err() {
                         return;
                     }
@@ -432,9 +485,27 @@ impl Reloader {
                         "alert file {} not applied, the previous alerts stay active:\n{problems}",
                         self.path.display()
                     );
-                    let _ = self.errors.send(problems);
+                    last_text = text;
+                    let _ = self.errors.send((Severity::Error, problems));
                 }
             }
+        }
+    }
+
+    /// Waits until the file has not changed for `quiet` (at most ten times that).
+    fn settled(&self, quiet: Duration, fs_rx: &crossbeam_channel::Receiver<()>) -> Waited {
+        let deadline = std::time::Instant::now() + quiet * 10;
+        let mut seen = stamp(&self.path);
+        loop {
+            if self.stop.recv_timeout(quiet).is_ok() {
+                return Waited::Stop;
+            }
+            while fs_rx.try_recv().is_ok() {}
+            let now = stamp(&self.path);
+            if now == seen || std::time::Instant::now() > deadline {
+                return Waited::Stable(now);
+            }
+            seen = now;
         }
     }
 }
@@ -503,5 +574,84 @@ mod tests {
     fn an_empty_file_is_no_alerts() {
         assert!(parse("").unwrap().alerts.is_empty());
         assert!(parse("# nothing yet\n").unwrap().alerts.is_empty());
+    }
+
+    struct Running {
+        updates: crossbeam_channel::Receiver<AlertSet>,
+        errors: crossbeam_channel::Receiver<(Severity, Problems)>,
+        _stop: crossbeam_channel::Sender<()>,
+        _hup: crossbeam_channel::Sender<()>,
+    }
+
+    /// A reloader on `path` whose running set came from `initial` (stamp `stamp`).
+    fn reloader(path: &Path, initial: &str, stamp: Stamp) -> Running {
+        let (updates_tx, updates) = crossbeam_channel::unbounded();
+        let (errors_tx, errors) = crossbeam_channel::unbounded();
+        let (stop_tx, stop) = crossbeam_channel::bounded(1);
+        let (hup_tx, hup) = crossbeam_channel::bounded(1);
+        let r = Reloader {
+            path: path.to_path_buf(),
+            vocabulary: vocabulary(),
+            defaults: MatcherConfig::default(),
+            updates: updates_tx,
+            errors: errors_tx,
+            hup,
+            stop,
+            poll: Duration::from_millis(100),
+            settle: Duration::from_millis(100),
+            empty_settle: Duration::from_millis(1500),
+        };
+        let initial = initial.to_string();
+        std::thread::spawn(move || r.run(&initial, stamp));
+        Running { updates, errors, _stop: stop_tx, _hup: hup_tx }
+    }
+
+    const ONE: &str = "[[alert]]\nid = \"a1\"\nmake = \"bmw\"\n";
+    const TWO: &str = "[[alert]]\nid = \"a1\"\nmake = \"bmw\"\n\n[[alert]]\nid = \"a2\"\nmake = \"audi\"\n";
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// The review's defect 13: an edit between reading the file at start and recording
+    /// its stamp was never applied.
+    #[test]
+    fn an_edit_made_while_starting_is_applied() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("alerts.toml");
+        std::fs::write(&path, ONE).unwrap();
+        let before = stamp(&path);
+        // carwatch read ONE; the operator saves TWO before the reloader runs.
+        std::fs::write(&path, TWO).unwrap();
+        let r = reloader(&path, ONE, before);
+        let set = r.updates.recv_timeout(WAIT).expect("the edit is applied");
+        assert_eq!(set.alerts.len(), 2);
+    }
+
+    /// The review's defect 5: a file cut to nothing by a slow writer wiped every alert.
+    #[test]
+    fn emptying_the_file_applies_only_once_it_stays_empty_and_warns() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("alerts.toml");
+        std::fs::write(&path, TWO).unwrap();
+        let r = reloader(&path, TWO, stamp(&path));
+        // A writer that truncates, pauses (longer than the settle time), then writes.
+        std::fs::write(&path, "").unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+        std::fs::write(&path, ONE).unwrap();
+        let set = r.updates.recv_timeout(WAIT).expect("an update");
+        assert_eq!(set.alerts.len(), 1, "the empty moment was never applied");
+        assert!(r.errors.try_recv().is_err(), "no warning for a rewrite");
+        // Emptied for good: applied, with a warning.
+        std::fs::write(&path, "# no alerts\n").unwrap();
+        let set = r.updates.recv_timeout(WAIT).expect("the emptied file is applied once stable");
+        assert!(set.alerts.is_empty());
+        let (severity, problems) = r.errors.recv_timeout(WAIT).expect("a warning");
+        assert_eq!(severity, Severity::Warning);
+        assert!(problems.to_string().contains("no alerts"), "{problems}");
+    }
+
+    #[test]
+    fn huge_durations_are_refused_with_their_line() {
+        let problems = parse("[[alert]]\nid = \"a1\"\nmake = \"bmw\"\ncooldown_s = 1e300\n").unwrap_err().0;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].line == 4 && problems[0].reason.contains("ten years"), "{}", problems[0]);
     }
 }

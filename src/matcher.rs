@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::alerts::{Alert, AlertSet};
 use crate::camera::{CameraShared, Frame};
-use crate::config::values::{positive, seconds};
+use crate::config::values::{later, positive, seconds};
 use crate::model::cascade::Leaf;
 use crate::model::{Crop, Level, Prediction};
 
@@ -112,11 +112,17 @@ impl Matcher {
         Matcher { alerts, pairs: HashMap::new() }
     }
 
-    /// Replaces the alert set. Pairs of alerts that are still there keep their state,
-    /// so an edit to one alert does not reset the cooldown of the others.
+    /// Replaces the alert set. Alerts whose definition is unchanged keep their
+    /// confirmation and cooldown state, so an edit to one alert (or a reload of the same
+    /// file) does not reset the others; an alert whose definition changed starts afresh.
     pub fn set_alerts(&mut self, alerts: AlertSet) {
-        let ids: Vec<String> = alerts.alerts.iter().map(|a| a.id.to_string()).collect();
-        self.pairs.retain(|(alert, _), _| ids.contains(alert));
+        let unchanged: Vec<&str> = alerts
+            .alerts
+            .iter()
+            .filter(|a| self.alerts.alerts.iter().any(|old| old == *a))
+            .map(|a| a.id.as_str())
+            .collect();
+        self.pairs.retain(|(alert, _), _| unchanged.contains(&alert.as_str()));
         self.alerts = alerts;
     }
 
@@ -159,7 +165,7 @@ impl Matcher {
             if pair.matches.len() as u32 >= rule.confirm_frames {
                 let frames = pair.matches.len() as u32;
                 pair.matches.clear();
-                pair.quiet_until = Some(now + rule.cooldown);
+                pair.quiet_until = Some(later(now, rule.cooldown));
                 hits.push(Hit {
                     hit_id: Uuid::now_v7(),
                     alert: Arc::clone(alert),
@@ -307,6 +313,26 @@ mod tests {
         assert!(m.observe(&frame(&yard), &regions(0.99), t, before).is_empty(), "camera not watched");
         assert_eq!(m.observe(&frame(&gate), &regions(0.99), t, before).len(), 1);
         assert!(m.observe(&frame(&gate), &regions(0.99), t + Duration::from_secs(1), after).is_empty(), "expired");
+    }
+
+    #[test]
+    fn reloads_keep_the_state_of_unchanged_alerts_only() {
+        let audi = "[[alert]]\nid = \"audi\"\nmake = \"audi\"\nconfirm_frames = 1\ncooldown_s = 60\n";
+        let both = format!("{BMW}\n{audi}");
+        let vocab_set = |text: &str| matcher(text).alerts().clone();
+        let mut m = matcher(&both);
+        let gate = camera("gate");
+        let (t, wall) = (Instant::now(), Timestamp::now());
+        assert!(m.observe(&frame(&gate), &regions(0.9), t, wall).is_empty(), "bmw3: first of two frames");
+        // The same file read again: bmw3 keeps its first frame.
+        m.set_alerts(vocab_set(&both));
+        assert_eq!(m.observe(&frame(&gate), &regions(0.9), t, wall).len(), 1, "bmw3 confirmed across the reload");
+        // bmw3 edited: it starts afresh (one frame is not enough again).
+        let edited = format!("{}\n{audi}", BMW.replace("cooldown_s = 60", "cooldown_s = 30"));
+        assert!(m.observe(&frame(&gate), &regions(0.9), t, wall).is_empty(), "bmw3 in cooldown");
+        m.set_alerts(vocab_set(&edited));
+        assert!(m.observe(&frame(&gate), &regions(0.9), t, wall).is_empty(), "edited bmw3 needs two frames again");
+        assert_eq!(m.observe(&frame(&gate), &regions(0.9), t, wall).len(), 1);
     }
 
     #[test]
