@@ -28,7 +28,7 @@ use rumqttc::{
 use serde::Deserialize;
 
 use super::Topics;
-use crate::config::values::{Secret, seconds};
+use crate::config::values::{Credentials, Secret, seconds};
 
 /// `[mqtt]`: the broker carwatch publishes to.
 #[derive(Debug, Clone, Deserialize)]
@@ -89,7 +89,8 @@ pub struct Tls {
 
 impl MqttSettings {
     pub fn from_config(c: &MqttConfig) -> Result<MqttSettings, String> {
-        let url = url::Url::parse(&c.url).map_err(|e| format!("url `{}` is not a valid URL: {e}", redact(&c.url)))?;
+        let mut url =
+            url::Url::parse(&c.url).map_err(|e| format!("url `{}` is not a valid URL: {e}", redact(&c.url)))?;
         let (tls, default_port) = match url.scheme() {
             "mqtt" | "tcp" => (false, 1883),
             "mqtts" | "ssl" => (true, 8883),
@@ -97,20 +98,8 @@ impl MqttSettings {
         };
         let host = url.host_str().ok_or("url has no host")?.to_string();
         let port = url.port().unwrap_or(default_port);
-        if c.password.is_some() && c.password_file.is_some() {
-            return Err("give either password or password_file, not both".into());
-        }
-        let mut password = c.password.clone();
-        if let Some(f) = &c.password_file {
-            password = Some(Secret::from_file(f)?);
-        }
-        let mut username = c.username.clone();
-        if !url.username().is_empty() {
-            username.get_or_insert_with(|| url.username().to_string());
-        }
-        if let Some(p) = url.password() {
-            password.get_or_insert_with(|| Secret::new(p));
-        }
+        let Credentials { username, password } =
+            Credentials::resolve(&mut url, c.username.as_deref(), c.password.as_ref(), c.password_file.as_deref())?;
         let read =
             |p: &PathBuf, what: &str| std::fs::read(p).map_err(|e| format!("cannot read {what} {}: {e}", p.display()));
         let tls = if tls {
@@ -135,15 +124,16 @@ impl MqttSettings {
         Ok(MqttSettings { host, port, display, client_id, username, password, tls, keep_alive: c.keep_alive })
     }
 
-    /// A plain connection to a broker on `addr` (the embedded one).
-    pub fn local(addr: std::net::SocketAddr) -> MqttSettings {
+    /// A plain connection to a broker on `addr` (the embedded one), as `account`.
+    pub fn local(addr: std::net::SocketAddr, account: Option<(String, Secret)>) -> MqttSettings {
+        let (username, password) = account.map_or((None, None), |(u, p)| (Some(u), Some(p)));
         MqttSettings {
             host: addr.ip().to_string(),
             port: addr.port(),
             display: format!("mqtt://{addr}"),
             client_id: default_client_id(),
-            username: None,
-            password: None,
+            username,
+            password,
             tls: None,
             keep_alive: default_keep_alive(),
         }
@@ -447,6 +437,9 @@ mod tests {
         assert_eq!(s.username.as_deref(), Some("cw"));
         assert_eq!(s.password.as_ref().unwrap().expose(), "s3cret");
         assert!(!s.display.contains("s3cret"));
+        // Percent-encoded, as the camera URLs are (the review found `p%40ss` sent as is).
+        let s = MqttSettings::from_config(&config("url = \"mqtt://c%40w:p%40ss%2Bx@b\"")).unwrap();
+        assert_eq!((s.username.as_deref(), s.password.as_ref().unwrap().expose()), (Some("c@w"), "p@ss+x"));
         assert_eq!(redact("mqtt://cw:s3cret@b:1999"), "mqtt://cw:***@b:1999");
     }
 }
