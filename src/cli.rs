@@ -317,7 +317,10 @@ pub fn main() -> ExitCode {
             if let Some(w) = e.downcast_ref::<WatchError>() {
                 let config_problem = matches!(
                     w,
-                    WatchError::Alerts(_) | WatchError::Model(_) | WatchError::Worker(WorkerError::Load(_))
+                    WatchError::Alerts(_)
+                        | WatchError::Model(_)
+                        | WatchError::Worker(WorkerError::Load(_))
+                        | WatchError::StateDir(_)
                 );
                 if config_problem {
                     eprintln!("{w}");

@@ -19,6 +19,8 @@
 //! - [`publish`] writes each hit's [`snapshot`] and publishes hits, camera status and the
 //!   active alerts over MQTT (to a configured broker, or an embedded one).
 //!
+//! - [`state_dir`] holds what an instance writes, locked against a second instance.
+//!
 //! Beside the daemon: [`train`] builds a cascade from labelled photos (backbone features
 //! computed once and cached), [`input`] reads images for `classify`, and [`synthetic`]
 //! draws generated vehicles, clips and RTSP cameras: the test data and the demo, since
@@ -43,6 +45,7 @@ pub mod model;
 pub mod notify;
 pub mod publish;
 pub mod snapshot;
+pub mod state_dir;
 pub mod synthetic;
 pub mod train;
 pub mod watch;

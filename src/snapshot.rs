@@ -78,9 +78,32 @@ pub fn write(path: &Path, jpeg: &[u8]) -> Result<(), String> {
         let mut f = BufWriter::new(std::fs::File::create(&tmp)?);
         std::io::Write::write_all(&mut f, jpeg)?;
         f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        // The rename is durable only once the folder is.
+        std::fs::File::open(folder)?.sync_all()
     };
-    write().map_err(|e| format!("cannot write snapshot {}: {e}", path.display()))
+    write().map_err(|e| {
+        // A full disk leaves a partial temporary file: do not keep it.
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot write snapshot {}: {e}", path.display())
+    })
+}
+
+/// Removes temporary files (`*.tmp`) a crash or a full disk left under `dir`, two levels
+/// down (`camera/date/`); returns how many. Called at start-up.
+pub fn remove_temporaries(dir: &Path) -> usize {
+    let mut removed = 0;
+    let entries = |d: &Path| std::fs::read_dir(d).into_iter().flatten().flatten().map(|e| e.path()).collect::<Vec<_>>();
+    for camera in entries(dir) {
+        for date in entries(&camera) {
+            for file in entries(&date) {
+                if file.extension().is_some_and(|e| e == "tmp") && std::fs::remove_file(&file).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+    }
+    removed
 }
 
 #[cfg(test)]
@@ -88,6 +111,16 @@ mod tests {
     use super::*;
     use crate::camera::{Camera, CameraConfig, CameraShared};
     use std::time::{Instant, SystemTime};
+
+    #[test]
+    fn temporaries_left_by_a_crash_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let day = d.path().join("gate/2026-11-30");
+        write(&path(d.path(), "gate", "2026-11-30", "a"), b"jpeg").unwrap();
+        std::fs::write(day.join("b.jpg.tmp"), b"half").unwrap();
+        assert_eq!(remove_temporaries(d.path()), 1);
+        assert!(day.join("a.jpg").exists() && !day.join("b.jpg.tmp").exists());
+    }
 
     #[test]
     fn snapshots_decode_to_the_frame_with_the_crop_outlined() {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::alerts::{AlertSet, AlertsError, Reloader, Vocabulary};
+use crate::alerts::{self, AlertSet, AlertsError, Reloader, Severity, Vocabulary};
 use crate::batcher::{BatchSize, Batcher};
 use crate::camera::supervisor::{self, GstOpener, Timing};
 use crate::camera::{CameraShared, FrameQueue};
@@ -30,6 +30,8 @@ use crate::notify;
 use crate::publish::mqtt::{Mqtt, MqttSettings};
 use crate::publish::outbox::Outbox;
 use crate::publish::{Event, HitCallback, Publisher, PublisherConfig, broker};
+use crate::snapshot;
+use crate::state_dir::{self, StateDirError};
 
 /// Options that do not belong in the config file.
 #[derive(Default)]
@@ -64,6 +66,8 @@ pub enum WatchError {
     Mqtt(String),
     #[error("inference worker: {0}")]
     Worker(#[from] WorkerError),
+    #[error(transparent)]
+    StateDir(#[from] StateDirError),
     #[error("{0}")]
     Io(String),
 }
@@ -86,6 +90,7 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
     let manifest = Manifest::load(&models)?;
     let vocabulary =
         Vocabulary { leaves: manifest.leaves(), cameras: config.cameras.iter().map(|c| c.name.clone()).collect() };
+    let alerts_stamp = alerts::stamp(&config.alerts);
     let alerts_text = std::fs::read_to_string(&config.alerts)
         .map_err(|source| AlertsError::Read { path: config.alerts.clone(), source })?;
     let alerts =
@@ -93,15 +98,24 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
     tracing::info!("{} alert(s) from {}", alerts.alerts.len(), config.alerts.display());
     // Fail early, before anything starts, on a device that is not there.
     config.model.device.resolve()?;
+    let _state_lock = state_dir::lock(&config.state_dir)?;
+    let removed = snapshot::remove_temporaries(&config.snapshot_dir());
+    if removed > 0 {
+        tracing::warn!("removed {removed} partial snapshot file(s) left by an earlier run (crash or full disk)");
+    }
 
     let settings = match &config.mqtt {
         Some(s) => s.clone(),
         None => {
-            broker::start(config.broker.listen).map_err(WatchError::Mqtt)?;
-            MqttSettings::local(config.broker.listen)
+            if let Some(warning) = config.broker.exposure_warning() {
+                tracing::warn!("{warning}");
+            }
+            let account = config.broker.account().map_err(WatchError::Mqtt)?;
+            broker::start(config.broker.listen, account.as_ref()).map_err(WatchError::Mqtt)?;
+            MqttSettings::local(config.broker.listen, account)
         }
     };
-    let (outbox, recovery) = Outbox::open(&config.state_dir.join("outbox"), config.outbox.max_hits as usize)
+    let (outbox, recovery) = Outbox::open(&config.state_dir.join("outbox"), config.outbox.bounds())
         .map_err(|e| WatchError::Io(format!("{e}; check that state_dir is writable")))?;
     if recovery.pending > 0 {
         tracing::info!("{} undelivered hit(s) found in the outbox; they will be delivered again", recovery.pending);
@@ -153,7 +167,7 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
     let worker_models = models.clone();
     let (device, precision, threads) = (config.model.device, config.model.precision, config.model.threads);
     let (updates_tx, updates_rx) = crossbeam_channel::bounded(4);
-    let (problems_tx, problems_rx) = crossbeam_channel::bounded::<Problems>(16);
+    let (problems_tx, problems_rx) = crossbeam_channel::bounded::<(Severity, Problems)>(16);
     let (reload_stop_tx, reload_stop_rx) = crossbeam_channel::bounded::<()>(1);
     let reloader = Reloader {
         path: config.alerts.clone(),
@@ -165,23 +179,9 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
         stop: reload_stop_rx,
         poll: Duration::from_secs(2),
         settle: Duration::from_millis(300),
+        empty_settle: Duration::from_secs(3),
     };
-    std::thread::Builder::new()
-        .name("alerts".into())
-        .spawn(move || reloader.run(&alerts_text))
-        .map_err(|e| WatchError::Io(format!("cannot start alerts thread: {e}")))?;
-    // Alert file problems go out on {prefix}/errors through the publisher.
     let error_events = events_tx.clone();
-    std::thread::Builder::new()
-        .name("alert-errors".into())
-        .spawn(move || {
-            for problems in problems_rx {
-                if error_events.send(Event::Error { source: "alerts", problems }).is_err() {
-                    return;
-                }
-            }
-        })
-        .map_err(|e| WatchError::Io(format!("cannot start thread: {e}")))?;
     let links = Links {
         batcher,
         matcher,
@@ -213,15 +213,46 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
             let _ = ended_tx.send(result);
         })
         .map_err(|e| WatchError::Io(format!("cannot start infer thread: {e}")))?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) | Err(_) => {
-            let err = ended_rx.recv().unwrap_or(Err(WorkerError::PublisherGone));
-            let _ = publisher.join();
-            return err.map_err(WatchError::from);
+    // Wait for the model, still answering SIGTERM: loading can take minutes on a slow
+    // disk. A model that fails to load ends the process at once (exit 2, as for any
+    // problem the operator must fix in files), after the publisher has said `offline`.
+    let loaded = crossbeam_channel::select! {
+        recv(ready_rx) -> r => match r {
+            Ok(Ok(())) => None,
+            _ => Some(match ended_rx.recv_timeout(Duration::from_secs(5)) {
+                Ok(Err(e)) => Err(WatchError::from(e)),
+                _ => Err(WatchError::Io("the inference thread ended while loading the model".into())),
+            }),
+        },
+        recv(signals) -> s => {
+            tracing::info!("signal {}: stopping while the model loads", s.unwrap_or(0));
+            Some(Ok(()))
         }
+    };
+    if let Some(result) = loaded {
+        if let Err(e) = &result {
+            tracing::error!("{e}");
+        }
+        // Every sender of the publisher's events must go for it to finish.
+        drop((error_events, infer_stop_tx));
+        wait_for(publisher, Duration::from_millis(2500));
+        return result;
     }
-
+    std::thread::Builder::new()
+        .name("alerts".into())
+        .spawn(move || reloader.run(&alerts_text, alerts_stamp))
+        .map_err(|e| WatchError::Io(format!("cannot start alerts thread: {e}")))?;
+    // Alert file problems go out on {prefix}/errors through the publisher.
+    std::thread::Builder::new()
+        .name("alert-errors".into())
+        .spawn(move || {
+            for (severity, problems) in problems_rx {
+                if error_events.send(Event::Error { source: "alerts", severity, problems }).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| WatchError::Io(format!("cannot start thread: {e}")))?;
     let mut camera_threads = Vec::new();
     for cam in &cameras {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);

@@ -227,22 +227,17 @@ fn alert_file_edits_apply_only_when_good() {
     assert_eq!(e["problems"][0]["line"], 3, "{e}");
     assert!(sub.wait_for("carwatch/hits/x5", LONG, |m| m.at > err.at).is_some(), "the old alert stopped matching");
 
-    // 2. A slow writer: half a file, a pause, then the rest. The half is not applied.
+    // 2. A slow writer: the file truncated, a pause longer than the settle time, then
+    //    the new text. The empty file in between parses (no alerts) but is not applied:
+    //    the alerts stay active throughout.
     let both = "[[alert]]\nid = \"x5\"\nmake = \"bmw\"\nmodel = \"x5\"\n\n[[alert]]\nid = \"any-bmw\"\nmake = \"bmw\"\nnote = \"second\"\n";
-    let cut = both.find("make = \"bmw\"\nnote").unwrap() + 9;
-    let half_at = Instant::now();
+    let truncated_at = Instant::now();
     {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(&alerts).unwrap();
-        f.write_all(&both.as_bytes()[..cut]).unwrap();
-        f.flush().unwrap();
-        let report = sub.wait_for("carwatch/errors", Duration::from_secs(15), |m| m.at > half_at);
-        assert!(report.is_some(), "the half-written file was not reported\n{}", watcher.logs());
-        assert!(
-            sub.wait_for("carwatch/hits/x5", LONG, |m| m.at > half_at).is_some(),
-            "alerts deactivated by a half-written file"
-        );
-        f.write_all(&both.as_bytes()[cut..]).unwrap();
+        // The writer's pause (not synchronisation): 1.5 s is five settle times.
+        std::thread::sleep(Duration::from_millis(1500));
+        f.write_all(both.as_bytes()).unwrap();
     }
     // 3. The complete file applies: the new alert is active and fires.
     let active = sub.wait_for("carwatch/alerts/active", Duration::from_secs(15), |m| m.payload.contains("any-bmw"));
@@ -252,6 +247,56 @@ fn alert_file_edits_apply_only_when_good() {
         "the new alert never fired\n{}",
         watcher.logs()
     );
+    let emptied: Vec<_> =
+        sub.on("carwatch/alerts/active").into_iter().filter(|m| m.at > truncated_at && m.payload == "[]").collect();
+    assert!(emptied.is_empty(), "the truncated file was applied: every alert removed\n{}", watcher.logs());
+}
+
+/// The review's defect 1: with a model that fails to load, `watch` hung (a thread held
+/// the publisher open) instead of exiting 2 with the cause.
+#[test]
+fn a_model_that_fails_to_load_exits_2_naming_it() {
+    let t = trained();
+    let dir = support::tempdir();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    for e in std::fs::read_dir(&t.models).unwrap().flatten() {
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), models.join(e.file_name())).unwrap();
+        }
+    }
+    let manifest: toml::Value = toml::from_str(&std::fs::read_to_string(models.join("cascade.toml")).unwrap()).unwrap();
+    let backbone = manifest["backbone"]["file"].as_str().unwrap().to_string();
+    let bytes = std::fs::read(models.join(&backbone)).unwrap();
+    std::fs::write(models.join(&backbone), &bytes[..bytes.len() / 2]).unwrap();
+
+    let config = write_config(dir.path(), Some(free_port()), None, &camera("gate", "rtsp://127.0.0.1:9/x", ""), "", "");
+    let mut cmd = carwatch();
+    cmd.arg("watch").arg("--config").arg(&config).arg("--models").arg(&models);
+    let started = Instant::now();
+    let o = run(cmd, Duration::from_secs(60));
+    assert_eq!(o.status.code(), Some(2), "{}", support::stderr(&o));
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert!(support::stderr(&o).contains(&backbone), "the cause is not named:\n{}", support::stderr(&o));
+}
+
+/// The review's defect 11: two watchers on one state_dir interleaved their outboxes.
+#[test]
+fn a_second_watcher_on_the_same_state_dir_exits_2_naming_the_first() {
+    let dir = support::tempdir();
+    let config = write_config(dir.path(), Some(free_port()), None, &camera("gate", "rtsp://127.0.0.1:9/x", ""), "", "");
+    let first = Watcher::start(&config);
+    let deadline = Instant::now() + LONG;
+    while !first.logs().contains("watching 1 camera(s)") {
+        assert!(Instant::now() < deadline, "the first watcher did not start\n{}", first.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut cmd = carwatch();
+    cmd.arg("watch").arg("--config").arg(&config);
+    let o = run(cmd, Duration::from_secs(30));
+    assert_eq!(o.status.code(), Some(2), "{}", support::stderr(&o));
+    let err = support::stderr(&o);
+    assert!(err.contains(&format!("in use by another carwatch (pid {})", first.pid())), "{err}");
 }
 
 /// Replaces `path` atomically (write a temporary file, rename it over).

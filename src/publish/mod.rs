@@ -34,7 +34,7 @@ use crossbeam_channel::{Receiver, select};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use crate::alerts::AlertSummary;
+use crate::alerts::{AlertSummary, Severity};
 use crate::camera::{CameraShared, StateInfo};
 use crate::config::Problems;
 use crate::matcher::Hit;
@@ -98,6 +98,7 @@ pub enum Event {
     /// An input carwatch could not use (an alert file edit), for `{prefix}/errors`.
     Error {
         source: &'static str,
+        severity: Severity,
         problems: Problems,
     },
 }
@@ -192,6 +193,9 @@ pub struct Publisher {
     in_flight: BTreeSet<u64>,
     /// Hits to mark `redelivered` (sent before, or found in the outbox at start).
     redeliver: HashSet<u64>,
+    /// Connections that ended while this hit was the oldest in flight: a hit the broker
+    /// refuses (too large for it) ends every connection it is sent on.
+    attempts: HashMap<u64, u32>,
     alerts: Option<Vec<u8>>,
     /// Hits per alert since start, for `{prefix}/stats`.
     hit_counts: BTreeMap<String, u64>,
@@ -218,7 +222,7 @@ impl Publisher {
                 (c.name().to_string(), r)
             })
             .collect();
-        let unsent: VecDeque<u64> = outbox.pending().map(|p| p.seq).collect();
+        let unsent: VecDeque<u64> = outbox.pending().collect();
         let redeliver = unsent.iter().copied().collect();
         let p = Publisher {
             mqtt,
@@ -229,6 +233,7 @@ impl Publisher {
             unsent,
             in_flight: BTreeSet::new(),
             redeliver,
+            attempts: HashMap::new(),
             alerts: None,
             hit_counts: BTreeMap::new(),
             seen: HashMap::new(),
@@ -251,8 +256,8 @@ impl Publisher {
                         self.alerts = Some(body.clone());
                         self.state(self.config.topics.alerts_active(), body);
                     }
-                    Ok(Event::Error { source, problems }) => {
-                        let body = serde_json::to_vec(&error_payload(source, &problems)).unwrap_or_default();
+                    Ok(Event::Error { source, severity, problems }) => {
+                        let body = serde_json::to_vec(&error_payload(source, severity, &problems)).unwrap_or_default();
                         if self.mqtt.publish(self.config.topics.errors(), false, body, Tag::State).is_err() {
                             tracing::warn!("MQTT queue full: an error report was not published");
                         }
@@ -277,6 +282,7 @@ impl Publisher {
             let m = &self.config.metrics;
             m.outbox_depth.store(self.outbox.len() as u64, Ordering::Relaxed);
             m.outbox_dropped.store(self.outbox.dropped, Ordering::Relaxed);
+            m.outbox_dead_letters.store(self.outbox.dead_letters, Ordering::Relaxed);
             m.mqtt_connected.store(self.mqtt.is_connected(), Ordering::Relaxed);
         }
         self.shutdown(&reports);
@@ -288,6 +294,9 @@ impl Publisher {
                 // A new session: whatever was in flight will not be acknowledged. Send
                 // it again, in order, ahead of newer hits, and the retained state too.
                 let again: Vec<u64> = std::mem::take(&mut self.in_flight).into_iter().collect();
+                if let Some(&oldest) = again.first() {
+                    *self.attempts.entry(oldest).or_default() += 1;
+                }
                 for seq in again.into_iter().rev() {
                     self.redeliver.insert(seq);
                     self.unsent.push_front(seq);
@@ -306,6 +315,7 @@ impl Publisher {
                 }
                 self.in_flight.remove(&seq);
                 self.redeliver.remove(&seq);
+                self.attempts.remove(&seq);
                 if let Err(e) = self.outbox.ack(seq) {
                     tracing::error!("{e}");
                 }
@@ -318,9 +328,35 @@ impl Publisher {
     fn pump(&mut self) {
         while self.mqtt.is_connected() && self.in_flight.len() < mqtt::WINDOW {
             let Some(seq) = self.unsent.pop_front() else { return };
-            let Some(p) = self.outbox.get(seq) else { continue };
-            let payload = if self.redeliver.contains(&seq) { mark_redelivered(&p.payload) } else { p.payload.clone() };
-            match self.mqtt.publish(p.topic.clone(), false, payload, Tag::Hit(seq)) {
+            let tries = self.attempts.get(&seq).copied().unwrap_or(0);
+            if tries >= DEAD_LETTER_AFTER {
+                self.attempts.remove(&seq);
+                match self.outbox.dead_letter(seq) {
+                    Ok(()) => tracing::error!(
+                        "hit #{seq}: the broker ended the connection each of the {tries} times it was sent; moved to outbox/dead-letter.jsonl so later hits can go out"
+                    ),
+                    Err(e) => tracing::error!("hit #{seq}: cannot move it to the dead-letter file: {e}"),
+                }
+                continue;
+            }
+            let p = match self.outbox.get(seq) {
+                Ok(Some(p)) => p,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!("hit #{seq} cannot be read back: {e}");
+                    continue;
+                }
+            };
+            let mut payload = p.payload;
+            if self.redeliver.contains(&seq) || tries >= STRIP_AFTER {
+                payload = revise(&payload, self.redeliver.contains(&seq), tries >= STRIP_AFTER);
+            }
+            if tries == STRIP_AFTER {
+                tracing::warn!(
+                    "hit #{seq}: the broker ended the connection {tries} times while it was sent; sending it without its inline snapshot"
+                );
+            }
+            match self.mqtt.publish(p.topic, false, payload, Tag::Hit(seq)) {
                 Ok(()) => {
                     self.in_flight.insert(seq);
                 }
@@ -374,9 +410,15 @@ impl Publisher {
                 self.unsent.push_back(seq);
             }
             Err(e) => {
-                // Without the outbox the hit can still go out now, just not survive a crash.
-                tracing::error!("hit {id} could not be stored ({e}); publishing it without the outbox");
-                let _ = self.mqtt.publish(topic, false, body, Tag::State);
+                // Without the outbox the hit can still go out now, just not survive a
+                // crash or a broker outage: say so, count it, and show it in stats.
+                self.config.metrics.outbox_write_errors.fetch_add(1, Ordering::Relaxed);
+                let why =
+                    if e.is_disk_full() { "the disk is full: free space under state_dir" } else { "see the error" };
+                tracing::error!("hit {id} could not be stored ({e}); {why}; publishing it once, without the outbox");
+                if self.mqtt.publish(topic, false, body, Tag::State).is_err() {
+                    tracing::error!("hit {id} was lost: the MQTT queue is full as well");
+                }
             }
         }
     }
@@ -446,6 +488,8 @@ impl Publisher {
             "hits_total": m.hits_total.load(Ordering::Relaxed),
             "outbox_depth": self.outbox.len(),
             "outbox_dropped": self.outbox.dropped,
+            "outbox_dead_letters": self.outbox.dead_letters,
+            "outbox_write_errors": m.outbox_write_errors.load(Ordering::Relaxed),
             "inference_errors": m.inference_errors.get(),
             "mqtt_connected": self.mqtt.is_connected(),
         })
@@ -484,10 +528,11 @@ impl Publisher {
 }
 
 /// The `{prefix}/errors` message for problems with an input file.
-pub fn error_payload(source: &str, problems: &Problems) -> Value {
+pub fn error_payload(source: &str, severity: Severity, problems: &Problems) -> Value {
     json!({
         "time": rfc3339(Timestamp::now()),
         "source": source,
+        "level": severity,
         "message": problems.to_string(),
         "problems": problems.0.iter().map(|p| json!({
             "file": p.file.display().to_string(), "line": p.line, "column": p.column, "key": p.key, "reason": p.reason,
@@ -495,11 +540,21 @@ pub fn error_payload(source: &str, problems: &Problems) -> Value {
     })
 }
 
-/// The stored hit message with `redelivered` set.
-fn mark_redelivered(payload: &[u8]) -> Vec<u8> {
+/// Connections a hit may end (as the oldest in flight) before it goes without its
+/// inline snapshot, and before it is moved to the dead-letter file.
+const STRIP_AFTER: u32 = 2;
+const DEAD_LETTER_AFTER: u32 = 4;
+
+/// The stored hit message with `redelivered` set and/or its inline snapshot left out.
+fn revise(payload: &[u8], redelivered: bool, strip: bool) -> Vec<u8> {
     match serde_json::from_slice::<Value>(payload) {
         Ok(mut v) => {
-            v["redelivered"] = Value::Bool(true);
+            if redelivered {
+                v["redelivered"] = Value::Bool(true);
+            }
+            if strip && let Some(o) = v.as_object_mut() {
+                o.remove("snapshot_jpeg_base64");
+            }
             serde_json::to_vec(&v).unwrap_or_else(|_| payload.to_vec())
         }
         Err(_) => payload.to_vec(),
