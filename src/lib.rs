@@ -19,7 +19,8 @@
 //! - [`publish`] writes each hit's [`snapshot`] and publishes hits, camera status and the
 //!   active alerts over MQTT (to a configured broker, or an embedded one).
 //!
-//! - [`state_dir`] holds what an instance writes, locked against a second instance.
+//! - [`state_dir`] holds what an instance writes, locked against a second instance;
+//!   [`threads`] names and supervises every long-lived thread.
 //!
 //! Beside the daemon: [`train`] builds a cascade from labelled photos (backbone features
 //! computed once and cached), [`input`] reads images for `classify`, and [`synthetic`]
@@ -47,5 +48,6 @@ pub mod publish;
 pub mod snapshot;
 pub mod state_dir;
 pub mod synthetic;
+pub mod threads;
 pub mod train;
 pub mod watch;

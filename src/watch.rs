@@ -32,6 +32,7 @@ use crate::publish::outbox::Outbox;
 use crate::publish::{Event, HitCallback, Publisher, PublisherConfig, broker};
 use crate::snapshot;
 use crate::state_dir::{self, StateDirError};
+use crate::threads::{self, Ended};
 
 /// Options that do not belong in the config file.
 #[derive(Default)]
@@ -69,6 +70,8 @@ pub enum WatchError {
     #[error(transparent)]
     StateDir(#[from] StateDirError),
     #[error("{0}")]
+    ThreadEnded(Ended),
+    #[error("{0}")]
     Io(String),
 }
 
@@ -76,6 +79,8 @@ pub enum WatchError {
 enum Stop {
     Signal(i32),
     WorkerEnded(Result<(), WorkerError>),
+    /// A supervised thread ended while everything should run.
+    ThreadEnded(Ended),
 }
 
 /// Longest a camera pipeline may take to stop.
@@ -84,6 +89,8 @@ const TEARDOWN_LIMIT: Duration = Duration::from_secs(2);
 /// Runs until SIGINT/SIGTERM (Ok) or until the inference worker fails (Err).
 pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError> {
     gstreamer::init().map_err(|e| WatchError::Gstreamer(e.to_string()))?;
+    let generation = threads::begin();
+    let thread_ends = threads::ended();
     let (signals, hup) = signals()?;
 
     let models = options.models.take().unwrap_or_else(|| config.model.dir.clone());
@@ -191,28 +198,26 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
         hang: options.hang_inference,
         auto_batch,
     };
-    std::thread::Builder::new()
-        .name("infer".into())
-        .spawn(move || {
-            // libtorch's intra-op thread count is per calling thread: set it here, on the
-            // thread that runs the model.
-            if let Some(n) = threads {
-                tch::set_num_threads(n.get() as i32);
+    threads::spawn("infer", move || {
+        // libtorch's intra-op thread count is per calling thread: set it here, on the
+        // thread that runs the model.
+        if let Some(n) = threads {
+            tch::set_num_threads(n.get() as i32);
+        }
+        tracing::info!("model runs on {} intra-op thread(s)", tch::get_num_threads());
+        let result = match Worker::load(&worker_models, device, precision, links) {
+            Ok(worker) => {
+                let _ = ready_tx.send(Ok(()));
+                worker.run()
             }
-            tracing::info!("model runs on {} intra-op thread(s)", tch::get_num_threads());
-            let result = match Worker::load(&worker_models, device, precision, links) {
-                Ok(worker) => {
-                    let _ = ready_tx.send(Ok(()));
-                    worker.run()
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e.to_string()));
-                    Err(e)
-                }
-            };
-            let _ = ended_tx.send(result);
-        })
-        .map_err(|e| WatchError::Io(format!("cannot start infer thread: {e}")))?;
+            Err(e) => {
+                let _ = ready_tx.send(Err(e.to_string()));
+                Err(e)
+            }
+        };
+        let _ = ended_tx.send(result);
+    })
+    .map_err(|e| WatchError::Io(format!("cannot start infer thread: {e}")))?;
     // Wait for the model, still answering SIGTERM: loading can take minutes on a slow
     // disk. A model that fails to load ends the process at once (exit 2, as for any
     // problem the operator must fix in files), after the publisher has said `offline`.
@@ -238,28 +243,24 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
         wait_for(publisher, Duration::from_millis(2500));
         return result;
     }
-    std::thread::Builder::new()
-        .name("alerts".into())
-        .spawn(move || reloader.run(&alerts_text, alerts_stamp))
+    threads::spawn("alerts", move || reloader.run(&alerts_text, alerts_stamp))
         .map_err(|e| WatchError::Io(format!("cannot start alerts thread: {e}")))?;
     // Alert file problems go out on {prefix}/errors through the publisher.
-    std::thread::Builder::new()
-        .name("alert-errors".into())
-        .spawn(move || {
-            for (severity, problems) in problems_rx {
-                if error_events.send(Event::Error { source: "alerts", severity, problems }).is_err() {
-                    return;
-                }
+    threads::spawn("alert-errors", move || {
+        for (severity, problems) in problems_rx {
+            if error_events.send(Event::Error { source: "alerts", severity, problems }).is_err() {
+                return;
             }
-        })
-        .map_err(|e| WatchError::Io(format!("cannot start thread: {e}")))?;
+        }
+    })
+    .map_err(|e| WatchError::Io(format!("cannot start thread: {e}")))?;
     let mut camera_threads = Vec::new();
     for cam in &cameras {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
         let (c, q) = (Arc::clone(cam), queue.clone());
         let timing = Timing { stall_timeout: cam.camera.stall_timeout, ..Timing::default() };
-        let spawned = std::thread::Builder::new().name(format!("camera:{}", cam.name())).spawn(move || {
+        let spawned = threads::spawn(format!("camera:{}", cam.name()), move || {
             supervisor::run(c, q, stop_rx, Box::new(GstOpener { teardown_limit: TEARDOWN_LIMIT }), timing);
             let _ = done_tx.send(());
         });
@@ -274,28 +275,35 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
     let (notify_stop_tx, notify_stop_rx) = crossbeam_channel::bounded::<()>(1);
     {
         let (cams, m) = (cameras.clone(), Arc::clone(&metrics));
-        std::thread::Builder::new()
-            .name("notify".into())
-            .spawn(move || {
-                let counter = Arc::clone(&m);
-                notify::run(
-                    cams,
-                    m,
-                    move || counter.hits_total.load(std::sync::atomic::Ordering::Relaxed),
-                    notify_stop_rx,
-                )
-            })
-            .map_err(|e| WatchError::Io(format!("cannot start notify thread: {e}")))?;
+        threads::spawn("notify", move || {
+            let counter = Arc::clone(&m);
+            notify::run(cams, m, move || counter.hits_total.load(std::sync::atomic::Ordering::Relaxed), notify_stop_rx)
+        })
+        .map_err(|e| WatchError::Io(format!("cannot start notify thread: {e}")))?;
     }
 
     if let Some(observer) = options.observer.take() {
         let _ = observer.send(Running { cameras: cameras.clone(), metrics: Arc::clone(&metrics) });
     }
     let external = options.stop.take().unwrap_or_else(crossbeam_channel::never);
-    let stop = crossbeam_channel::select! {
-        recv(external) -> _ => Stop::Signal(0),
-        recv(signals) -> s => Stop::Signal(s.unwrap_or(0)),
-        recv(ended_rx) -> r => Stop::WorkerEnded(r.unwrap_or(Err(WorkerError::PublisherGone))),
+    let stop = loop {
+        break crossbeam_channel::select! {
+            recv(external) -> _ => Stop::Signal(0),
+            recv(signals) -> s => Stop::Signal(s.unwrap_or(0)),
+            recv(ended_rx) -> r => Stop::WorkerEnded(r.unwrap_or(Err(WorkerError::PublisherGone))),
+            recv(thread_ends) -> e => match e {
+                Ok(e) if e.generation != generation => continue,
+                // The worker's own report says why it ended.
+                Ok(e) if e.name == "infer" && !e.panicked => {
+                    Stop::WorkerEnded(ended_rx.recv_timeout(Duration::from_secs(1)).unwrap_or(Err(WorkerError::PublisherGone)))
+                }
+                Ok(e) => {
+                    tracing::error!("{e} while the daemon runs; stopping (exit status 1, so systemd restarts carwatch)");
+                    Stop::ThreadEnded(e)
+                }
+                Err(_) => continue,
+            },
+        };
     };
     let started = Instant::now();
     notify::stopping();
@@ -313,17 +321,20 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
         }
     }
     let result = match stop {
-        Stop::WorkerEnded(r) => r,
+        Stop::WorkerEnded(r) => r.map_err(WatchError::from),
+        Stop::ThreadEnded(e) => Err(WatchError::ThreadEnded(e)),
         Stop::Signal(_) => {
             let _ = infer_stop_tx.send(());
-            ended_rx.recv_timeout(Duration::from_secs(2)).unwrap_or(Ok(()))
+            ended_rx.recv_timeout(Duration::from_secs(2)).unwrap_or(Ok(())).map_err(WatchError::from)
         }
     };
     drop(infer_stop_tx);
     drop(reload_stop_tx);
-    wait_for(publisher, Duration::from_millis(2500));
+    // The publisher stores what the worker handed over, delivers for up to 1.5 s, says
+    // `offline` (up to 1 s for its acknowledgement) and disconnects (0.5 s).
+    wait_for(publisher, Duration::from_secs(5));
     tracing::info!("stopped in {:.1} s", started.elapsed().as_secs_f64());
-    result.map_err(WatchError::from)
+    result
 }
 
 fn wait_for(thread: std::thread::JoinHandle<()>, limit: Duration) {

@@ -265,10 +265,18 @@ fn a_model_that_fails_to_load_exits_2_naming_it() {
             std::fs::copy(e.path(), models.join(e.file_name())).unwrap();
         }
     }
-    let manifest: toml::Value = toml::from_str(&std::fs::read_to_string(models.join("cascade.toml")).unwrap()).unwrap();
-    let backbone = manifest["backbone"]["file"].as_str().unwrap().to_string();
-    let bytes = std::fs::read(models.join(&backbone)).unwrap();
-    std::fs::write(models.join(&backbone), &bytes[..bytes.len() / 2]).unwrap();
+    // A copy of the backbone, cut in half, named by the copied manifest (the shared
+    // cascade names the shared backbone by its absolute path).
+    let manifest_path = models.join("cascade.toml");
+    let text = std::fs::read_to_string(&manifest_path).unwrap();
+    let manifest: toml::Value = toml::from_str(&text).unwrap();
+    let original = manifest["backbone"]["file"].as_str().unwrap().to_string();
+    let bytes = std::fs::read(t.models.join(&original)).unwrap();
+    let backbone = "cut-backbone.safetensors";
+    std::fs::write(models.join(backbone), &bytes[..bytes.len() / 2]).unwrap();
+    let cut = text.replace(&format!("\"{original}\""), &format!("\"{backbone}\""));
+    assert!(cut.contains(backbone), "the manifest names its backbone differently:\n{text}");
+    std::fs::write(&manifest_path, cut).unwrap();
 
     let config = write_config(dir.path(), Some(free_port()), None, &camera("gate", "rtsp://127.0.0.1:9/x", ""), "", "");
     let mut cmd = carwatch();
@@ -277,7 +285,7 @@ fn a_model_that_fails_to_load_exits_2_naming_it() {
     let o = run(cmd, Duration::from_secs(60));
     assert_eq!(o.status.code(), Some(2), "{}", support::stderr(&o));
     assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
-    assert!(support::stderr(&o).contains(&backbone), "the cause is not named:\n{}", support::stderr(&o));
+    assert!(support::stderr(&o).contains(backbone), "the cause is not named:\n{}", support::stderr(&o));
 }
 
 /// The review's defect 11: two watchers on one state_dir interleaved their outboxes.

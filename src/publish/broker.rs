@@ -96,15 +96,13 @@ dynamic_filters = true
     if let (Some((user, password)), Some(server)) = (account, config.v4.as_mut().and_then(|v| v.get_mut("1"))) {
         server.connections.auth = Some([(user.clone(), password.expose().to_string())].into_iter().collect());
     }
-    std::thread::Builder::new()
-        .name("broker".into())
-        .spawn(move || {
-            let mut broker = rumqttd::Broker::new(config);
-            if let Err(e) = broker.start() {
-                tracing::error!("embedded MQTT broker stopped: {e}");
-            }
-        })
-        .map_err(|e| format!("cannot start broker thread: {e}"))?;
+    crate::threads::spawn("broker", move || {
+        let mut broker = rumqttd::Broker::new(config);
+        if let Err(e) = broker.start() {
+            tracing::error!("embedded MQTT broker stopped: {e}");
+        }
+    })
+    .map_err(|e| format!("cannot start broker thread: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while !answers_mqtt(listen, account) {
         if Instant::now() > deadline {

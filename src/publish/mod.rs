@@ -30,7 +30,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
-use crossbeam_channel::{Receiver, select};
+use crossbeam_channel::{Receiver, RecvTimeoutError, select};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
@@ -239,7 +239,7 @@ impl Publisher {
             seen: HashMap::new(),
             started: Instant::now(),
         };
-        std::thread::Builder::new().name("publish".into()).spawn(move || p.run(events))
+        crate::threads::spawn("publish", move || p.run(events))
     }
 
     fn run(mut self, events: Receiver<Event>) {
@@ -264,7 +264,15 @@ impl Publisher {
                     }
                     Err(_) => break,
                 },
-                recv(reports) -> r => if let Ok(r) = r { self.report(r) },
+                recv(reports) -> r => match r {
+                    Ok(r) => self.report(r),
+                    Err(_) => {
+                        // Without its `mqtt` thread nothing can be published: end, and
+                        // let the daemon's supervision stop the process.
+                        tracing::error!("the mqtt thread has ended; the publisher stops");
+                        return;
+                    }
+                },
                 recv(tick) -> _ => {
                     let full = last_full.elapsed() >= self.config.status_interval;
                     self.statuses(full);
@@ -495,26 +503,37 @@ impl Publisher {
         })
     }
 
-    /// Delivers what is pending (within a bound), publishes `offline`, waits for its
-    /// acknowledgement and disconnects. Undelivered hits stay in the outbox for next time.
+    /// Delivers what is pending (for at most [`DRAIN`]), then always publishes
+    /// `offline`, waits (bounded) for its acknowledgement and disconnects. Every hit the
+    /// worker handed over is in the outbox by now (the event channel was drained before
+    /// this runs); undelivered ones stay there for the next start.
     fn shutdown(mut self, reports: &Receiver<Report>) {
         self.statuses(true);
-        let deadline = Instant::now() + Duration::from_millis(1500);
-        let mut offline_sent = false;
-        let mut offline_acked = false;
-        while Instant::now() < deadline && self.mqtt.is_connected() {
+        let drain_until = Instant::now() + DRAIN;
+        while Instant::now() < drain_until
+            && self.mqtt.is_connected()
+            && !(self.unsent.is_empty() && self.in_flight.is_empty())
+        {
             self.pump();
-            if self.unsent.is_empty() && self.in_flight.is_empty() && !offline_sent {
-                let topic = self.config.topics.status();
-                offline_sent = self.mqtt.publish(topic, true, b"offline".to_vec(), Tag::Offline).is_ok();
-            }
             match reports.recv_timeout(Duration::from_millis(20)) {
-                Ok(Report::Acked(Tag::Offline)) => {
-                    offline_acked = true;
-                    break;
-                }
                 Ok(r) => self.report(r),
-                Err(_) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+        let topic = self.config.topics.status();
+        let mut offline_acked = false;
+        if self.mqtt.publish(topic, true, b"offline".to_vec(), Tag::Offline).is_ok() {
+            let deadline = Instant::now() + OFFLINE_ACK;
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                match reports.recv_timeout(left) {
+                    Ok(Report::Acked(Tag::Offline)) => {
+                        offline_acked = true;
+                        break;
+                    }
+                    Ok(r) => self.report(r),
+                    Err(_) => break,
+                }
             }
         }
         if !self.outbox.is_empty() {
@@ -526,6 +545,12 @@ impl Publisher {
         self.mqtt.disconnect(Duration::from_millis(500));
     }
 }
+
+/// At shutdown: how long pending hits are delivered before `offline` is sent anyway,
+/// and how long its acknowledgement is awaited. Together with the cameras' teardown
+/// they stay well inside the unit's `TimeoutStopSec` (15 s).
+const DRAIN: Duration = Duration::from_millis(1500);
+const OFFLINE_ACK: Duration = Duration::from_millis(1000);
 
 /// The `{prefix}/errors` message for problems with an input file.
 pub fn error_payload(source: &str, severity: Severity, problems: &Problems) -> Value {

@@ -246,9 +246,7 @@ impl Mqtt {
             inflight: HashMap::new(),
             next_pkid: 1,
         };
-        let thread = std::thread::Builder::new()
-            .name("mqtt".into())
-            .spawn(move || transport.run())
+        let thread = crate::threads::spawn("mqtt", move || transport.run())
             .map_err(|e| format!("cannot start mqtt thread: {e}"))?;
         Ok(Mqtt { client, commands, reports, thread: Some(thread), link })
     }

@@ -1,0 +1,123 @@
+//! Long-lived threads, named and supervised.
+//!
+//! Every thread of `watch` that should live as long as the daemon (cameras, inference,
+//! publisher, MQTT, alerts, broker, metrics, notify) is started through [`spawn`]. When
+//! one ends, by returning or by panicking, a guard reports its name and how it ended on
+//! one channel that the daemon's main loop watches: an unexpected end is logged with
+//! the thread's name and ends the process non-zero, so systemd restarts it whole rather
+//! than leaving, say, a publisher spinning without its MQTT thread. `/health` lists
+//! every thread and whether it still runs.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+/// A thread that ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    pub name: String,
+    pub panicked: bool,
+    /// The [`begin`] call the thread was started under.
+    pub generation: u64,
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = if self.panicked { "panicked" } else { "ended" };
+        write!(f, "thread `{}` {how}", self.name)
+    }
+}
+
+struct Registry {
+    ended_tx: Sender<Ended>,
+    ended_rx: Receiver<Ended>,
+    /// Every supervised thread of the current generation, and whether it still runs.
+    threads: Mutex<Vec<(String, bool)>>,
+    generation: AtomicU64,
+}
+
+fn registry() -> &'static Registry {
+    static R: OnceLock<Registry> = OnceLock::new();
+    R.get_or_init(|| {
+        let (ended_tx, ended_rx) = crossbeam_channel::unbounded();
+        Registry { ended_tx, ended_rx, threads: Mutex::new(Vec::new()), generation: AtomicU64::new(0) }
+    })
+}
+
+/// Reports the thread's end when dropped, on return and on unwinding alike.
+struct Guard(String, u64);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let r = registry();
+        if let Ok(mut t) = r.threads.lock()
+            && r.generation.load(Ordering::SeqCst) == self.1
+            && let Some(entry) = t.iter_mut().rev().find(|(n, running)| *n == self.0 && *running)
+        {
+            entry.1 = false;
+        }
+        let ended = Ended { name: std::mem::take(&mut self.0), panicked: std::thread::panicking(), generation: self.1 };
+        let _ = r.ended_tx.send(ended);
+    }
+}
+
+/// Starts a new generation (one `watch` run; `bench` runs several in one process) and
+/// returns it: threads of earlier runs that end late are then told apart.
+pub fn begin() -> u64 {
+    let r = registry();
+    if let Ok(mut t) = r.threads.lock() {
+        t.clear();
+    }
+    r.generation.fetch_add(1, Ordering::SeqCst) + 1
+}
+
+/// Starts thread `name` running `f`, supervised.
+pub fn spawn<F>(name: impl Into<String>, f: F) -> std::io::Result<JoinHandle<()>>
+where
+    F: FnOnce() + Send + 'static,
+{
+    let name = name.into();
+    let r = registry();
+    if let Ok(mut t) = r.threads.lock() {
+        t.push((name.clone(), true));
+    }
+    let guard = Guard(name.clone(), r.generation.load(Ordering::SeqCst));
+    std::thread::Builder::new().name(name).spawn(move || {
+        let _guard = guard;
+        f()
+    })
+}
+
+/// Where ends are reported (the daemon's main loop selects on it).
+pub fn ended() -> Receiver<Ended> {
+    registry().ended_rx.clone()
+}
+
+/// Every supervised thread of the current generation and whether it still runs.
+pub fn list() -> Vec<(String, bool)> {
+    registry().threads.lock().map(|t| t.clone()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ends_and_panics_are_reported_by_name() {
+        let ended = ended();
+        spawn("test-returns", || {}).unwrap().join().unwrap();
+        let h = spawn("test-panics", || panic!("on purpose")).unwrap();
+        assert!(h.join().is_err());
+        let mut seen: Vec<Ended> = Vec::new();
+        while seen.len() < 2 {
+            let e = ended.recv_timeout(std::time::Duration::from_secs(5)).expect("an end report");
+            if e.name.starts_with("test-") {
+                seen.push(e);
+            }
+        }
+        let how: Vec<(&str, bool)> = seen.iter().map(|e| (e.name.as_str(), e.panicked)).collect();
+        assert!(how.contains(&("test-returns", false)) && how.contains(&("test-panics", true)), "{seen:?}");
+    }
+}
