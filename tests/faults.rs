@@ -454,3 +454,66 @@ fn hits_go_over_tls_and_a_wrong_ca_is_refused_clearly() {
         }
     }
 }
+
+/// The review's defect 8: a hit the broker refuses (here: over its packet size, so it
+/// drops the connection) was re-sent first after every reconnect, blocking every later
+/// hit. It must go out without its inline snapshot after a few tries.
+#[test]
+fn a_hit_the_broker_refuses_goes_out_without_its_image() {
+    let dir = support::tempdir();
+    let broker = Mosquitto::start_with(|_, port| {
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_packet_size 4096\n")
+    });
+    let rtsp = RtspServer::start(vec![("/c".into(), single("front", "bmw", "x5"))], 0, None).unwrap();
+    let alerts = "[[alert]]\nid = \"x5\"\nmake = \"bmw\"\nmodel = \"x5\"\n";
+    let config = write_config(
+        dir.path(),
+        Some(broker.port),
+        None,
+        &camera("gate", &rtsp.url("/c"), ""),
+        alerts,
+        "confirm_frames = 1\ncooldown_s = 1",
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[snapshots]\ninline = true\nquality = 100\n");
+    write(&config, &text);
+    let mut sub = Subscriber::connect(broker.port, "carwatch/hits/#");
+    let watcher = Watcher::start(&config);
+    let hit = sub.wait_for("carwatch/hits/x5", LONG, |_| true);
+    let hit = hit.unwrap_or_else(|| panic!("no hit got past the refused one\n{}", watcher.logs())).json();
+    assert!(hit.get("snapshot_jpeg_base64").is_none(), "{hit}");
+    assert!(hit["snapshot"].is_string(), "the snapshot file is still named: {hit}");
+    let printed = watcher.printed_hits();
+    assert!(printed[0].get("snapshot_jpeg_base64").is_some(), "the hit was made with its image inline");
+    assert!(watcher.logs().contains("without its inline snapshot"), "{}", watcher.logs());
+}
+
+/// The review's defect 10: with the disk full, hits fell back to at-most-once silently.
+/// The outbox here is /dev/full: every write fails with ENOSPC.
+#[test]
+fn with_the_disk_full_hits_still_go_out_and_it_is_said() {
+    let dir = support::tempdir();
+    let broker = Mosquitto::start();
+    let rtsp = RtspServer::start(vec![("/c".into(), single("front", "bmw", "x5"))], 0, None).unwrap();
+    let alerts = "[[alert]]\nid = \"x5\"\nmake = \"bmw\"\nmodel = \"x5\"\n";
+    let config = write_config(
+        dir.path(),
+        Some(broker.port),
+        None,
+        &camera("gate", &rtsp.url("/c"), ""),
+        alerts,
+        "confirm_frames = 1\ncooldown_s = 1",
+    );
+    let outbox = dir.path().join("state/outbox");
+    std::fs::create_dir_all(&outbox).unwrap();
+    std::os::unix::fs::symlink("/dev/full", outbox.join("hits.log")).unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[metrics]\nstats_interval_s = 1\n");
+    write(&config, &text);
+    let mut sub = Subscriber::connect(broker.port, "carwatch/#");
+    let watcher = Watcher::start(&config);
+    assert!(sub.wait_for("carwatch/hits/x5", LONG, |_| true).is_some(), "no hit\n{}", watcher.logs());
+    let stats = sub.wait_for("carwatch/stats", LONG, |m| m.json()["outbox_write_errors"].as_u64() > Some(0));
+    assert!(stats.is_some(), "outbox_write_errors not reported\n{}", watcher.logs());
+    assert!(watcher.logs().contains("the disk is full"), "{}", watcher.logs());
+}
