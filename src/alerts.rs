@@ -30,10 +30,10 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::config::document::{Document, Problems};
-use crate::config::values::{Name, positive, probability, seconds};
-use crate::matcher::{MatcherConfig, Rule};
-use crate::model::cascade::Leaf;
+use crate::document::{Document, Problems};
+use crate::model::Leaf;
+use crate::rule::{MatcherConfig, Rule};
+use crate::values::{Name, positive, probability, seconds};
 
 /// One alert, validated, with labels in the cascade's spelling.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,7 +81,7 @@ impl Alert {
             view: self.view.clone(),
             cameras: self.cameras.as_ref().map(|c| c.iter().map(|n| n.to_string()).collect()),
             min_confidence: self.min_confidence,
-            expires: self.expires.map(crate::publish::rfc3339),
+            expires: self.expires.map(crate::time::rfc3339),
             note: self.note.clone(),
         }
     }
@@ -464,7 +464,7 @@ impl Reloader {
                             self.empty_settle
                         );
                         tracing::warn!("{}: {message}", self.path.display());
-                        let problem = crate::config::Problem {
+                        let problem = crate::document::Problem {
                             file: self.path.clone(),
                             line: 0,
                             column: 0,

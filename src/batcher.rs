@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Select};
 use serde::Deserialize;
 
 use crate::camera::Frame;
-use crate::config::values::{bounded, millis};
+use crate::values::{bounded, millis};
 
 /// `[batch]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -148,7 +148,7 @@ impl Batcher {
                 }
             }
         };
-        let deadline = crate::config::values::later(Instant::now(), self.max_wait);
+        let deadline = crate::values::later(Instant::now(), self.max_wait);
         let mut batch = Vec::with_capacity(self.max_size);
         batch.push(first);
         while batch.len() < self.max_size {

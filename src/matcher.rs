@@ -12,59 +12,16 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use jiff::Timestamp;
-use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::alerts::{Alert, AlertSet};
 use crate::camera::{CameraShared, Frame};
-use crate::config::values::{later, positive, seconds};
-use crate::model::cascade::Leaf;
+use crate::model::Leaf;
 use crate::model::{Crop, Level, Prediction};
-
-/// `[matcher]`: defaults for every alert (each may override them).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MatcherConfig {
-    #[serde(default = "default_frames", deserialize_with = "positive")]
-    pub confirm_frames: u32,
-    #[serde(default = "default_window", deserialize_with = "seconds", rename = "confirm_window_s")]
-    pub confirm_window: Duration,
-    #[serde(default = "default_cooldown", deserialize_with = "seconds", rename = "cooldown_s")]
-    pub cooldown: Duration,
-}
-
-fn default_frames() -> u32 {
-    2
-}
-
-fn default_window() -> Duration {
-    Duration::from_secs(10)
-}
-
-fn default_cooldown() -> Duration {
-    Duration::from_secs(60)
-}
-
-impl Default for MatcherConfig {
-    fn default() -> Self {
-        MatcherConfig {
-            confirm_frames: default_frames(),
-            confirm_window: default_window(),
-            cooldown: default_cooldown(),
-        }
-    }
-}
-
-/// Confirmation and cooldown of one alert.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rule {
-    pub confirm_frames: u32,
-    pub window: Duration,
-    pub cooldown: Duration,
-}
+use crate::values::later;
 
 /// One classified region of a frame.
 #[derive(Debug, Clone)]
@@ -211,9 +168,11 @@ mod tests {
     use super::*;
     use crate::alerts::Vocabulary;
     use crate::camera::{Camera, CameraConfig};
-    use crate::config::values::Name;
     use crate::model::cascade::testing::prediction;
+    use crate::rule::MatcherConfig;
+    use crate::values::Name;
     use std::path::Path;
+    use std::time::Duration;
     use std::time::SystemTime;
 
     fn camera(name: &str) -> Arc<CameraShared> {

@@ -33,11 +33,7 @@ pub struct MetricsConfig {
     #[serde(default)]
     pub listen: Option<SocketAddr>,
     /// How often the summary goes to `{prefix}/stats`.
-    #[serde(
-        default = "default_stats",
-        deserialize_with = "crate::config::values::seconds",
-        rename = "stats_interval_s"
-    )]
+    #[serde(default = "default_stats", deserialize_with = "crate::values::seconds", rename = "stats_interval_s")]
     pub stats_interval: Duration,
 }
 

@@ -26,8 +26,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
-use crate::config::values::{Credentials, Name, Secret};
 use crate::model::Crop;
+use crate::values::{Credentials, Name, Secret};
 
 /// A `[[camera]]` entry as the operator wrote it.
 #[derive(Debug, Clone, Deserialize)]
@@ -61,11 +61,7 @@ pub struct CameraConfig {
     #[serde(default, rename = "loop")]
     pub looping: bool,
     /// No frame for this long: the camera is declared stalled and reconnected.
-    #[serde(
-        default = "default_stall",
-        deserialize_with = "crate::config::values::seconds",
-        rename = "stall_timeout_s"
-    )]
+    #[serde(default = "default_stall", deserialize_with = "crate::values::seconds", rename = "stall_timeout_s")]
     pub stall_timeout: Duration,
     /// Which decoder, and whether to decode only keyframes.
     #[serde(default)]

@@ -3,13 +3,7 @@
 //! Nothing after start-up reads raw TOML: each stage gets its own typed section. Paths
 //! that are relative resolve against the working directory (the unit file sets it).
 //! Every problem in the file is reported at once with file:line:column, so an operator
-//! fixes them in one pass; see [`document`].
-
-pub mod document;
-pub mod values;
-
-#[cfg(test)]
-mod fuzz;
+//! fixes them in one pass; see [`crate::document`].
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -17,17 +11,18 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use document::Document;
-pub use document::{Problem, Problems};
+use crate::document::Document;
+pub use crate::document::{Problem, Problems};
+use crate::values;
 
 use crate::batcher::BatchConfig;
 use crate::camera::{Camera, CameraConfig};
-use crate::matcher::MatcherConfig;
 use crate::metrics::MetricsConfig;
 use crate::model::{DeviceChoice, PrecisionChoice};
 use crate::publish::Topics;
 use crate::publish::broker::BrokerConfig;
 use crate::publish::mqtt::{MqttConfig, MqttSettings, default_prefix};
+use crate::rule::MatcherConfig;
 use crate::snapshot::SnapshotConfig;
 
 /// Where carwatch looks for its config when none is given.

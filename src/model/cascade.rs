@@ -14,56 +14,16 @@
 //!   of the marginal, so a hesitant view head does not hide a confident make head.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
+pub use super::labels::{Leaf, Level};
 use super::manifest::Manifest;
 use super::weights::WeightFile;
 use super::{ModelError, Placement, Precision};
-
-/// A level of the tree. The order is fixed: view, then make, then model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    View,
-    Make,
-    Model,
-}
-
-impl Level {
-    pub const ALL: [Level; 3] = [Level::View, Level::Make, Level::Model];
-
-    /// The level a head of this level leads to.
-    pub fn below(self) -> Option<Level> {
-        match self {
-            Level::View => Some(Level::Make),
-            Level::Make => Some(Level::Model),
-            Level::Model => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Level::View => "view",
-            Level::Make => "make",
-            Level::Model => "model",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-impl fmt::Display for Level {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// One fully connected head's weights, on the model's device, in the heads' precision
 /// (see [`head_kind`]).
@@ -114,24 +74,6 @@ struct Node {
     next: Vec<Option<usize>>,
     /// Absent for a single-label node, whose answer is certain.
     mlp: Option<Mlp>,
-}
-
-/// A complete answer: view, make and model.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Leaf {
-    pub view: String,
-    pub make: String,
-    pub model: String,
-}
-
-impl Leaf {
-    pub fn label(&self, level: Level) -> &str {
-        match level {
-            Level::View => &self.view,
-            Level::Make => &self.make,
-            Level::Model => &self.model,
-        }
-    }
 }
 
 /// A head is evaluated only for batches in which some image reaches it with at least

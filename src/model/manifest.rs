@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ModelError;
 use super::backbone::VggSpec;
-use super::cascade::Level;
+use super::labels::{Leaf, Level};
 
 /// File name of the manifest inside a models directory.
 pub const MANIFEST_FILE: &str = "cascade.toml";
@@ -139,7 +139,7 @@ impl Manifest {
 
     /// Every (view, make, model) the cascade answers, in tree order, from the manifest
     /// alone (no weights loaded). Call on a validated manifest.
-    pub fn leaves(&self) -> Vec<super::cascade::Leaf> {
+    pub fn leaves(&self) -> Vec<Leaf> {
         let by_id: HashMap<&str, &HeadEntry> = self.heads.iter().map(|h| (h.id.as_str(), h)).collect();
         let mut out = Vec::new();
         let Some(root) = by_id.get(self.root.as_str()) else { return out };
@@ -148,7 +148,7 @@ impl Manifest {
             for make in &make_head.labels {
                 let Some(model_head) = make_head.next.get(make).and_then(|id| by_id.get(id.as_str())) else { continue };
                 for model in &model_head.labels {
-                    out.push(super::cascade::Leaf { view: view.clone(), make: make.clone(), model: model.clone() });
+                    out.push(Leaf { view: view.clone(), make: make.clone(), model: model.clone() });
                 }
             }
         }

@@ -5,6 +5,7 @@
 //! - [`backbone`] is VGG-19's frozen convolutional part: batch -> 512x7x7 features.
 //! - [`cascade`] is the tree of small heads read from `cascade.toml`: features ->
 //!   [`Prediction`] (most likely path plus marginals over every branch).
+//! - [`labels`] are what the cascade answers in: levels and leaves.
 //! - [`weights`] reads safetensors files with every name and shape checked.
 //! - [`feed`] is how the inference worker gets batches to the device: on CUDA through
 //!   pinned memory on a side stream ([`cuda`]), overlapping the previous batch.
@@ -17,6 +18,7 @@ pub mod cascade;
 pub mod cuda;
 pub mod feed;
 pub mod int8;
+pub mod labels;
 pub mod manifest;
 pub mod preprocess;
 pub mod sizing;
@@ -30,7 +32,8 @@ use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
 pub use backbone::{Backbone, VggSpec};
-pub use cascade::{Cascade, Choice, Level, Prediction};
+pub use cascade::{Cascade, Choice, Prediction};
+pub use labels::{Leaf, Level};
 pub use manifest::Manifest;
 pub use preprocess::{Crop, RgbImage};
 

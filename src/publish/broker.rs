@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::values::Secret;
+use crate::values::Secret;
 
 /// `[broker]`: the embedded broker (used only without `[mqtt]`).
 #[derive(Debug, Clone, Deserialize)]

@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use crossbeam_channel::{Receiver, RecvTimeoutError, select};
@@ -36,22 +36,14 @@ use serde_json::{Value, json};
 
 use crate::alerts::{AlertSummary, Severity};
 use crate::camera::{CameraShared, StateInfo};
-use crate::config::Problems;
+use crate::document::Problems;
 use crate::matcher::Hit;
 use crate::metrics::{AlertLabel, Metrics};
 use crate::model::Level;
 use crate::snapshot;
+use crate::time::{rfc3339, rfc3339_system};
 use mqtt::{Mqtt, Report, Tag};
 use outbox::Outbox;
-
-/// A time as RFC 3339 in UTC with milliseconds: `2026-11-26T15:04:05.123Z`.
-pub fn rfc3339(t: Timestamp) -> String {
-    t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
-}
-
-fn rfc3339_system(t: SystemTime) -> String {
-    Timestamp::try_from(t).map(rfc3339).unwrap_or_default()
-}
 
 /// Topic names under one prefix.
 #[derive(Debug, Clone)]
@@ -589,12 +581,6 @@ fn revise(payload: &[u8], redelivered: bool, strip: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_are_utc_with_milliseconds() {
-        let t: Timestamp = "2026-11-26T16:04:05.123456+01:00".parse().unwrap();
-        assert_eq!(rfc3339(t), "2026-11-26T15:04:05.123Z");
-    }
 
     #[test]
     fn prefixes_are_checked() {

@@ -28,7 +28,7 @@ use rumqttc::{
 use serde::Deserialize;
 
 use super::Topics;
-use crate::config::values::{Credentials, Secret, seconds};
+use crate::values::{Credentials, Secret, seconds};
 
 /// `[mqtt]`: the broker carwatch publishes to.
 #[derive(Debug, Clone, Deserialize)]

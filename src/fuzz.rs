@@ -7,11 +7,11 @@ use std::path::Path;
 
 use proptest::prelude::*;
 
-use super::Config;
 use crate::alerts::{AlertSet, Vocabulary};
-use crate::config::values::Name;
-use crate::matcher::MatcherConfig;
-use crate::model::cascade::Leaf;
+use crate::config::Config;
+use crate::model::Leaf;
+use crate::rule::MatcherConfig;
+use crate::values::Name;
 
 /// Lines a config file is made of, good and bad.
 const CONFIG_LINES: &[&str] = &[
@@ -101,7 +101,7 @@ fn vocabulary() -> Vocabulary {
     }
 }
 
-fn positions_are_inside(problems: &[super::Problem], text: &str) -> bool {
+fn positions_are_inside(problems: &[crate::document::Problem], text: &str) -> bool {
     let lines = text.lines().count().max(1) + 1;
     problems.iter().all(|p| p.line >= 1 && p.line <= lines && p.column >= 1 && !p.reason.is_empty())
 }
