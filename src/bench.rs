@@ -490,20 +490,20 @@ pub fn pipeline(opts: &PipelineOptions) -> Result<PipelineResult, String> {
         crate::config::Config::parse(&scratch.path().join("bench.toml"), &text).map_err(|p| p.to_string())?;
     config.model.precision = opts.precision;
     config.model.threads = opts.threads;
-    let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+    let (stop_tx, shutdown) = crate::watch::Shutdown::channel();
     let (seen_tx, seen_rx) = crossbeam_channel::bounded(1);
     let watcher = std::thread::Builder::new()
         .name("carwatch".into())
         .spawn(move || {
-            let options =
-                crate::watch::WatchOptions { stop: Some(stop_rx), observer: Some(seen_tx), ..Default::default() };
-            crate::watch::run(&config, options).map_err(|e| e.to_string())
+            let seam = crate::watch::Seam { running: Some(seen_tx), ..Default::default() };
+            let options = crate::watch::WatchOptions { seam, ..Default::default() };
+            crate::watch::run(&config, options, shutdown).map_err(|e| e.to_string())
         })
         .map_err(err)?;
     let running = match seen_rx.recv_timeout(Duration::from_secs(120)) {
         Ok(r) => r,
         Err(_) => {
-            let _ = stop_tx.send(());
+            let _ = stop_tx.send(0);
             return Err(match watcher.join() {
                 Ok(Err(e)) => e,
                 _ => "the watcher did not start".into(),
@@ -530,7 +530,7 @@ pub fn pipeline(opts: &PipelineOptions) -> Result<PipelineResult, String> {
     let mut latencies = running.metrics.latencies.lock().map(|l| l.clone()).unwrap_or_default();
     latencies.sort_by(|a, b| a.total_cmp(b));
     let decoder = running.cameras.first().and_then(|c| c.decoder()).unwrap_or_else(|| "unknown".into());
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(0);
     let result = watcher.join().map_err(|_| "the watcher panicked".to_string())?;
     result?;
     let per_frame = |cpu: f64| if analysed > 0 { 1000.0 * cpu / analysed as f64 } else { 0.0 };

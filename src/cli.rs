@@ -375,10 +375,9 @@ fn watch_cmd(a: WatchArgs) -> Result<ExitCode> {
         Some("hang-inference") => true,
         Some(other) => anyhow::bail!("unknown test fault `{other}`"),
     };
-    carwatch::watch::run(
-        &config,
-        carwatch::watch::WatchOptions { models: a.models, on_hit, hang_inference, ..Default::default() },
-    )?;
+    let shutdown = carwatch::watch::Shutdown::signals().context("cannot install signal handlers")?;
+    let seam = carwatch::watch::Seam { hang_inference, ..Default::default() };
+    carwatch::watch::run(&config, carwatch::watch::WatchOptions { models: a.models, on_hit, seam }, shutdown)?;
     Ok(ExitCode::SUCCESS)
 }
 

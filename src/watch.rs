@@ -1,18 +1,24 @@
 //! `carwatch watch`: the daemon, put together.
 //!
-//! Start-up checks everything before starting anything: config (already parsed), the
-//! models' manifest, the alert file against the models' labels. Then, in order: the
-//! embedded broker (when no `[mqtt]`), the MQTT client and the `publish` thread, the
-//! `infer` thread (which loads the model and owns it), and one `camera:<name>` thread
-//! per camera. Data then flows one way: cameras -> frame queue -> infer (batcher,
-//! cascade, matcher) -> publish.
+//! [`Daemon::start`] checks everything before starting anything: config (already
+//! parsed), the models' manifest, the alert file against the models' labels, the lock
+//! on `state_dir`. Then, in order: the embedded broker (when no `[mqtt]`), the MQTT
+//! client and the `publish` thread, the `infer` thread (which loads the model and owns
+//! it), the `alerts` thread, and one `camera:<name>` thread per camera. Data then flows
+//! one way: cameras -> frame queue -> infer (batcher, cascade, matcher) -> publish.
+//! Every thread is started through [`crate::threads`], so the daemon hears when any of
+//! them ends.
 //!
-//! Shutdown (SIGINT or SIGTERM) runs the other way: cameras are told to stop and their
-//! pipelines torn down (bounded, see `Pipeline::close`), the worker finishes the batch
-//! in hand, the publisher sends what it holds, publishes `offline` and disconnects.
+//! [`Daemon::wait`] runs until the [`Shutdown`] it was given fires (the binary installs
+//! SIGINT/SIGTERM there, as mini-redis passes `ctrl_c` into its server), the inference
+//! worker fails, or a thread ends or panics. Shutdown then runs the other way: cameras
+//! are told to stop and their pipelines torn down (bounded, see `Pipeline::close`), the
+//! worker finishes the batch in hand, the publisher stores what it holds, delivers for
+//! a bounded time, publishes `offline` and disconnects.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -31,7 +37,7 @@ use crate::publish::mqtt::{Mqtt, MqttSettings};
 use crate::publish::outbox::Outbox;
 use crate::publish::{Event, HitCallback, Publisher, PublisherConfig, broker};
 use crate::snapshot;
-use crate::state_dir::{self, StateDirError};
+use crate::state_dir::{self, StateDirError, StateLock};
 use crate::threads::{self, Ended};
 
 /// Options that do not belong in the config file.
@@ -41,18 +47,58 @@ pub struct WatchOptions {
     pub models: Option<PathBuf>,
     /// Called with every hit's JSON (for `--print-hits`).
     pub on_hit: Option<HitCallback>,
-    /// Test-only: the inference loop stops after start-up (for the watchdog test).
+    /// What tests and benchmarks reach into; nothing an operator sets.
+    pub seam: Seam,
+}
+
+/// The one test seam: how tests and `bench pipeline` look into a running daemon.
+#[derive(Default)]
+pub struct Seam {
+    /// The inference loop stops after start-up (the watchdog test).
     pub hang_inference: bool,
-    /// Stops the watcher like SIGTERM does (for `bench pipeline`).
-    pub stop: Option<Receiver<()>>,
-    /// Receives the cameras and metrics once everything runs (for `bench pipeline`).
-    pub observer: Option<Sender<Running>>,
+    /// Receives the cameras and metrics once everything runs.
+    pub running: Option<Sender<Running>>,
 }
 
 /// A view of a running watcher.
 pub struct Running {
     pub cameras: Vec<Arc<CameraShared>>,
     pub metrics: Arc<Metrics>,
+}
+
+/// What stops the daemon (a signal number; 0 when asked otherwise) and what asks it to
+/// read its alert file again.
+pub struct Shutdown {
+    pub stop: Receiver<i32>,
+    pub reload: Receiver<()>,
+}
+
+impl Shutdown {
+    /// SIGINT and SIGTERM stop, SIGHUP re-reads the alert file (thread `signals`).
+    /// Installed by the binary: a library that grabbed signals would surprise its caller.
+    pub fn signals() -> std::io::Result<Shutdown> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+        let (tx, stop) = crossbeam_channel::bounded(4);
+        let (hup_tx, reload) = crossbeam_channel::bounded(4);
+        std::thread::Builder::new().name("signals".into()).spawn(move || {
+            for s in signals.forever() {
+                if s == SIGHUP {
+                    // A full queue already holds a pending re-read.
+                    let _ = hup_tx.try_send(());
+                } else if tx.send(s).is_err() {
+                    return;
+                }
+            }
+        })?;
+        Ok(Shutdown { stop, reload })
+    }
+
+    /// A shutdown fired by sending on (or dropping) the returned sender.
+    pub fn channel() -> (Sender<i32>, Shutdown) {
+        let (tx, stop) = crossbeam_channel::bounded(1);
+        (tx, Shutdown { stop, reload: crossbeam_channel::never() })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,38 +125,236 @@ pub enum WatchError {
 enum Stop {
     Signal(i32),
     WorkerEnded(Result<(), WorkerError>),
-    /// A supervised thread ended while everything should run.
+    /// A supervised thread ended (returned or panicked) while everything should run.
     ThreadEnded(Ended),
 }
 
 /// Longest a camera pipeline may take to stop.
 const TEARDOWN_LIMIT: Duration = Duration::from_secs(2);
 
-/// Runs until SIGINT/SIGTERM (Ok) or until the inference worker fails (Err).
-pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError> {
-    gstreamer::init().map_err(|e| WatchError::Gstreamer(e.to_string()))?;
-    let generation = threads::begin();
-    let thread_ends = threads::ended();
-    let (signals, hup) = signals()?;
+/// Runs until `shutdown` fires (Ok), or until the worker fails or a thread ends (Err).
+pub fn run(config: &Config, options: WatchOptions, shutdown: Shutdown) -> Result<(), WatchError> {
+    match Daemon::start(config, options, shutdown)? {
+        Some(daemon) => daemon.wait(),
+        None => Ok(()),
+    }
+}
 
-    let models = options.models.take().unwrap_or_else(|| config.model.dir.clone());
+/// A camera thread and how to stop it.
+struct CameraThread {
+    name: String,
+    stop: Sender<()>,
+    handle: JoinHandle<()>,
+}
+
+/// The running daemon: every thread it started, by name, and how to stop each.
+pub struct Daemon {
+    generation: u64,
+    thread_ends: Receiver<Ended>,
+    stop: Receiver<i32>,
+    cameras: Vec<CameraThread>,
+    infer: JoinHandle<()>,
+    infer_stop: Sender<()>,
+    /// The worker's own account of why it ended.
+    infer_ended: Receiver<Result<(), WorkerError>>,
+    alerts: JoinHandle<()>,
+    alerts_stop: Sender<()>,
+    notify: JoinHandle<()>,
+    notify_stop: Sender<()>,
+    publisher: JoinHandle<()>,
+    _state_lock: StateLock,
+}
+
+/// What start-up read and checked before starting anything.
+struct Checked {
+    models: PathBuf,
+    alerts: AlertFile,
+    state_lock: StateLock,
+}
+
+/// The alert file as read at start, for the `alerts` thread to carry on from.
+struct AlertFile {
+    set: AlertSet,
+    vocabulary: Vocabulary,
+    text: String,
+    stamp: alerts::Stamp,
+}
+
+/// The output side, running: the publisher and what feeds it.
+struct Output {
+    publisher: JoinHandle<()>,
+    events: Sender<Event>,
+    cameras: Vec<Arc<CameraShared>>,
+    metrics: Arc<Metrics>,
+}
+
+/// The inference thread, started; `ready` says whether the model loaded.
+struct Inference {
+    handle: JoinHandle<()>,
+    stop: Sender<()>,
+    ready: Receiver<Result<(), String>>,
+    ended: Receiver<Result<(), WorkerError>>,
+    queue: FrameQueue,
+    alert_updates: Sender<AlertSet>,
+}
+
+impl Daemon {
+    /// Checks, then starts every stage. `None`: `shutdown` fired while the model loaded.
+    pub fn start(config: &Config, options: WatchOptions, shutdown: Shutdown) -> Result<Option<Daemon>, WatchError> {
+        let WatchOptions { models, on_hit, seam } = options;
+        gstreamer::init().map_err(|e| WatchError::Gstreamer(e.to_string()))?;
+        let generation = threads::begin();
+        let thread_ends = threads::ended();
+        let Checked { models, alerts: alert_file, state_lock } = check(config, models)?;
+        let output = start_output(config, on_hit)?;
+        let matcher = Matcher::new(alert_file.set.clone());
+        let inference = start_inference(config, &models, matcher, &output, seam.hang_inference)?;
+        // Wait for the model, still answering SIGTERM: loading can take minutes on a slow
+        // disk. A model that fails to load ends the process at once (exit 2, as for any
+        // problem the operator must fix in files), after the publisher has said `offline`.
+        let loaded = crossbeam_channel::select! {
+            recv(inference.ready) -> r => match r {
+                Ok(Ok(())) => None,
+                _ => Some(match inference.ended.recv_timeout(Duration::from_secs(5)) {
+                    Ok(Err(e)) => Err(WatchError::from(e)),
+                    _ => Err(WatchError::Io("the inference thread ended while loading the model".into())),
+                }),
+            },
+            recv(shutdown.stop) -> s => {
+                tracing::info!("signal {}: stopping while the model loads", s.unwrap_or(0));
+                Some(Ok(()))
+            }
+        };
+        if let Some(result) = loaded {
+            if let Err(e) = &result {
+                tracing::error!("{e}");
+            }
+            // Every sender of the publisher's events must go for it to finish.
+            drop((output.events, inference.stop));
+            join_within("publish", output.publisher, Duration::from_millis(2500));
+            return result.map(|()| None);
+        }
+        let (alerts, alerts_stop) =
+            start_alerts(config, alert_file, shutdown.reload, inference.alert_updates, &output)?;
+        let cameras = start_cameras(&output.cameras, &inference.queue)?;
+        drop(inference.queue);
+        tracing::info!("watching {} camera(s)", cameras.len());
+        // Cameras started, model warmed up: tell systemd, and keep telling it we are alive.
+        notify::ready();
+        let (notify_stop, notify_stop_rx) = crossbeam_channel::bounded::<()>(1);
+        let (cams, m) = (output.cameras.clone(), Arc::clone(&output.metrics));
+        let notify = threads::spawn("notify", move || {
+            let counter = Arc::clone(&m);
+            notify::run(cams, m, move || counter.hits_total.load(std::sync::atomic::Ordering::Relaxed), notify_stop_rx)
+        })
+        .map_err(|e| WatchError::Io(format!("cannot start notify thread: {e}")))?;
+        if let Some(running) = seam.running {
+            let _ = running.send(Running { cameras: output.cameras.clone(), metrics: Arc::clone(&output.metrics) });
+        }
+        Ok(Some(Daemon {
+            generation,
+            thread_ends,
+            stop: shutdown.stop,
+            cameras,
+            infer: inference.handle,
+            infer_stop: inference.stop,
+            infer_ended: inference.ended,
+            alerts,
+            alerts_stop,
+            notify,
+            notify_stop,
+            publisher: output.publisher,
+            _state_lock: state_lock,
+        }))
+    }
+
+    /// Runs until the shutdown fires, the worker fails or a thread ends; then stops
+    /// every stage, last to first.
+    pub fn wait(self) -> Result<(), WatchError> {
+        let stop = self.stop_reason();
+        let started = Instant::now();
+        notify::stopping();
+        drop(self.notify_stop);
+        if let Stop::Signal(s) = &stop {
+            tracing::info!("signal {s}: shutting down");
+        }
+        for cam in &self.cameras {
+            let _ = cam.stop.send(());
+        }
+        let deadline = Instant::now() + TEARDOWN_LIMIT + Duration::from_millis(500);
+        for cam in self.cameras {
+            if !join_before(&cam.name, cam.handle, deadline) {
+                tracing::warn!(camera = %cam.name, "camera {} did not stop in time; leaving it", cam.name);
+            }
+        }
+        let result = match stop {
+            Stop::WorkerEnded(r) => r.map_err(WatchError::from),
+            Stop::ThreadEnded(e) => Err(WatchError::ThreadEnded(e)),
+            Stop::Signal(_) => {
+                let _ = self.infer_stop.send(());
+                self.infer_ended.recv_timeout(Duration::from_secs(2)).unwrap_or(Ok(())).map_err(WatchError::from)
+            }
+        };
+        drop((self.infer_stop, self.alerts_stop));
+        join_within("infer", self.infer, Duration::from_millis(500));
+        join_within("alerts", self.alerts, Duration::from_millis(500));
+        join_within("notify", self.notify, Duration::from_millis(500));
+        // The publisher stores what the worker handed over, delivers for up to 1.5 s,
+        // says `offline` (up to 1 s for its acknowledgement) and disconnects (0.5 s).
+        join_within("publish", self.publisher, Duration::from_secs(5));
+        tracing::info!("stopped in {:.1} s", started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Waits for the first reason to stop. A thread of this run that ends is one,
+    /// except the worker, whose own report says why it ended.
+    fn stop_reason(&self) -> Stop {
+        loop {
+            return crossbeam_channel::select! {
+                recv(self.stop) -> s => Stop::Signal(s.unwrap_or(0)),
+                recv(self.infer_ended) -> r => Stop::WorkerEnded(r.unwrap_or(Err(WorkerError::PublisherGone))),
+                recv(self.thread_ends) -> e => match e {
+                    Ok(e) if e.generation != self.generation => continue,
+                    Ok(e) if e.name == "infer" && !e.panicked => Stop::WorkerEnded(
+                        self.infer_ended.recv_timeout(Duration::from_secs(1)).unwrap_or(Err(WorkerError::PublisherGone)),
+                    ),
+                    Ok(e) => {
+                        tracing::error!("{e} while the daemon runs; stopping (exit status 1, so systemd restarts carwatch)");
+                        Stop::ThreadEnded(e)
+                    }
+                    Err(_) => continue,
+                },
+            };
+        }
+    }
+}
+
+/// Everything checked before anything starts: manifest, alerts against its labels,
+/// the device, the lock on `state_dir`.
+fn check(config: &Config, models: Option<PathBuf>) -> Result<Checked, WatchError> {
+    let models = models.unwrap_or_else(|| config.model.dir.clone());
     let manifest = Manifest::load(&models)?;
     let vocabulary =
         Vocabulary { leaves: manifest.leaves(), cameras: config.cameras.iter().map(|c| c.name.clone()).collect() };
-    let alerts_stamp = alerts::stamp(&config.alerts);
-    let alerts_text = std::fs::read_to_string(&config.alerts)
+    // The stamp before the text: an edit in between is then seen as a change.
+    let stamp = alerts::stamp(&config.alerts);
+    let text = std::fs::read_to_string(&config.alerts)
         .map_err(|source| AlertsError::Read { path: config.alerts.clone(), source })?;
-    let alerts =
-        AlertSet::parse(&config.alerts, &alerts_text, &vocabulary, &config.matcher).map_err(AlertsError::Invalid)?;
-    tracing::info!("{} alert(s) from {}", alerts.alerts.len(), config.alerts.display());
+    let set = AlertSet::parse(&config.alerts, &text, &vocabulary, &config.matcher).map_err(AlertsError::Invalid)?;
+    tracing::info!("{} alert(s) from {}", set.alerts.len(), config.alerts.display());
     // Fail early, before anything starts, on a device that is not there.
     config.model.device.resolve()?;
-    let _state_lock = state_dir::lock(&config.state_dir)?;
+    let state_lock = state_dir::lock(&config.state_dir)?;
     let removed = snapshot::remove_temporaries(&config.snapshot_dir());
     if removed > 0 {
         tracing::warn!("removed {removed} partial snapshot file(s) left by an earlier run (crash or full disk)");
     }
+    Ok(Checked { models, alerts: AlertFile { set, vocabulary, text, stamp }, state_lock })
+}
 
+/// The broker connection (and the embedded broker), the outbox, metrics and the
+/// `publish` thread.
+fn start_output(config: &Config, on_hit: Option<HitCallback>) -> Result<Output, WatchError> {
     let settings = match &config.mqtt {
         Some(s) => s.clone(),
         None => {
@@ -129,7 +373,7 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
     }
     if recovery.corrupt > 0 || recovery.truncated > 0 {
         tracing::error!(
-            "outbox: skipped {} damaged record(s) and {} torn byte(s) at its end; the rest was kept",
+            "outbox: skipped {} damaged stretch(es) and {} torn byte(s) at its end; every valid record was kept",
             recovery.corrupt,
             recovery.truncated
         );
@@ -140,72 +384,59 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
     if let Some(listen) = config.metrics.listen {
         metrics::serve(listen, Arc::clone(&metrics), Duration::from_secs(30)).map_err(WatchError::Io)?;
     }
-    let (events_tx, events_rx) = crossbeam_channel::bounded(256);
-    let publisher = Publisher::spawn(
-        mqtt,
-        outbox,
-        PublisherConfig {
-            topics: config.topics.clone(),
-            snapshot_dir: config.snapshot_dir(),
-            snapshot_inline: config.snapshots.inline,
-            snapshot_quality: config.snapshots.quality,
-            status_interval: config.status_interval,
-            on_hit: options.on_hit.take(),
-            metrics: Arc::clone(&metrics),
-            stats_interval: config.metrics.stats_interval,
-        },
-        cameras.clone(),
-        events_rx,
-    )
-    .map_err(|e| WatchError::Io(format!("cannot start publish thread: {e}")))?;
+    let (events, events_rx) = crossbeam_channel::bounded(256);
+    let publisher_config = PublisherConfig {
+        topics: config.topics.clone(),
+        snapshot_dir: config.snapshot_dir(),
+        snapshot_inline: config.snapshots.inline,
+        snapshot_quality: config.snapshots.quality,
+        status_interval: config.status_interval,
+        on_hit,
+        metrics: Arc::clone(&metrics),
+        stats_interval: config.metrics.stats_interval,
+    };
+    let publisher = Publisher::spawn(mqtt, outbox, publisher_config, cameras.clone(), events_rx)
+        .map_err(|e| WatchError::Io(format!("cannot start publish thread: {e}")))?;
+    Ok(Output { publisher, events, cameras, metrics })
+}
 
-    // The worker loads the model on its own thread and says when it is ready.
-    // On a GPU the worker measures batches up to 256 (`max_size = "auto"`), and the
-    // queue must be able to hold them.
+/// The frame queue and the `infer` thread, which loads the model and says when it is
+/// ready. On a GPU the worker measures batches up to 256 (`max_size = "auto"`), and the
+/// queue must be able to hold them.
+fn start_inference(
+    config: &Config,
+    models: &Path,
+    matcher: Matcher,
+    output: &Output,
+    hang: bool,
+) -> Result<Inference, WatchError> {
     let gpu = config.model.device.resolve().map(|d| d.is_cuda()).unwrap_or(false);
     let (queue, frames) = FrameQueue::bounded(config.batch.queue_len(gpu));
-    let (infer_stop_tx, infer_stop_rx) = crossbeam_channel::bounded::<()>(1);
-    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
-    let (ended_tx, ended_rx) = crossbeam_channel::bounded::<Result<(), WorkerError>>(1);
+    let (stop, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    let (ready_tx, ready) = crossbeam_channel::bounded::<Result<(), String>>(1);
+    let (ended_tx, ended) = crossbeam_channel::bounded::<Result<(), WorkerError>>(1);
+    let (alert_updates, updates_rx) = crossbeam_channel::bounded(4);
     let cap = config.batch.max_size.cap(gpu) as usize;
-    let batcher = Batcher::new(frames, infer_stop_rx, cap, config.batch.max_wait);
     let auto_batch = (config.batch.max_size == BatchSize::Auto).then_some(cap.min(config.batch.queue_len(gpu)));
-    let matcher = Matcher::new(alerts);
-    let worker_models = models.clone();
-    let (device, precision, threads) = (config.model.device, config.model.precision, config.model.threads);
-    let (updates_tx, updates_rx) = crossbeam_channel::bounded(4);
-    let (problems_tx, problems_rx) = crossbeam_channel::bounded::<(Severity, Problems)>(16);
-    let (reload_stop_tx, reload_stop_rx) = crossbeam_channel::bounded::<()>(1);
-    let reloader = Reloader {
-        path: config.alerts.clone(),
-        vocabulary,
-        defaults: config.matcher.clone(),
-        updates: updates_tx,
-        errors: problems_tx,
-        hup,
-        stop: reload_stop_rx,
-        poll: Duration::from_secs(2),
-        settle: Duration::from_millis(300),
-        empty_settle: Duration::from_secs(3),
-    };
-    let error_events = events_tx.clone();
     let links = Links {
-        batcher,
+        batcher: Batcher::new(frames, stop_rx, cap, config.batch.max_wait),
         matcher,
-        events: events_tx,
+        events: output.events.clone(),
         alert_updates: updates_rx,
-        metrics: Arc::clone(&metrics),
-        hang: options.hang_inference,
+        metrics: Arc::clone(&output.metrics),
+        hang,
         auto_batch,
     };
-    threads::spawn("infer", move || {
+    let (models, device, precision, n) =
+        (models.to_path_buf(), config.model.device, config.model.precision, config.model.threads);
+    let handle = threads::spawn("infer", move || {
         // libtorch's intra-op thread count is per calling thread: set it here, on the
         // thread that runs the model.
-        if let Some(n) = threads {
+        if let Some(n) = n {
             tch::set_num_threads(n.get() as i32);
         }
         tracing::info!("model runs on {} intra-op thread(s)", tch::get_num_threads());
-        let result = match Worker::load(&worker_models, device, precision, links) {
+        let result = match Worker::load(&models, device, precision, links) {
             Ok(worker) => {
                 let _ = ready_tx.send(Ok(()));
                 worker.run()
@@ -218,158 +449,84 @@ pub fn run(config: &Config, mut options: WatchOptions) -> Result<(), WatchError>
         let _ = ended_tx.send(result);
     })
     .map_err(|e| WatchError::Io(format!("cannot start infer thread: {e}")))?;
-    // Wait for the model, still answering SIGTERM: loading can take minutes on a slow
-    // disk. A model that fails to load ends the process at once (exit 2, as for any
-    // problem the operator must fix in files), after the publisher has said `offline`.
-    let loaded = crossbeam_channel::select! {
-        recv(ready_rx) -> r => match r {
-            Ok(Ok(())) => None,
-            _ => Some(match ended_rx.recv_timeout(Duration::from_secs(5)) {
-                Ok(Err(e)) => Err(WatchError::from(e)),
-                _ => Err(WatchError::Io("the inference thread ended while loading the model".into())),
-            }),
-        },
-        recv(signals) -> s => {
-            tracing::info!("signal {}: stopping while the model loads", s.unwrap_or(0));
-            Some(Ok(()))
-        }
+    Ok(Inference { handle, stop, ready, ended, queue, alert_updates })
+}
+
+/// The `alerts` thread (the file, re-read when it changes) and `alert-errors`, which
+/// hands its problems to the publisher for `{prefix}/errors`.
+fn start_alerts(
+    config: &Config,
+    file: AlertFile,
+    reload: Receiver<()>,
+    updates: Sender<AlertSet>,
+    output: &Output,
+) -> Result<(JoinHandle<()>, Sender<()>), WatchError> {
+    let (problems_tx, problems_rx) = crossbeam_channel::bounded::<(Severity, Problems)>(16);
+    let (stop, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    let reloader = Reloader {
+        path: config.alerts.clone(),
+        vocabulary: file.vocabulary,
+        defaults: config.matcher.clone(),
+        updates,
+        errors: problems_tx,
+        hup: reload,
+        stop: stop_rx,
+        poll: Duration::from_secs(2),
+        settle: Duration::from_millis(300),
+        empty_settle: Duration::from_secs(3),
     };
-    if let Some(result) = loaded {
-        if let Err(e) = &result {
-            tracing::error!("{e}");
-        }
-        // Every sender of the publisher's events must go for it to finish.
-        drop((error_events, infer_stop_tx));
-        wait_for(publisher, Duration::from_millis(2500));
-        return result;
-    }
-    threads::spawn("alerts", move || reloader.run(&alerts_text, alerts_stamp))
+    let (text, stamp) = (file.text, file.stamp);
+    let handle = threads::spawn("alerts", move || reloader.run(&text, stamp))
         .map_err(|e| WatchError::Io(format!("cannot start alerts thread: {e}")))?;
-    // Alert file problems go out on {prefix}/errors through the publisher.
+    let events = output.events.clone();
     threads::spawn("alert-errors", move || {
         for (severity, problems) in problems_rx {
-            if error_events.send(Event::Error { source: "alerts", severity, problems }).is_err() {
+            if events.send(Event::Error { source: "alerts", severity, problems }).is_err() {
                 return;
             }
         }
     })
     .map_err(|e| WatchError::Io(format!("cannot start thread: {e}")))?;
-    let mut camera_threads = Vec::new();
-    for cam in &cameras {
-        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
-        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
-        let (c, q) = (Arc::clone(cam), queue.clone());
-        let timing = Timing { stall_timeout: cam.camera.stall_timeout, ..Timing::default() };
-        let spawned = threads::spawn(format!("camera:{}", cam.name()), move || {
-            supervisor::run(c, q, stop_rx, Box::new(GstOpener { teardown_limit: TEARDOWN_LIMIT }), timing);
-            let _ = done_tx.send(());
-        });
-        spawned.map_err(|e| WatchError::Io(format!("cannot start camera thread: {e}")))?;
-        tracing::info!(camera = %cam.name(), "camera {} watching {}", cam.name(), cam.camera.source.redacted);
-        camera_threads.push((cam.name().to_string(), stop_tx, done_rx));
-    }
-    drop(queue);
-    tracing::info!("watching {} camera(s)", cameras.len());
-    // Cameras started, model warmed up: tell systemd, and keep telling it we are alive.
-    notify::ready();
-    let (notify_stop_tx, notify_stop_rx) = crossbeam_channel::bounded::<()>(1);
-    {
-        let (cams, m) = (cameras.clone(), Arc::clone(&metrics));
-        threads::spawn("notify", move || {
-            let counter = Arc::clone(&m);
-            notify::run(cams, m, move || counter.hits_total.load(std::sync::atomic::Ordering::Relaxed), notify_stop_rx)
-        })
-        .map_err(|e| WatchError::Io(format!("cannot start notify thread: {e}")))?;
-    }
-
-    if let Some(observer) = options.observer.take() {
-        let _ = observer.send(Running { cameras: cameras.clone(), metrics: Arc::clone(&metrics) });
-    }
-    let external = options.stop.take().unwrap_or_else(crossbeam_channel::never);
-    let stop = loop {
-        break crossbeam_channel::select! {
-            recv(external) -> _ => Stop::Signal(0),
-            recv(signals) -> s => Stop::Signal(s.unwrap_or(0)),
-            recv(ended_rx) -> r => Stop::WorkerEnded(r.unwrap_or(Err(WorkerError::PublisherGone))),
-            recv(thread_ends) -> e => match e {
-                Ok(e) if e.generation != generation => continue,
-                // The worker's own report says why it ended.
-                Ok(e) if e.name == "infer" && !e.panicked => {
-                    Stop::WorkerEnded(ended_rx.recv_timeout(Duration::from_secs(1)).unwrap_or(Err(WorkerError::PublisherGone)))
-                }
-                Ok(e) => {
-                    tracing::error!("{e} while the daemon runs; stopping (exit status 1, so systemd restarts carwatch)");
-                    Stop::ThreadEnded(e)
-                }
-                Err(_) => continue,
-            },
-        };
-    };
-    let started = Instant::now();
-    notify::stopping();
-    drop(notify_stop_tx);
-    if let Stop::Signal(s) = &stop {
-        tracing::info!("signal {s}: shutting down");
-    }
-    for (_, stop_tx, _) in &camera_threads {
-        let _ = stop_tx.send(());
-    }
-    let deadline = Instant::now() + TEARDOWN_LIMIT + Duration::from_millis(500);
-    for (name, _, done) in &camera_threads {
-        if done.recv_deadline(deadline).is_err() {
-            tracing::warn!(camera = %name, "camera {name} did not stop in time; leaving it");
-        }
-    }
-    let result = match stop {
-        Stop::WorkerEnded(r) => r.map_err(WatchError::from),
-        Stop::ThreadEnded(e) => Err(WatchError::ThreadEnded(e)),
-        Stop::Signal(_) => {
-            let _ = infer_stop_tx.send(());
-            ended_rx.recv_timeout(Duration::from_secs(2)).unwrap_or(Ok(())).map_err(WatchError::from)
-        }
-    };
-    drop(infer_stop_tx);
-    drop(reload_stop_tx);
-    // The publisher stores what the worker handed over, delivers for up to 1.5 s, says
-    // `offline` (up to 1 s for its acknowledgement) and disconnects (0.5 s).
-    wait_for(publisher, Duration::from_secs(5));
-    tracing::info!("stopped in {:.1} s", started.elapsed().as_secs_f64());
-    result
+    Ok((handle, stop))
 }
 
-fn wait_for(thread: std::thread::JoinHandle<()>, limit: Duration) {
-    let deadline = Instant::now() + limit;
+/// One `camera:<name>` thread per camera, each supervising its pipeline.
+fn start_cameras(cameras: &[Arc<CameraShared>], queue: &FrameQueue) -> Result<Vec<CameraThread>, WatchError> {
+    let mut started = Vec::with_capacity(cameras.len());
+    for cam in cameras {
+        let (stop, stop_rx) = crossbeam_channel::bounded::<()>(1);
+        let (c, q) = (Arc::clone(cam), queue.clone());
+        let timing = Timing { stall_timeout: cam.camera.stall_timeout, ..Timing::default() };
+        let opener = Box::new(GstOpener { teardown_limit: TEARDOWN_LIMIT });
+        let handle = threads::spawn(format!("camera:{}", cam.name()), move || {
+            supervisor::run(c, q, stop_rx, opener, timing);
+        })
+        .map_err(|e| WatchError::Io(format!("cannot start camera thread: {e}")))?;
+        tracing::info!(camera = %cam.name(), "camera {} watching {}", cam.name(), cam.camera.source.redacted);
+        started.push(CameraThread { name: cam.name().to_string(), stop, handle });
+    }
+    Ok(started)
+}
+
+/// Joins `thread` if it ends before `deadline`; true if it did.
+fn join_before(name: &str, thread: JoinHandle<()>, deadline: Instant) -> bool {
     while !thread.is_finished() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    if thread.is_finished() {
-        let _ = thread.join();
-    } else {
-        tracing::warn!("publisher did not finish within {limit:?}");
+    if !thread.is_finished() {
+        return false;
     }
+    if thread.join().is_err() {
+        tracing::error!("thread `{name}` panicked while stopping");
+    }
+    true
 }
 
-/// SIGINT and SIGTERM (stop) and SIGHUP (re-read the alert file), as channels.
-fn signals() -> Result<(Receiver<i32>, Receiver<()>), WatchError> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
-        .map_err(|e| WatchError::Io(format!("cannot install signal handlers: {e}")))?;
-    let (tx, rx): (Sender<i32>, Receiver<i32>) = crossbeam_channel::bounded(4);
-    let (hup_tx, hup_rx) = crossbeam_channel::bounded::<()>(4);
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for s in signals.forever() {
-                if s == SIGHUP {
-                    // A full queue already holds a pending re-read.
-                    let _ = hup_tx.try_send(());
-                } else if tx.send(s).is_err() {
-                    return;
-                }
-            }
-        })
-        .map_err(|e| WatchError::Io(format!("cannot start signal thread: {e}")))?;
-    Ok((rx, hup_rx))
+/// Joins `thread` within `limit`, or leaves it (logged).
+fn join_within(name: &str, thread: JoinHandle<()>, limit: Duration) {
+    if !join_before(name, thread, Instant::now() + limit) {
+        tracing::warn!("thread `{name}` did not finish within {limit:?}");
+    }
 }
 
 /// The models directory `watch` would use (for `check`).
