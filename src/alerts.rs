@@ -209,101 +209,13 @@ impl AlertSet {
         let mut seen = HashSet::new();
         let mut alerts = Vec::new();
         for (i, spanned) in entries.into_iter().enumerate() {
-            let key = format!("alert[{i}]");
+            let mut check = EntryCheck { doc: &mut doc, key: format!("alert[{i}]"), ok: true };
             let e = spanned.into_inner();
-            let mut ok = true;
             if !seen.insert(e.id.get_ref().clone()) {
-                doc.push_problem(e.id.span(), &key, &format!("alert id `{}` is used twice", e.id.get_ref()));
-                ok = false;
+                check.problem(e.id.span(), format!("alert id `{}` is used twice", e.id.get_ref()));
             }
-            let make = match vocabulary.find(|l| &l.make, e.make.get_ref()) {
-                Some(m) => m.to_string(),
-                None => {
-                    let known: Vec<String> = unique(vocabulary.leaves.iter().map(|l| l.make.as_str()));
-                    doc.push_problem(
-                        e.make.span(),
-                        &key,
-                        &format!("make `{}` is not one the models know ({})", e.make.get_ref(), known.join(", ")),
-                    );
-                    ok = false;
-                    String::new()
-                }
-            };
-            let model = match &e.model {
-                None => None,
-                Some(m) => {
-                    let found = vocabulary
-                        .leaves
-                        .iter()
-                        .filter(|l| l.make.eq_ignore_ascii_case(&make))
-                        .map(|l| l.model.as_str())
-                        .find(|l| l.eq_ignore_ascii_case(m.get_ref()));
-                    if found.is_none() && !make.is_empty() {
-                        let known = unique(
-                            vocabulary
-                                .leaves
-                                .iter()
-                                .filter(|l| l.make.eq_ignore_ascii_case(&make))
-                                .map(|l| l.model.as_str()),
-                        );
-                        doc.push_problem(
-                            m.span(),
-                            &key,
-                            &format!(
-                                "model `{}` is not a {make} model the models know ({})",
-                                m.get_ref(),
-                                known.join(", ")
-                            ),
-                        );
-                        ok = false;
-                    }
-                    found.map(str::to_string)
-                }
-            };
-            let view = match &e.view {
-                None => None,
-                Some(v) => {
-                    let found = vocabulary.find(|l| &l.view, v.get_ref());
-                    if found.is_none() {
-                        let known = unique(vocabulary.leaves.iter().map(|l| l.view.as_str()));
-                        doc.push_problem(
-                            v.span(),
-                            &key,
-                            &format!("view `{}` is not one the models know ({})", v.get_ref(), known.join(", ")),
-                        );
-                        ok = false;
-                    }
-                    found.map(str::to_string)
-                }
-            };
-            let cameras = match e.cameras {
-                None => None,
-                Some(list) => {
-                    for c in &list {
-                        if !vocabulary.cameras.contains(c.get_ref()) {
-                            doc.push_problem(c.span(), &key, &format!("camera `{}` is not configured", c.get_ref()));
-                            ok = false;
-                        }
-                    }
-                    Some(list.into_iter().map(|c| c.into_inner()).collect())
-                }
-            };
-            if ok {
-                alerts.push(Arc::new(Alert {
-                    id: e.id.into_inner(),
-                    make,
-                    model,
-                    view,
-                    cameras,
-                    min_confidence: e.min_confidence,
-                    expires: e.expires.map(|x| x.0),
-                    note: e.note,
-                    rule: Rule {
-                        confirm_frames: e.confirm_frames.unwrap_or(defaults.confirm_frames),
-                        window: e.confirm_window_s.unwrap_or(defaults.confirm_window),
-                        cooldown: e.cooldown_s.unwrap_or(defaults.cooldown),
-                    },
-                }));
+            if let Some(alert) = check.resolve(e, vocabulary, defaults) {
+                alerts.push(Arc::new(alert));
             }
         }
         let problems = doc.into_problems();
@@ -313,6 +225,79 @@ impl AlertSet {
     /// Alerts not expired at `now`.
     pub fn active(&self, now: Timestamp) -> Vec<Arc<Alert>> {
         self.alerts.iter().filter(|a| a.active_at(now)).cloned().collect()
+    }
+}
+
+/// Checks one `[[alert]]` entry against the models' labels and the cameras, noting
+/// each problem at the value it blames.
+struct EntryCheck<'d, 't> {
+    doc: &'d mut Document<'t>,
+    key: String,
+    ok: bool,
+}
+
+impl EntryCheck<'_, '_> {
+    fn problem(&mut self, span: std::ops::Range<usize>, reason: String) {
+        self.doc.push_problem(span, &self.key, &reason);
+        self.ok = false;
+    }
+
+    /// The alert, with labels in the cascade's spelling; `None` if anything was wrong.
+    fn resolve(mut self, e: Entry, vocabulary: &Vocabulary, defaults: &MatcherConfig) -> Option<Alert> {
+        let make = match vocabulary.find(|l| &l.make, e.make.get_ref()) {
+            Some(m) => m.to_string(),
+            None => {
+                let known = unique(vocabulary.leaves.iter().map(|l| l.make.as_str()));
+                let reason = format!("make `{}` is not one the models know ({})", e.make.get_ref(), known.join(", "));
+                self.problem(e.make.span(), reason);
+                String::new()
+            }
+        };
+        let model = e.model.as_ref().and_then(|m| {
+            let of_make = || vocabulary.leaves.iter().filter(|l| l.make.eq_ignore_ascii_case(&make));
+            let found = of_make().map(|l| l.model.as_str()).find(|l| l.eq_ignore_ascii_case(m.get_ref()));
+            if found.is_none() && !make.is_empty() {
+                let known = unique(of_make().map(|l| l.model.as_str()));
+                let reason =
+                    format!("model `{}` is not a {make} model the models know ({})", m.get_ref(), known.join(", "));
+                self.problem(m.span(), reason);
+            }
+            found.map(str::to_string)
+        });
+        let view = e.view.as_ref().and_then(|v| {
+            let found = vocabulary.find(|l| &l.view, v.get_ref());
+            if found.is_none() {
+                let known = unique(vocabulary.leaves.iter().map(|l| l.view.as_str()));
+                self.problem(
+                    v.span(),
+                    format!("view `{}` is not one the models know ({})", v.get_ref(), known.join(", ")),
+                );
+            }
+            found.map(str::to_string)
+        });
+        let cameras = e.cameras.map(|list| {
+            for c in &list {
+                if !vocabulary.cameras.contains(c.get_ref()) {
+                    self.problem(c.span(), format!("camera `{}` is not configured", c.get_ref()));
+                }
+            }
+            list.into_iter().map(|c| c.into_inner()).collect()
+        });
+        self.ok.then(|| Alert {
+            id: e.id.into_inner(),
+            make,
+            model,
+            view,
+            cameras,
+            min_confidence: e.min_confidence,
+            expires: e.expires.map(|x| x.0),
+            note: e.note,
+            rule: Rule {
+                confirm_frames: e.confirm_frames.unwrap_or(defaults.confirm_frames),
+                window: e.confirm_window_s.unwrap_or(defaults.confirm_window),
+                cooldown: e.cooldown_s.unwrap_or(defaults.cooldown),
+            },
+        })
     }
 }
 
@@ -365,6 +350,21 @@ pub fn stamp(path: &Path) -> Stamp {
     Some((m.modified().ok()?, m.len()))
 }
 
+/// What the running set came from: the text last read and how many alerts it gave
+/// (unknown for the text read at start).
+struct Applied {
+    text: String,
+    alerts: Option<usize>,
+}
+
+/// What became of a changed file.
+enum Outcome {
+    Done,
+    /// It changed again while being confirmed: read it again.
+    Unsettled,
+    Stop,
+}
+
 /// Why the reloader stopped waiting.
 enum Waited {
     Stop,
@@ -376,36 +376,10 @@ impl Reloader {
     /// Runs until `stop` fires. `initial` is the text the running set came from and
     /// `initial_stamp` the file's stamp taken before that text was read.
     pub fn run(self, initial: &str, initial_stamp: Stamp) {
-        use notify::Watcher;
         let (fs_tx, fs_rx) = crossbeam_channel::bounded::<()>(16);
-        let name = self.path.file_name().map(|n| n.to_os_string());
-        let handler = move |event: notify::Result<notify::Event>| {
-            if let Ok(e) = event
-                && e.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == name)
-            {
-                let _ = fs_tx.try_send(());
-            }
-        };
-        let dir = match self.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let _watcher = match notify::recommended_watcher(handler) {
-            Ok(mut w) => match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
-                Ok(()) => Some(w),
-                Err(e) => {
-                    tracing::warn!("cannot watch {} for changes ({e}); checking every {:?}", dir.display(), self.poll);
-                    None
-                }
-            },
-            Err(e) => {
-                tracing::warn!("no file watcher ({e}); checking {} every {:?}", self.path.display(), self.poll);
-                None
-            }
-        };
-        let mut last_text = initial.to_string();
+        let _watcher = self.watch(fs_tx);
+        let mut state = Applied { text: initial.to_string(), alerts: None };
         let mut last_stamp = initial_stamp;
-        let mut current_len = None;
         let tick = crossbeam_channel::tick(self.poll);
         // An edit made before the watcher started is only seen by comparing stamps.
         let mut pending = stamp(&self.path) != last_stamp;
@@ -431,10 +405,7 @@ impl Reloader {
                     }
                 }
             };
-            let seen = match self.settled(self.settle, &fs_rx) {
-                Waited::Stop => return,
-                Waited::Stable(s) => s,
-            };
+            let Waited::Stable(seen) = self.settled(self.settle, &fs_rx) else { return };
             last_stamp = seen;
             let text = match std::fs::read_to_string(&self.path) {
                 Ok(t) => t,
@@ -443,53 +414,85 @@ impl Reloader {
                     continue;
                 }
             };
-            if text == last_text && !forced {
+            if text == state.text && !forced {
                 continue;
             }
-            match AlertSet::parse(&self.path, &text, &self.vocabulary, &self.defaults) {
-                Ok(set) => {
-                    let emptied = set.alerts.is_empty() && current_len.unwrap_or(1) > 0;
-                    if emptied {
-                        match self.settled(self.empty_settle, &fs_rx) {
-                            Waited::Stop => return,
-                            Waited::Stable(s) if s == seen => {}
-                            Waited::Stable(_) => {
-                                // Still being written: look again once it settles.
-                                pending = true;
-                                continue;
-                            }
-                        }
-                        let message = format!(
-                            "the alert file now holds no alerts: every alert was removed (after it stayed so for {:?})",
-                            self.empty_settle
-                        );
-                        tracing::warn!("{}: {message}", self.path.display());
-                        let problem = crate::document::Problem {
-                            file: self.path.clone(),
-                            line: 0,
-                            column: 0,
-                            key: String::new(),
-                            reason: message,
-                        };
-                        let _ = self.errors.send((Severity::Warning, Problems(vec![problem])));
-                    }
-                    tracing::info!("alert file {} reloaded: {} alert(s)", self.path.display(), set.alerts.len());
-                    last_text = text;
-                    current_len = Some(set.alerts.len());
-                    if self.updates.send(set).is_err() {
-                        return;
-                    }
-                }
-                Err(problems) => {
-                    tracing::error!(
-                        "alert file {} not applied, the previous alerts stay active:\n{problems}",
-                        self.path.display()
-                    );
-                    last_text = text;
-                    let _ = self.errors.send((Severity::Error, problems));
-                }
+            match self.apply(text, seen, &mut state, &fs_rx) {
+                Outcome::Stop => return,
+                Outcome::Unsettled => pending = true,
+                Outcome::Done => {}
             }
         }
+    }
+
+    /// Watches the file's directory (so editors that write a new file and rename it are
+    /// seen); `None` if the platform will not, leaving the periodic check.
+    fn watch(&self, fs_tx: crossbeam_channel::Sender<()>) -> Option<notify::RecommendedWatcher> {
+        use notify::Watcher;
+        let name = self.path.file_name().map(|n| n.to_os_string());
+        let handler = move |event: notify::Result<notify::Event>| {
+            if let Ok(e) = event
+                && e.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == name)
+            {
+                let _ = fs_tx.try_send(());
+            }
+        };
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let watched = notify::recommended_watcher(handler)
+            .and_then(|mut w| w.watch(&dir, notify::RecursiveMode::NonRecursive).map(|()| w));
+        match watched {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!("cannot watch {} for changes ({e}); checking every {:?}", dir.display(), self.poll);
+                None
+            }
+        }
+    }
+
+    /// Parses `text` (read when the file's stamp was `seen`) and sends the set on, or
+    /// its problems to `errors`. A set that removes every alert must first stay so.
+    fn apply(
+        &self,
+        text: String,
+        seen: Stamp,
+        state: &mut Applied,
+        fs_rx: &crossbeam_channel::Receiver<()>,
+    ) -> Outcome {
+        let set = match AlertSet::parse(&self.path, &text, &self.vocabulary, &self.defaults) {
+            Ok(set) => set,
+            Err(problems) => {
+                tracing::error!(
+                    "alert file {} not applied, the previous alerts stay active:\n{problems}",
+                    self.path.display()
+                );
+                state.text = text;
+                let _ = self.errors.send((Severity::Error, problems));
+                return Outcome::Done;
+            }
+        };
+        if set.alerts.is_empty() && state.alerts.unwrap_or(1) > 0 {
+            match self.settled(self.empty_settle, fs_rx) {
+                Waited::Stop => return Outcome::Stop,
+                Waited::Stable(s) if s == seen => {}
+                // Still being written: look again once it settles.
+                Waited::Stable(_) => return Outcome::Unsettled,
+            }
+            let reason = format!(
+                "the alert file now holds no alerts: every alert was removed (after it stayed so for {:?})",
+                self.empty_settle
+            );
+            tracing::warn!("{}: {reason}", self.path.display());
+            let problem =
+                crate::document::Problem { file: self.path.clone(), line: 0, column: 0, key: String::new(), reason };
+            let _ = self.errors.send((Severity::Warning, Problems(vec![problem])));
+        }
+        tracing::info!("alert file {} reloaded: {} alert(s)", self.path.display(), set.alerts.len());
+        state.text = text;
+        state.alerts = Some(set.alerts.len());
+        if self.updates.send(set).is_err() { Outcome::Stop } else { Outcome::Done }
     }
 
     /// Waits until the file has not changed for `quiet` (at most ten times that).
