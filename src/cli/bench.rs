@@ -1,0 +1,138 @@
+//! `carwatch bench`: model and pipeline measurements, as a table or JSON.
+
+use super::table::{Align, Table};
+use super::*;
+
+pub(super) fn bench_cmd(cmd: BenchCommand) -> Result<ExitCode> {
+    match cmd {
+        BenchCommand::Model(a) => model(a),
+        BenchCommand::Pipeline(a) => pipeline(a),
+    }
+}
+
+fn model(a: BenchModelArgs) -> Result<ExitCode> {
+    let device = a.device.resolve()?;
+    let precisions = if a.precision.is_empty() {
+        match device {
+            tch::Device::Cuda(_) => vec![model::Precision::Fp16, model::Precision::Bf16, model::Precision::Fp32],
+            _ if model::cpu_has_native_bf16() => {
+                vec![model::Precision::Fp32, model::Precision::Bf16, model::Precision::Int8]
+            }
+            _ => vec![model::Precision::Fp32, model::Precision::Int8],
+        }
+    } else {
+        a.precision
+            .iter()
+            .map(|p| match p.parse::<PrecisionChoice>() {
+                Ok(PrecisionChoice::Exactly(p)) => Ok(p),
+                _ => Err(anyhow::anyhow!("--precision takes fp32, bf16, fp16 or int8, not `{p}`")),
+            })
+            .collect::<Result<_>>()?
+    };
+    let batches = match (a.quick, a.batches.is_empty(), device) {
+        (true, _, _) => vec![1, 2],
+        (false, false, _) => a.batches,
+        (false, true, tch::Device::Cuda(_)) => vec![1, 8, 32, 64, 128, 256],
+        (false, true, _) => vec![1, 4, 8, 16, 32],
+    };
+    let opts = carwatch::bench::ModelOptions {
+        backbone: a.backbone,
+        models: a.models,
+        device,
+        precisions,
+        batches,
+        min_time: std::time::Duration::from_secs_f64(if a.quick { 0.2 } else { a.seconds }),
+        warmup: if a.quick { 1 } else { a.warmup },
+    };
+    let results = carwatch::bench::model(&opts).map_err(anyhow::Error::msg)?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string(&results)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(r) = results.first() {
+        writeln!(out, "backbone + cascade ({})", r.cascade)?;
+    }
+    let mut table = Table::new(&[
+        ("device", Align::Left),
+        ("precision", Align::Left),
+        ("batch", Align::Right),
+        ("img/s", Align::Right),
+        ("ms/batch", Align::Right),
+        ("GFLOP/s", Align::Right),
+        ("backbone img/s", Align::Right),
+        ("from frames img/s", Align::Right),
+    ]);
+    for r in &results {
+        table.row(vec![
+            r.device.to_string(),
+            r.precision.to_string(),
+            r.batch.to_string(),
+            format!("{:.1}", r.img_per_s),
+            format!("{:.1}", r.ms_per_batch),
+            format!("{:.0}", r.gflops),
+            format!("{:.1}", r.backbone_img_per_s),
+            format!("{:.1}", r.from_frames_img_per_s),
+        ]);
+    }
+    table.write(&mut out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pipeline(a: BenchPipelineArgs) -> Result<ExitCode> {
+    let (width, height) = match a.resolution {
+        Resolution::R720p => (1280, 720),
+        Resolution::R1080p => (1920, 1080),
+    };
+    let decode: carwatch::camera::DecodeMode = serde_json::from_value(serde_json::Value::String(a.decode.clone()))
+        .map_err(|_| anyhow::anyhow!("unknown --decode `{}`", a.decode))?;
+    let models = a.models.unwrap_or_else(|| {
+        if PathBuf::from("models/cascade.toml").exists() {
+            PathBuf::from("models")
+        } else {
+            PathBuf::from("models/demo")
+        }
+    });
+    let opts = carwatch::bench::PipelineOptions {
+        cameras: a.cameras,
+        fps: a.fps,
+        width,
+        height,
+        source_fps: a.source_fps,
+        duration: std::time::Duration::from_secs_f64(a.duration),
+        warmup: std::time::Duration::from_secs_f64(a.warmup),
+        models,
+        device: a.device,
+        precision: a.precision,
+        decode,
+        threads: a.threads,
+        scene: a.scene,
+        motion: a.motion,
+    };
+    let r = carwatch::bench::pipeline(&opts).map_err(anyhow::Error::msg)?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string(&[&r])?)?;
+    } else {
+        writeln!(
+            out,
+            "{} cameras x {} fps at {} ({}, batch {}, {}): {:.2} frames/s analysed, {} dropped, {} answered by motion gating; latency p50/p95/p99 {:.0}/{:.0}/{:.0} ms; CPU per frame {:.1} ms decode + {:.1} ms inference; peak RSS {:.0} MB",
+            r.cameras,
+            r.fps,
+            r.resolution,
+            r.model,
+            r.batch_max,
+            r.decoder,
+            r.analysed_fps,
+            r.dropped,
+            r.motion_skipped,
+            r.latency_ms_p50,
+            r.latency_ms_p95,
+            r.latency_ms_p99,
+            r.cpu_ms_per_frame_decode,
+            r.cpu_ms_per_frame_infer,
+            r.peak_rss_mb
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

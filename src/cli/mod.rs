@@ -1,0 +1,374 @@
+//! Subcommands and their output. This is the only code that prints to stdout: the
+//! library reports through return values and `tracing`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+use carwatch::alerts::{AlertSet, AlertsError, Vocabulary};
+use carwatch::config::{self, Config, ConfigError};
+use carwatch::infer::WorkerError;
+use carwatch::model::{self, DeviceChoice, Level, Placement, PrecisionChoice, Prediction, Recognizer, VggSpec};
+use carwatch::synthetic::rtsp::RtspServer;
+use carwatch::synthetic::video::Scene;
+use carwatch::train::{TrainOptions, fit::FitOptions};
+use carwatch::watch::WatchError;
+
+/// Log filter without RUST_LOG. The embedded broker (rumqttd) logs every connection at
+/// info and every clean disconnect as an error in its router; neither helps an operator.
+const DEFAULT_LOG_FILTER: &str = "info,rumqttd=warn,rumqttd::router::routing=off";
+
+/// Exit status for a configuration the operator must fix (distinct from runtime failures).
+const EXIT_CONFIG: u8 = 2;
+
+mod bench;
+mod check;
+mod classify;
+mod synth;
+mod table;
+mod train;
+mod watch;
+
+#[derive(Parser)]
+#[command(name = "carwatch", version, about = "Watches camera feeds for wanted vehicles")]
+struct Cli {
+    /// Log line format on stderr (filter with RUST_LOG, e.g. RUST_LOG=carwatch=debug).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Watch the configured cameras and publish hits over MQTT (the daemon).
+    Watch(WatchArgs),
+    /// Train the head cascade from a folder of labelled photos.
+    Train(TrainArgs),
+    /// Classify images (files or http(s) URLs) through backbone and cascade.
+    Classify(ClassifyArgs),
+    /// Validate the config, the alert file and the models; list every problem.
+    Check(CheckArgs),
+    /// Generate synthetic data: labelled vehicle images or random backbone weights.
+    #[command(subcommand)]
+    Synth(SynthCommand),
+    /// Measure model and pipeline throughput (see docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Backbone + cascade throughput per precision and batch size (VGG-19 shape).
+    Model(BenchModelArgs),
+    /// The whole watch path with N synthetic RTSP cameras.
+    Pipeline(BenchPipelineArgs),
+}
+
+#[derive(Args)]
+struct BenchModelArgs {
+    /// VGG weights (safetensors); random VGG-19 weights when absent.
+    #[arg(long)]
+    backbone: Option<PathBuf>,
+    /// A trained models directory, measured on generated vehicle photos (heads the
+    /// photos cannot reach are skipped, as in `watch`) instead of a random cascade.
+    #[arg(long, conflicts_with = "backbone")]
+    models: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// Precisions to measure [default: every one the device supports].
+    #[arg(long, value_delimiter = ',')]
+    precision: Vec<String>,
+    /// Batch sizes [default: 1,4,8,16,32 on CPU; 1,8,32,64,128,256 on CUDA].
+    #[arg(long, value_delimiter = ',')]
+    batches: Vec<usize>,
+    /// Seconds per measurement (at least 3 batches are timed).
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// A short run (batches 1 and 2, a fraction of a second each): for tests.
+    #[arg(long)]
+    quick: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BenchPipelineArgs {
+    #[arg(long, default_value_t = 4)]
+    cameras: usize,
+    /// Frames analysed per second per camera.
+    #[arg(long, default_value_t = 2.0)]
+    fps: f64,
+    /// Seconds measured (after a warm-up).
+    #[arg(long, default_value_t = 30.0)]
+    duration: f64,
+    #[arg(long, default_value_t = 5.0)]
+    warmup: f64,
+    #[arg(long, value_enum, default_value_t = Resolution::R720p)]
+    resolution: Resolution,
+    /// Frame rate of the synthetic cameras (what is decoded).
+    #[arg(long, default_value_t = 25)]
+    source_fps: u32,
+    /// Models directory [default: models, else models/demo].
+    #[arg(long)]
+    models: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    #[arg(long, default_value = "auto")]
+    precision: PrecisionChoice,
+    /// auto | cpu | nvdec | keyframes
+    #[arg(long, default_value = "auto")]
+    decode: String,
+    /// Intra-op threads for the model (`model.threads`) [default: one per core].
+    #[arg(long)]
+    threads: Option<std::num::NonZeroUsize>,
+    /// What every camera shows, in `synth clip` scene syntax, e.g.
+    /// "8:; 4:front/audi/a4@0.3,0.3,0.4,0.5" [default: one vehicle throughout].
+    #[arg(long)]
+    scene: Option<String>,
+    /// Turn on motion gating on every camera.
+    #[arg(long)]
+    motion: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Resolution {
+    #[value(name = "720p")]
+    R720p,
+    #[value(name = "1080p")]
+    R1080p,
+}
+
+#[derive(Args)]
+struct PlacementArgs {
+    /// Where to run the backbone: auto, cpu, cuda, cuda:N.
+    #[arg(long)]
+    device: Option<DeviceChoice>,
+    /// Backbone precision: auto, fp32, bf16, fp16 (CUDA only).
+    #[arg(long)]
+    precision: Option<PrecisionChoice>,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Photos in DIR/<view>/<make>/<model>/*.{jpg,jpeg,png}.
+    #[arg(long)]
+    data: PathBuf,
+    /// VGG-19 weights (safetensors, torchvision names); see docs/models.md.
+    #[arg(long)]
+    backbone: PathBuf,
+    /// Output models directory: cascade.toml and heads/.
+    #[arg(long)]
+    out: PathBuf,
+    /// Feature cache [default: $XDG_CACHE_HOME/carwatch/features or ~/.cache/carwatch/features].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    placement: PlacementArgs,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Share of each class held out for validation.
+    #[arg(long, default_value_t = 0.2)]
+    validation: f64,
+    /// Also train on mirror images of the training photos.
+    #[arg(long)]
+    flip: bool,
+    /// Most epochs per head (early stopping usually ends sooner).
+    #[arg(long, default_value_t = 100)]
+    epochs: usize,
+    /// Hidden units per head.
+    #[arg(long, default_value_t = 256)]
+    hidden: i64,
+    /// Images per backbone batch while extracting features.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Text stored in cascade.toml and shown whenever the model is loaded.
+    #[arg(long)]
+    notice: Option<String>,
+    /// Also quantize the backbone to int8 for the CPU (needs the project venv's torch),
+    /// and record how often it agrees with fp32 on the validation photos.
+    #[arg(long)]
+    int8: bool,
+}
+
+#[derive(Args)]
+struct ClassifyArgs {
+    /// Models directory (holding cascade.toml) [default: model.dir of the config].
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// Config file, read for model.dir/device/precision when present.
+    #[arg(long, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    #[command(flatten)]
+    placement: PlacementArgs,
+    /// One JSON object per input on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Image files or http(s) URLs.
+    #[arg(required = true)]
+    inputs: Vec<String>,
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    #[arg(long, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// Models directory, instead of the config's model.dir.
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// Also print each hit as a JSON line on stdout.
+    #[arg(long)]
+    print_hits: bool,
+    /// Test-only fault injection (`hang-inference`: the inference loop stops after
+    /// start-up, so the systemd watchdog test can see pings stop).
+    #[arg(long, hide = true)]
+    test_fault: Option<String>,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[arg(long, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum SynthCommand {
+    /// Write generated vehicle photos in the layout `train` reads.
+    Dataset {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 24)]
+        per_class: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Image height in pixels (width varies a little above it).
+        #[arg(long, default_value_t = 128)]
+        size: u32,
+    },
+    /// Write an H.264 clip (Matroska) of a synthetic scene.
+    Clip {
+        #[arg(long)]
+        out: PathBuf,
+        /// Segments `SECONDS:view/make/model[@x,y,w,h]+...;...` (see synthetic::video).
+        #[arg(long)]
+        scene: String,
+        #[arg(long, default_value_t = 480)]
+        width: u32,
+        #[arg(long, default_value_t = 384)]
+        height: u32,
+        #[arg(long, default_value_t = 10)]
+        fps: u32,
+    },
+    /// Serve synthetic scenes as RTSP cameras on 127.0.0.1 until interrupted.
+    Rtsp {
+        /// `PATH=SCENE`, e.g. `/gate=60:front/bmw/3-series` (repeatable).
+        #[arg(long = "mount", required = true)]
+        mounts: Vec<String>,
+        #[arg(long, default_value_t = 8554)]
+        port: u16,
+        #[arg(long, default_value_t = 480)]
+        width: u32,
+        #[arg(long, default_value_t = 384)]
+        height: u32,
+        #[arg(long, default_value_t = 10)]
+        fps: u32,
+    },
+    /// Write randomly initialised VGG weights (torchvision names) as safetensors.
+    Backbone {
+        #[arg(long)]
+        out: PathBuf,
+        /// Channel widths of the five blocks, e.g. 8,16,32,64,64 [default: VGG-19's].
+        #[arg(long, value_delimiter = ',')]
+        widths: Option<Vec<i64>>,
+        #[arg(long, default_value_t = 1)]
+        seed: i64,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let daemon_like = matches!(&cli.command, Command::Watch(_) | Command::Bench(BenchCommand::Pipeline(_)));
+    if daemon_like && std::env::var_os("OMP_WAIT_POLICY").is_none() {
+        // Beside the decoders, OpenMP threads that spin between the backbone's layers
+        // burn CPU the decoders need: passive waiting measured 15% less CPU per frame
+        // at the same throughput (docs/benchmarks.md). libgomp reads this once, at its
+        // first parallel region.
+        // SAFETY: no other thread exists yet, so nothing reads the environment concurrently.
+        unsafe { std::env::set_var("OMP_WAIT_POLICY", "PASSIVE") };
+    }
+    init_tracing(cli.log_format);
+    let result = match cli.command {
+        Command::Watch(a) => watch::watch_cmd(a),
+        Command::Train(a) => train::train_cmd(a),
+        Command::Classify(a) => classify::classify_cmd(a),
+        Command::Check(a) => check::check_cmd(a),
+        Command::Synth(a) => synth::synth_cmd(a),
+        Command::Bench(a) => bench::bench_cmd(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(ConfigError::Invalid(problems)) = e.downcast_ref::<ConfigError>() {
+                eprintln!("{problems}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            // Problems found while starting the watcher that the operator must fix in
+            // files (alerts, models) are configuration problems too.
+            if let Some(w) = e.downcast_ref::<WatchError>() {
+                let config_problem = matches!(
+                    w,
+                    WatchError::Alerts(_)
+                        | WatchError::Model(_)
+                        | WatchError::Worker(WorkerError::Load(_))
+                        | WatchError::StateDir(_)
+                );
+                if config_problem {
+                    eprintln!("{w}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn resolve_placement(args: &PlacementArgs, from_config: Option<&config::ModelConfig>) -> Result<Placement> {
+    let device = args.device.or(from_config.map(|m| m.device)).unwrap_or_default();
+    let precision = args.precision.or(from_config.map(|m| m.precision)).unwrap_or_default();
+    Ok(Placement::resolve(device, precision)?)
+}
+
+fn default_cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("carwatch/features");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".cache/carwatch/features"),
+        None => PathBuf::from(".carwatch-cache/features"),
+    }
+}

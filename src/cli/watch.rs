@@ -1,0 +1,25 @@
+//! `carwatch watch`: the daemon, with signals installed here (the library takes them as a `Shutdown`).
+
+use super::*;
+
+pub(super) fn watch_cmd(a: WatchArgs) -> Result<ExitCode> {
+    let config = Config::load(&a.config)?;
+    let on_hit: Option<carwatch::publish::HitCallback> = if a.print_hits {
+        Some(Box::new(|hit| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{hit}");
+            let _ = out.flush();
+        }))
+    } else {
+        None
+    };
+    let hang_inference = match a.test_fault.as_deref() {
+        None => false,
+        Some("hang-inference") => true,
+        Some(other) => anyhow::bail!("unknown test fault `{other}`"),
+    };
+    let shutdown = carwatch::watch::Shutdown::signals().context("cannot install signal handlers")?;
+    let seam = carwatch::watch::Seam { hang_inference, ..Default::default() };
+    carwatch::watch::run(&config, carwatch::watch::WatchOptions { models: a.models, on_hit, seam }, shutdown)?;
+    Ok(ExitCode::SUCCESS)
+}
