@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Select};
 use serde::Deserialize;
 
-use crate::camera::Frame;
+use crate::camera::{Frame, Frames};
 use crate::values::{bounded, millis};
 
 /// `[batch]`.
@@ -29,6 +29,13 @@ pub struct BatchConfig {
     /// Unset: [`BatchConfig::queue_len`].
     #[serde(default, deserialize_with = "queue_opt")]
     pub queue: Option<u32>,
+    /// Most bytes of frames queued (decoded RGB); beyond it the oldest are dropped.
+    #[serde(default = "default_queue_bytes", deserialize_with = "crate::values::byte_count")]
+    pub queue_bytes: u64,
+}
+
+fn default_queue_bytes() -> u64 {
+    2 << 30
 }
 
 /// `batch.max_size`: a number of frames, or `"auto"`, the smallest batch within 5% of
@@ -100,7 +107,12 @@ impl BatchConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig { max_size: BatchSize::default(), max_wait: default_max_wait(), queue: None }
+        BatchConfig {
+            max_size: BatchSize::default(),
+            max_wait: default_max_wait(),
+            queue: None,
+            queue_bytes: default_queue_bytes(),
+        }
     }
 }
 
@@ -116,7 +128,7 @@ pub enum Next {
 
 /// Batches frames from a queue.
 pub struct Batcher {
-    frames: Receiver<Arc<Frame>>,
+    frames: Frames,
     stop: Receiver<()>,
     max_size: usize,
     max_wait: Duration,
@@ -125,14 +137,15 @@ pub struct Batcher {
 impl Batcher {
     /// Batches of at most `max_size` frames (with `auto`, the largest size it may
     /// choose until the worker sets the measured one).
-    pub fn new(frames: Receiver<Arc<Frame>>, stop: Receiver<()>, max_size: usize, max_wait: Duration) -> Batcher {
+    pub fn new(frames: Frames, stop: Receiver<()>, max_size: usize, max_wait: Duration) -> Batcher {
         Batcher { frames, stop, max_size: max_size.max(1), max_wait }
     }
 
     /// The next batch; waits at most `idle` for its first frame.
     pub fn next(&self, idle: Duration) -> Next {
+        let rx = self.frames.receiver();
         let mut sel = Select::new();
-        let frames_i = sel.recv(&self.frames);
+        let frames_i = sel.recv(rx);
         let stop_i = sel.recv(&self.stop);
         let first = match sel.select_timeout(idle) {
             Err(_) => return Next::Idle,
@@ -142,7 +155,7 @@ impl Batcher {
             }
             Ok(op) => {
                 debug_assert_eq!(op.index(), frames_i);
-                match op.recv(&self.frames) {
+                match op.recv(rx) {
                     Ok(f) => f,
                     Err(_) => return Next::Stop,
                 }
@@ -150,10 +163,14 @@ impl Batcher {
         };
         let deadline = crate::values::later(Instant::now(), self.max_wait);
         let mut batch = Vec::with_capacity(self.max_size);
+        self.frames.taken(&first);
         batch.push(first);
         while batch.len() < self.max_size {
-            match self.frames.recv_deadline(deadline) {
-                Ok(f) => batch.push(f),
+            match rx.recv_deadline(deadline) {
+                Ok(f) => {
+                    self.frames.taken(&f);
+                    batch.push(f);
+                }
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
             }
         }
@@ -167,7 +184,10 @@ impl Batcher {
         if self.stop.try_recv().is_ok() {
             return Next::Stop;
         }
-        let batch: Vec<Arc<Frame>> = self.frames.try_iter().take(self.max_size).collect();
+        let batch: Vec<Arc<Frame>> = self.frames.receiver().try_iter().take(self.max_size).collect();
+        for f in &batch {
+            self.frames.taken(f);
+        }
         if batch.is_empty() { Next::Idle } else { Next::Batch(batch) }
     }
 
@@ -203,7 +223,7 @@ mod tests {
     fn setup(max_size: u32, wait_ms: u64) -> (FrameQueue, Batcher, crossbeam_channel::Sender<()>, Arc<CameraShared>) {
         let cfg: CameraConfig = toml::from_str("name = \"c\"\nurl = \"rtsp://h/\"").unwrap();
         let cam = CameraShared::new(Camera::from_config(&cfg).unwrap());
-        let (q, rx) = FrameQueue::bounded(64);
+        let (q, rx) = FrameQueue::bounded(64, u64::MAX);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         (q, Batcher::new(rx, stop_rx, max_size as usize, Duration::from_millis(wait_ms)), stop_tx, cam)
     }

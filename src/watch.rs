@@ -411,7 +411,7 @@ fn start_inference(
     hang: bool,
 ) -> Result<Inference, WatchError> {
     let gpu = config.model.device.resolve().map(|d| d.is_cuda()).unwrap_or(false);
-    let (queue, frames) = FrameQueue::bounded(config.batch.queue_len(gpu));
+    let (queue, frames) = FrameQueue::bounded(config.batch.queue_len(gpu), config.batch.queue_bytes);
     let (stop, stop_rx) = crossbeam_channel::bounded::<()>(1);
     let (ready_tx, ready) = crossbeam_channel::bounded::<Result<(), String>>(1);
     let (ended_tx, ended) = crossbeam_channel::bounded::<Result<(), WorkerError>>(1);

@@ -327,7 +327,9 @@ fn bad_config_and_bad_alerts_exit_2_naming_every_problem() {
     cmd.arg("watch").arg("--config").arg(&cfg);
     let started = Instant::now();
     let o = run(cmd, Duration::from_secs(10));
-    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    // Refused before anything starts. Loading libtorch alone takes about 1 s from a cold
+    // page cache on a 2-core VM, so the bound leaves room for that and no more.
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     let at = cfg.display().to_string();

@@ -522,36 +522,77 @@ impl fmt::Debug for Frame {
     }
 }
 
-/// The bounded frame channel as a camera sees it: pushing never blocks; when full the
-/// oldest queued frame is dropped (and counted against its own camera) to make room.
+/// The bounded frame channel as a camera sees it: pushing never blocks; when full (by
+/// count or by bytes) the oldest queued frames are dropped (and counted against their
+/// own cameras) to make room. Bounding bytes matters as much as count: 512 queued 4K
+/// frames are 12 GB.
 #[derive(Clone)]
 pub struct FrameQueue {
     tx: Sender<Arc<Frame>>,
-    /// Used only to take the oldest frame out when the channel is full.
+    /// Used only to take the oldest frame out when the queue is full.
     rx: Receiver<Arc<Frame>>,
+    bytes: Arc<AtomicU64>,
+    max_bytes: u64,
+}
+
+/// The worker's end of the queue. Each frame taken must be reported with
+/// [`Frames::taken`], which frees its bytes.
+pub struct Frames {
+    rx: Receiver<Arc<Frame>>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Frames {
+    pub fn receiver(&self) -> &Receiver<Arc<Frame>> {
+        &self.rx
+    }
+
+    /// `frame` left the queue.
+    pub fn taken(&self, frame: &Frame) {
+        self.bytes.fetch_sub(frame.rgb.len() as u64, Ordering::Relaxed);
+    }
 }
 
 impl FrameQueue {
-    /// A queue holding at most `capacity` frames, and the receiving end for the worker.
-    pub fn bounded(capacity: usize) -> (FrameQueue, Receiver<Arc<Frame>>) {
+    /// A queue holding at most `capacity` frames and `max_bytes` of pixels, and the
+    /// receiving end for the worker.
+    pub fn bounded(capacity: usize, max_bytes: u64) -> (FrameQueue, Frames) {
         let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
-        (FrameQueue { tx, rx: rx.clone() }, rx)
+        let bytes = Arc::new(AtomicU64::new(0));
+        let queue = FrameQueue { tx, rx: rx.clone(), bytes: Arc::clone(&bytes), max_bytes };
+        (queue, Frames { rx, bytes })
     }
 
     /// Queues `frame`, evicting the oldest if needed. Never blocks. (The queue keeps a
     /// receiver of its own, so it never disconnects: cameras stop on their stop message.)
     pub fn push(&self, frame: Arc<Frame>) {
+        let size = frame.rgb.len() as u64;
+        while self.bytes.load(Ordering::Relaxed) + size > self.max_bytes && self.evict_oldest() {}
         let mut frame = frame;
         loop {
             match self.tx.try_send(frame) {
-                Ok(()) | Err(TrySendError::Disconnected(_)) => return,
+                Ok(()) => {
+                    self.bytes.fetch_add(size, Ordering::Relaxed);
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => return,
                 Err(TrySendError::Full(f)) => {
-                    if let Ok(old) = self.rx.try_recv() {
-                        old.camera.dropped.fetch_add(1, Ordering::Relaxed);
-                    }
+                    self.evict_oldest();
                     frame = f;
                 }
             }
+        }
+    }
+
+    /// Drops the oldest queued frame (counted against its camera); false if none.
+    fn evict_oldest(&self) -> bool {
+        match self.rx.try_recv() {
+            Ok(old) => {
+                self.bytes.fetch_sub(old.rgb.len() as u64, Ordering::Relaxed);
+                old.camera.dropped.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(_) => false,
         }
     }
 }
@@ -626,13 +667,39 @@ mod tests {
                 rgb: vec![0; 3],
             })
         };
-        let (q, rx) = FrameQueue::bounded(2);
+        let (q, rx) = FrameQueue::bounded(2, u64::MAX);
         q.push(frame(&a, 1));
         q.push(frame(&b, 2));
         q.push(frame(&b, 3)); // evicts a's frame 1
         assert_eq!(a.dropped.load(Ordering::Relaxed), 1);
         assert_eq!(b.dropped.load(Ordering::Relaxed), 0);
-        let left: Vec<_> = rx.try_iter().map(|f| f.pts.unwrap().as_secs()).collect();
+        let left: Vec<_> = rx.receiver().try_iter().map(|f| f.pts.unwrap().as_secs()).collect();
         assert_eq!(left, vec![2, 3]);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_by_bytes_as_well_as_count() {
+        let cam = CameraShared::new(Camera::from_config(&config("name = \"a\"\nurl = \"rtsp://h/s\"")).unwrap());
+        let frame = || {
+            Arc::new(Frame {
+                camera: Arc::clone(&cam),
+                captured_at: SystemTime::now(),
+                seen: Instant::now(),
+                pts: None,
+                width: 10,
+                height: 10,
+                rgb: vec![0; 300],
+            })
+        };
+        let (queue, frames) = FrameQueue::bounded(100, 1000);
+        for _ in 0..5 {
+            queue.push(frame());
+        }
+        assert_eq!(frames.receiver().len(), 3, "three 300-byte frames fit in 1000 bytes");
+        assert_eq!(cam.dropped.load(Ordering::Relaxed), 2);
+        let taken = frames.receiver().try_recv().unwrap();
+        frames.taken(&taken);
+        queue.push(frame());
+        assert_eq!((frames.receiver().len(), cam.dropped.load(Ordering::Relaxed)), (3, 2), "room again after a take");
     }
 }

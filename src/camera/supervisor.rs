@@ -262,7 +262,7 @@ mod tests {
     fn failures_are_retried_and_frames_flow_after_recovery() {
         let cfg: CameraConfig = toml::from_str("name = \"t\"\nurl = \"rtsp://h/\"").unwrap();
         let cam = CameraShared::new(Camera::from_config(&cfg).unwrap());
-        let (queue, frames) = FrameQueue::bounded(16);
+        let (queue, frames) = FrameQueue::bounded(16, u64::MAX);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         let script = Scripted(Mutex::new(
             vec![Err("refused".to_string()), Ok(vec!["frame", "fail"]), Ok(vec!["frame", "frame", "frame"])].into(),
@@ -276,7 +276,7 @@ mod tests {
         let t = std::thread::spawn(move || run(c, queue, stop_rx, Box::new(script), timing));
         // Four frames arrive in all: one before the failure, three after.
         for _ in 0..4 {
-            frames.recv_timeout(Duration::from_secs(5)).expect("frame");
+            frames.receiver().recv_timeout(Duration::from_secs(5)).expect("frame");
         }
         assert_eq!(cam.frames_in.load(Ordering::Relaxed), 4);
         // The third stream goes quiet: the camera is declared stalled, then backs off.
