@@ -23,6 +23,7 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
 use crate::camera::{CameraShared, State};
+use crate::publish::PublishError;
 
 /// `[metrics]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -332,8 +333,9 @@ impl Metrics {
 /// [`MAX_CONNECTIONS`] at once (more are closed at once), and each has 2 seconds to send
 /// its request and read the answer: slow or many clients cannot make threads or memory
 /// grow, nor hold up a health check for long.
-pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>, stale: Duration) -> Result<(), String> {
-    let server = std::net::TcpListener::bind(listen).map_err(|e| format!("cannot serve metrics on {listen}: {e}"))?;
+pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>, stale: Duration) -> Result<(), PublishError> {
+    let server =
+        std::net::TcpListener::bind(listen).map_err(|source| PublishError::MetricsListen { listen, source })?;
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     crate::threads::spawn("metrics", move || {
         for stream in server.incoming() {
@@ -352,7 +354,7 @@ pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>, stale: Duration) -> Resu
             }
         }
     })
-    .map_err(|e| format!("cannot start metrics thread: {e}"))?;
+    .map_err(|source| PublishError::Spawn { thread: "metrics", source })?;
     tracing::info!("metrics on http://{listen}/metrics");
     Ok(())
 }

@@ -34,8 +34,8 @@ use crate::metrics::{self, Metrics};
 use crate::model::{Manifest, ModelError};
 use crate::notify;
 use crate::publish::mqtt::{Mqtt, MqttSettings};
-use crate::publish::outbox::Outbox;
-use crate::publish::{Event, HitCallback, Publisher, PublisherConfig, broker};
+use crate::publish::outbox::{Outbox, OutboxError};
+use crate::publish::{Event, HitCallback, PublishError, Publisher, PublisherConfig, broker};
 use crate::snapshot;
 use crate::state_dir::{self, StateDirError, StateLock};
 use crate::threads::{self, Ended};
@@ -108,17 +108,28 @@ pub enum WatchError {
     #[error(transparent)]
     Alerts(#[from] AlertsError),
     #[error("GStreamer: {0}")]
-    Gstreamer(String),
-    #[error("MQTT: {0}")]
-    Mqtt(String),
+    Gstreamer(#[source] gstreamer::glib::Error),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("[broker]: {0}")]
+    BrokerConfig(String),
+    #[error("cannot start thread `{thread}`: {source}")]
+    Spawn { thread: String, source: std::io::Error },
     #[error("inference worker: {0}")]
     Worker(#[from] WorkerError),
     #[error(transparent)]
     StateDir(#[from] StateDirError),
     #[error("{0}")]
     ThreadEnded(Ended),
-    #[error("{0}")]
-    Io(String),
+    #[error("the inference thread ended while loading the model")]
+    LoadAbandoned,
+}
+
+fn spawn_err(thread: impl Into<String>) -> impl FnOnce(std::io::Error) -> WatchError {
+    let thread = thread.into();
+    move |source| WatchError::Spawn { thread, source }
 }
 
 /// Why the daemon is stopping.
@@ -202,7 +213,7 @@ impl Daemon {
     /// Checks, then starts every stage. `None`: `shutdown` fired while the model loaded.
     pub fn start(config: &Config, options: WatchOptions, shutdown: Shutdown) -> Result<Option<Daemon>, WatchError> {
         let WatchOptions { models, on_hit, seam } = options;
-        gstreamer::init().map_err(|e| WatchError::Gstreamer(e.to_string()))?;
+        gstreamer::init().map_err(WatchError::Gstreamer)?;
         let generation = threads::begin();
         let thread_ends = threads::ended();
         let Checked { models, alerts: alert_file, state_lock } = check(config, models)?;
@@ -217,7 +228,7 @@ impl Daemon {
                 Ok(Ok(())) => None,
                 _ => Some(match inference.ended.recv_timeout(Duration::from_secs(5)) {
                     Ok(Err(e)) => Err(WatchError::from(e)),
-                    _ => Err(WatchError::Io("the inference thread ended while loading the model".into())),
+                    _ => Err(WatchError::LoadAbandoned),
                 }),
             },
             recv(shutdown.stop) -> s => {
@@ -247,7 +258,7 @@ impl Daemon {
             let counter = Arc::clone(&m);
             notify::run(cams, m, move || counter.hits_total.load(std::sync::atomic::Ordering::Relaxed), notify_stop_rx)
         })
-        .map_err(|e| WatchError::Io(format!("cannot start notify thread: {e}")))?;
+        .map_err(spawn_err("notify"))?;
         if let Some(running) = seam.running {
             let _ = running.send(Running { cameras: output.cameras.clone(), metrics: Arc::clone(&output.metrics) });
         }
@@ -361,13 +372,12 @@ fn start_output(config: &Config, on_hit: Option<HitCallback>) -> Result<Output, 
             if let Some(warning) = config.broker.exposure_warning() {
                 tracing::warn!("{warning}");
             }
-            let account = config.broker.account().map_err(WatchError::Mqtt)?;
-            broker::start(config.broker.listen, account.as_ref()).map_err(WatchError::Mqtt)?;
+            let account = config.broker.account().map_err(WatchError::BrokerConfig)?;
+            broker::start(config.broker.listen, account.as_ref())?;
             MqttSettings::local(config.broker.listen, account)
         }
     };
-    let (outbox, recovery) = Outbox::open(&config.state_dir.join("outbox"), config.outbox.bounds())
-        .map_err(|e| WatchError::Io(format!("{e}; check that state_dir is writable")))?;
+    let (outbox, recovery) = Outbox::open(&config.state_dir.join("outbox"), config.outbox.bounds())?;
     if recovery.pending > 0 {
         tracing::info!("{} undelivered hit(s) found in the outbox; they will be delivered again", recovery.pending);
     }
@@ -378,11 +388,11 @@ fn start_output(config: &Config, on_hit: Option<HitCallback>) -> Result<Output, 
             recovery.truncated
         );
     }
-    let mqtt = Mqtt::start(&settings, &config.topics).map_err(WatchError::Mqtt)?;
+    let mqtt = Mqtt::start(&settings, &config.topics)?;
     let cameras: Vec<Arc<CameraShared>> = config.cameras.iter().cloned().map(CameraShared::new).collect();
     let metrics = Metrics::new(&cameras);
     if let Some(listen) = config.metrics.listen {
-        metrics::serve(listen, Arc::clone(&metrics), Duration::from_secs(30)).map_err(WatchError::Io)?;
+        metrics::serve(listen, Arc::clone(&metrics), Duration::from_secs(30))?;
     }
     let (events, events_rx) = crossbeam_channel::bounded(256);
     let publisher_config = PublisherConfig {
@@ -395,8 +405,8 @@ fn start_output(config: &Config, on_hit: Option<HitCallback>) -> Result<Output, 
         metrics: Arc::clone(&metrics),
         stats_interval: config.metrics.stats_interval,
     };
-    let publisher = Publisher::spawn(mqtt, outbox, publisher_config, cameras.clone(), events_rx)
-        .map_err(|e| WatchError::Io(format!("cannot start publish thread: {e}")))?;
+    let publisher =
+        Publisher::spawn(mqtt, outbox, publisher_config, cameras.clone(), events_rx).map_err(spawn_err("publish"))?;
     Ok(Output { publisher, events, cameras, metrics })
 }
 
@@ -448,7 +458,7 @@ fn start_inference(
         };
         let _ = ended_tx.send(result);
     })
-    .map_err(|e| WatchError::Io(format!("cannot start infer thread: {e}")))?;
+    .map_err(spawn_err("infer"))?;
     Ok(Inference { handle, stop, ready, ended, queue, alert_updates })
 }
 
@@ -476,8 +486,7 @@ fn start_alerts(
         empty_settle: Duration::from_secs(3),
     };
     let (text, stamp) = (file.text, file.stamp);
-    let handle = threads::spawn("alerts", move || reloader.run(&text, stamp))
-        .map_err(|e| WatchError::Io(format!("cannot start alerts thread: {e}")))?;
+    let handle = threads::spawn("alerts", move || reloader.run(&text, stamp)).map_err(spawn_err("alerts"))?;
     let events = output.events.clone();
     threads::spawn("alert-errors", move || {
         for (severity, problems) in problems_rx {
@@ -486,7 +495,7 @@ fn start_alerts(
             }
         }
     })
-    .map_err(|e| WatchError::Io(format!("cannot start thread: {e}")))?;
+    .map_err(spawn_err("alert-errors"))?;
     Ok((handle, stop))
 }
 
@@ -501,7 +510,7 @@ fn start_cameras(cameras: &[Arc<CameraShared>], queue: &FrameQueue) -> Result<Ve
         let handle = threads::spawn(format!("camera:{}", cam.name()), move || {
             supervisor::run(c, q, stop_rx, opener, timing);
         })
-        .map_err(|e| WatchError::Io(format!("cannot start camera thread: {e}")))?;
+        .map_err(spawn_err(format!("camera:{}", cam.name())))?;
         tracing::info!(camera = %cam.name(), "camera {} watching {}", cam.name(), cam.camera.source.redacted);
         started.push(CameraThread { name: cam.name().to_string(), stop, handle });
     }

@@ -40,16 +40,33 @@ pub enum BusEvent {
 
 /// One running pipeline.
 pub struct Pipeline {
-    pipeline: gst::Pipeline,
+    /// Taken by `close` (or drop), which set it to `Null`.
+    pipeline: Option<gst::Pipeline>,
     appsink: gst_app::AppSink,
     bus: gst::Bus,
     camera: Arc<CameraShared>,
 }
 
-fn element(factory: &str) -> Result<gst::Element, String> {
+/// Why a camera's pipeline could not be built or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("GStreamer element `{factory}` is missing; install the GStreamer plugins (make setup)")]
+    MissingElement { factory: String, source: glib::BoolError },
+    #[error("building the pipeline: {0}")]
+    Build(#[source] glib::BoolError),
+    #[error("decode = \"nvdec\" but GStreamer has no nvh264dec (nvcodec plugin, NVIDIA driver); use \"auto\"")]
+    NoNvdec,
+    /// `reason` is the first error the pipeline posted, which names the cause.
+    #[error("{reason}")]
+    Start { reason: String, source: gst::StateChangeError },
+    #[error("cannot rewind: {0}")]
+    Rewind(#[source] glib::BoolError),
+}
+
+fn element(factory: &str) -> Result<gst::Element, PipelineError> {
     gst::ElementFactory::make(factory)
         .build()
-        .map_err(|_| format!("GStreamer element `{factory}` is missing; install the GStreamer plugins (make setup)"))
+        .map_err(|source| PipelineError::MissingElement { factory: factory.to_string(), source })
 }
 
 /// Whether `factory` is a hardware video decoder (NVDEC, VA-API, V4L2).
@@ -66,12 +83,10 @@ pub fn nvdec_available() -> bool {
 }
 
 /// Applies the camera's `decode` mode to uridecodebin and records the decoder chosen.
-fn steer_decoding(src: &gst::Element, shared: &Arc<CameraShared>) -> Result<(), String> {
+fn steer_decoding(src: &gst::Element, shared: &Arc<CameraShared>) -> Result<(), PipelineError> {
     let mode = shared.camera.decode;
     if mode == DecodeMode::Nvdec && !nvdec_available() {
-        return Err(
-            "decode = \"nvdec\" but GStreamer has no nvh264dec (nvcodec plugin, NVIDIA driver); use \"auto\"".into()
-        );
+        return Err(PipelineError::NoNvdec);
     }
     if matches!(mode, DecodeMode::Cpu | DecodeMode::Nvdec) {
         // uridecodebin asks before it plugs each element: skip the decoders the mode
@@ -138,7 +153,7 @@ fn fraction(fps: f64) -> gst::Fraction {
 
 impl Pipeline {
     /// Builds the pipeline for `camera` and sets it playing.
-    pub fn open(shared: &Arc<CameraShared>) -> Result<Pipeline, String> {
+    pub fn open(shared: &Arc<CameraShared>) -> Result<Pipeline, PipelineError> {
         let camera: &Camera = &shared.camera;
         let pipeline = gst::Pipeline::with_name(&format!("camera-{}", camera.name));
         let src = element("uridecodebin")?;
@@ -159,11 +174,8 @@ impl Pipeline {
             .build();
         appsink.set_property("enable-last-sample", false);
 
-        pipeline
-            .add_many([&src, &rate, &rate_caps, &convert, appsink.upcast_ref()])
-            .map_err(|e| format!("building pipeline: {e}"))?;
-        gst::Element::link_many([&rate, &rate_caps, &convert, appsink.upcast_ref()])
-            .map_err(|e| format!("linking pipeline: {e}"))?;
+        pipeline.add_many([&src, &rate, &rate_caps, &convert, appsink.upcast_ref()]).map_err(PipelineError::Build)?;
+        gst::Element::link_many([&rate, &rate_caps, &convert, appsink.upcast_ref()]).map_err(PipelineError::Build)?;
 
         // rtspsrc (and other sources) are created by uridecodebin once it sees the URI.
         let username = camera.source.username.clone();
@@ -211,16 +223,20 @@ impl Pipeline {
                 .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
                 .unwrap_or(false);
             if is_video && let Err(e) = pad.link(&sink) {
-                tracing::warn!("cannot link decoded video: {e:?}");
+                // Said on the bus, so the camera's status names this rather than
+                // "no first frame".
+                gst::element_error!(rate, gst::CoreError::Negotiation, ("cannot link decoded video: {e:?}"));
             }
         });
 
-        let bus = pipeline.bus().ok_or("pipeline has no bus")?;
-        let p = Pipeline { pipeline, appsink, bus, camera: Arc::clone(shared) };
-        if let Err(e) = p.pipeline.set_state(gst::State::Playing) {
-            let reason = p.take_error().unwrap_or_else(|| format!("cannot start pipeline: {e}"));
+        let Some(bus) = pipeline.bus() else {
+            return Err(PipelineError::Build(glib::bool_error!("the pipeline has no bus")));
+        };
+        let p = Pipeline { pipeline: Some(pipeline), appsink, bus, camera: Arc::clone(shared) };
+        if let Err(source) = p.playing().set_state(gst::State::Playing) {
+            let reason = p.take_error().unwrap_or_else(|| format!("cannot start pipeline: {source}"));
             p.close(Duration::from_secs(2));
-            return Err(reason);
+            return Err(PipelineError::Start { reason, source });
         }
         Ok(p)
     }
@@ -277,30 +293,51 @@ impl Pipeline {
     }
 
     /// Plays a file source again from the start.
-    pub fn rewind(&self) -> Result<(), String> {
-        self.pipeline
+    pub fn rewind(&self) -> Result<(), PipelineError> {
+        self.playing()
             .seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT, gst::ClockTime::ZERO)
-            .map_err(|e| format!("cannot rewind: {e}"))
+            .map_err(PipelineError::Rewind)
+    }
+
+    /// The pipeline, which is there until `close` or drop takes it.
+    fn playing(&self) -> &gst::Pipeline {
+        self.pipeline.as_ref().expect("a Pipeline holds its pipeline until closed")
     }
 
     /// Stops the pipeline. Setting a dead RTSP source to `Null` can block for many
     /// seconds inside GStreamer, so it happens on a thread of its own; if it has not
     /// finished within `limit` the pipeline is abandoned to that thread and we go on.
-    pub fn close(self, limit: Duration) {
-        let name = self.camera.name().to_string();
-        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
-        let pipeline = self.pipeline;
-        let spawned = std::thread::Builder::new().name(format!("teardown:{name}")).spawn(move || {
-            let _ = pipeline.set_state(gst::State::Null);
-            let _ = done_tx.send(());
-        });
-        match spawned {
-            Ok(_) => {
-                if done_rx.recv_timeout(limit).is_err() {
-                    tracing::warn!(camera = %name, "pipeline teardown is taking longer than {limit:?}; abandoning it");
-                }
-            }
-            Err(e) => tracing::error!(camera = %name, "cannot start teardown thread: {e}"),
+    pub fn close(mut self, limit: Duration) {
+        if let Some(p) = self.pipeline.take() {
+            teardown(p, self.camera.name(), Some(limit));
         }
+    }
+}
+
+/// A pipeline dropped without `close` (an early return, a panic) is still set to
+/// `Null`, on its own thread, without waiting.
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        if let Some(p) = self.pipeline.take() {
+            teardown(p, self.camera.name(), None);
+        }
+    }
+}
+
+/// Sets `pipeline` to `Null` on a `teardown:<camera>` thread, waiting at most `limit`.
+fn teardown(pipeline: gst::Pipeline, name: &str, limit: Option<Duration>) {
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    let spawned = std::thread::Builder::new().name(format!("teardown:{name}")).spawn(move || {
+        let _ = pipeline.set_state(gst::State::Null);
+        let _ = done_tx.send(());
+    });
+    match (spawned, limit) {
+        (Ok(_), Some(limit)) => {
+            if done_rx.recv_timeout(limit).is_err() {
+                tracing::warn!(camera = %name, "pipeline teardown is taking longer than {limit:?}; abandoning it");
+            }
+        }
+        (Ok(_), None) => {}
+        (Err(e), _) => tracing::error!(camera = %name, "cannot start teardown thread: {e}"),
     }
 }

@@ -52,7 +52,7 @@ struct GstStream {
 
 impl Opener for GstOpener {
     fn open(&self, camera: &Arc<CameraShared>) -> Result<Box<dyn Stream>, String> {
-        let pipeline = Pipeline::open(camera)?;
+        let pipeline = Pipeline::open(camera).map_err(|e| e.to_string())?;
         let looping = camera.camera.looping && !camera.camera.source.live;
         Ok(Box::new(GstStream { pipeline, looping, teardown_limit: self.teardown_limit }))
     }
@@ -68,7 +68,7 @@ impl Stream for GstStream {
             Some(BusEvent::Error(e)) => Step::Failed(e),
             Some(BusEvent::Eos) if self.looping => match self.pipeline.rewind() {
                 Ok(()) => Step::Idle,
-                Err(e) => Step::Failed(e),
+                Err(e) => Step::Failed(e.to_string()),
             },
             Some(BusEvent::Eos) => Step::Ended,
         }

@@ -335,6 +335,7 @@ pub fn main() -> ExitCode {
                         | WatchError::Model(_)
                         | WatchError::Worker(WorkerError::Load(_))
                         | WatchError::StateDir(_)
+                        | WatchError::BrokerConfig(_)
                 );
                 if config_problem {
                     eprintln!("{w}");

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::PublishError;
 use crate::values::Secret;
 
 /// `[broker]`: the embedded broker (used only without `[mqtt]`).
@@ -67,11 +68,9 @@ impl Default for BrokerConfig {
 
 /// Starts rumqttd on `listen` (thread `broker`), accepting only `account` when given,
 /// and waits until it answers.
-pub fn start(listen: SocketAddr, account: Option<&(String, Secret)>) -> Result<(), String> {
+pub fn start(listen: SocketAddr, account: Option<&(String, Secret)>) -> Result<(), PublishError> {
     // Fail with a clear message rather than inside rumqttd's runtime.
-    drop(TcpListener::bind(listen).map_err(|e| {
-        format!("cannot listen on {listen} for the embedded MQTT broker: {e}. Is another broker running there? Configure [mqtt] url to use it, or set [broker] listen")
-    })?);
+    drop(TcpListener::bind(listen).map_err(|source| PublishError::BrokerListen { listen, source })?);
     let text = format!(
         r#"
 id = 0
@@ -92,7 +91,8 @@ max_inflight_count = 100
 dynamic_filters = true
 "#
     );
-    let mut config: rumqttd::Config = toml::from_str(&text).map_err(|e| format!("embedded broker config: {e}"))?;
+    let mut config: rumqttd::Config =
+        toml::from_str(&text).map_err(|e| PublishError::Broker(format!("its config: {e}")))?;
     if let (Some((user, password)), Some(server)) = (account, config.v4.as_mut().and_then(|v| v.get_mut("1"))) {
         server.connections.auth = Some([(user.clone(), password.expose().to_string())].into_iter().collect());
     }
@@ -102,11 +102,11 @@ dynamic_filters = true
             tracing::error!("embedded MQTT broker stopped: {e}");
         }
     })
-    .map_err(|e| format!("cannot start broker thread: {e}"))?;
+    .map_err(|source| PublishError::Spawn { thread: "broker", source })?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while !answers_mqtt(listen, account) {
         if Instant::now() > deadline {
-            return Err(format!("embedded MQTT broker did not answer on {listen} within 5 s"));
+            return Err(PublishError::BrokerSilent(listen));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -45,6 +45,24 @@ use crate::time::{rfc3339, rfc3339_system};
 use mqtt::{Mqtt, Report, Tag};
 use outbox::Outbox;
 
+/// Why the output side could not start: the embedded broker, the MQTT client's thread,
+/// the metrics endpoint. Each keeps its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(
+        "cannot listen on {listen} for the embedded MQTT broker: {source}. Is another broker running there? Configure [mqtt] url to use it, or set [broker] listen"
+    )]
+    BrokerListen { listen: std::net::SocketAddr, source: std::io::Error },
+    #[error("embedded MQTT broker: {0}")]
+    Broker(String),
+    #[error("embedded MQTT broker did not answer on {0} within 5 s")]
+    BrokerSilent(std::net::SocketAddr),
+    #[error("cannot serve metrics on {listen}: {source}")]
+    MetricsListen { listen: std::net::SocketAddr, source: std::io::Error },
+    #[error("cannot start thread `{thread}`: {source}")]
+    Spawn { thread: &'static str, source: std::io::Error },
+}
+
 /// Topic names under one prefix.
 #[derive(Debug, Clone)]
 pub struct Topics {

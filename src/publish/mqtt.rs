@@ -211,7 +211,7 @@ pub struct Mqtt {
 impl Mqtt {
     /// Starts the client and its `mqtt` thread. Connection failures are retried in the
     /// background; this returns at once.
-    pub fn start(settings: &MqttSettings, topics: &Topics) -> Result<Mqtt, String> {
+    pub fn start(settings: &MqttSettings, topics: &Topics) -> Result<Mqtt, super::PublishError> {
         let mut opts = MqttOptions::new(settings.client_id.clone(), settings.host.clone(), settings.port);
         opts.set_keep_alive(settings.keep_alive.max(Duration::from_secs(5)));
         opts.set_max_packet_size(32 * 1024 * 1024, 32 * 1024 * 1024);
@@ -247,7 +247,7 @@ impl Mqtt {
             next_pkid: 1,
         };
         let thread = crate::threads::spawn("mqtt", move || transport.run())
-            .map_err(|e| format!("cannot start mqtt thread: {e}"))?;
+            .map_err(|source| super::PublishError::Spawn { thread: "mqtt", source })?;
         Ok(Mqtt { client, commands, reports, thread: Some(thread), link })
     }
 

@@ -69,7 +69,7 @@ pub struct Recovery {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
-    #[error("outbox {}: {source}", path.display())]
+    #[error("outbox {}: {source}; check that state_dir is writable and has space", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     #[error(
         "a hit of {bytes} bytes is larger than the whole outbox (outbox.max_bytes = {max}); raise max_bytes or turn off inline snapshots"
