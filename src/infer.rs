@@ -123,7 +123,8 @@ pub enum WorkerError {
 }
 
 impl Worker {
-    /// Loads the model from `models` on `placement`.
+    /// Loads the model from `models` on `device` in `precision` (as `[model]` resolves
+    /// them), then runs one test batch through the whole path.
     pub fn load(
         models: &std::path::Path,
         device: DeviceChoice,

@@ -27,9 +27,11 @@
 //! draws generated vehicles, clips and RTSP cameras: the test data and the demo, since
 //! no real weights or photos can be shipped.
 //!
-//! The binary (`main.rs`, `cli.rs`) is thin: it parses arguments, sets up logging and
-//! calls into this library, so tests and benchmarks run the same code. The library never
-//! prints; it logs through `tracing`.
+//! The binary (`main.rs`, `cli/`, one file per subcommand) is thin: it parses
+//! arguments, installs signals, sets up logging and calls into this library, so tests
+//! and benchmarks run the same code. The library never writes to stdout (a lint forbids
+//! it) and logs through `tracing`; the one thing it draws itself is `train`'s progress
+//! bars, on stderr, when its caller asks (`TrainOptions::progress`).
 
 #![forbid(clippy::print_stdout)]
 

@@ -21,7 +21,7 @@ use crate::alerts::{Alert, AlertSet};
 use crate::camera::{CameraShared, Frame};
 use crate::model::Leaf;
 use crate::model::{Crop, Level, Prediction};
-use crate::values::later;
+use crate::values::{Name, later};
 
 /// One classified region of a frame.
 #[derive(Debug, Clone)]
@@ -58,10 +58,17 @@ struct PairState {
     quiet_until: Option<Instant>,
 }
 
+/// Whose confirmation and cooldown state this is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Pair {
+    alert: Name,
+    camera: Name,
+}
+
 /// The matcher: owns the alert set and each (alert, camera) pair's state.
 pub struct Matcher {
     alerts: AlertSet,
-    pairs: HashMap<(String, String), PairState>,
+    pairs: HashMap<Pair, PairState>,
 }
 
 impl Matcher {
@@ -79,7 +86,7 @@ impl Matcher {
             .filter(|a| self.alerts.alerts.iter().any(|old| old == *a))
             .map(|a| a.id.as_str())
             .collect();
-        self.pairs.retain(|(alert, _), _| unchanged.contains(&alert.as_str()));
+        self.pairs.retain(|pair, _| unchanged.contains(&pair.alert.as_str()));
         self.alerts = alerts;
     }
 
@@ -110,7 +117,8 @@ impl Matcher {
             if p < alert.min_confidence {
                 continue;
             }
-            let pair = self.pairs.entry((alert.id.to_string(), camera.to_string())).or_default();
+            let key = Pair { alert: alert.id.clone(), camera: frame.camera.camera.name.clone() };
+            let pair = self.pairs.entry(key).or_default();
             if pair.quiet_until.is_some_and(|q| now < q) {
                 continue;
             }

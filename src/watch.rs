@@ -537,8 +537,3 @@ fn join_within(name: &str, thread: JoinHandle<()>, limit: Duration) {
         tracing::warn!("thread `{name}` did not finish within {limit:?}");
     }
 }
-
-/// The models directory `watch` would use (for `check`).
-pub fn models_dir<'a>(config: &'a Config, override_: Option<&'a Path>) -> &'a Path {
-    override_.unwrap_or(&config.model.dir)
-}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use carwatch::synthetic::rtsp::{Credentials, RtspServer};
 use serde_json::Value;
 
-use crate::support::daemon::{SIGKILL, SIGTERM, Watcher, camera, single, write_config};
+use crate::support::daemon::{SIGKILL, SIGTERM, Scenario, Watcher, camera, single};
 use crate::support::mqtt::{Mosquitto, Subscriber, free_port, make_ca, sh};
 use crate::support::{self, carwatch, run, stdout, trained, write};
 
@@ -29,8 +29,12 @@ fn a_camera_that_goes_away_comes_back_while_others_keep_working() {
     let yard = RtspServer::start(vec![("/b".into(), single("rear", "audi", "tt"))], 0, None).unwrap();
     let cameras = camera("gate", &gate.url("/a"), "stall_timeout_s = 3") + &camera("yard", &yard.url("/b"), "");
     let alerts = "[[alert]]\nid = \"bmw3\"\nmake = \"bmw\"\nmodel = \"3-series\"\n\n[[alert]]\nid = \"tt\"\nmake = \"audi\"\nmodel = \"tt\"\n";
-    let config =
-        write_config(dir.path(), Some(broker.port), None, &cameras, alerts, "confirm_frames = 1\ncooldown_s = 1");
+    let config = Scenario::new(dir.path())
+        .mqtt(broker.port)
+        .cameras(&cameras)
+        .alerts(alerts)
+        .matcher("confirm_frames = 1\ncooldown_s = 1")
+        .write();
     let mut sub = Subscriber::connect(broker.port, "carwatch/#");
     let watcher = Watcher::start(&config);
     assert!(sub.wait_for("carwatch/hits/bmw3", LONG, |_| true).is_some(), "no gate hit\n{}", watcher.logs());
@@ -80,7 +84,7 @@ fn a_camera_that_accepts_and_then_says_nothing_is_declared_stalled() {
         }
     });
     let config =
-        write_config(dir.path(), Some(broker.port), None, &camera("mute", &url, "stall_timeout_s = 3"), "", "");
+        Scenario::new(dir.path()).mqtt(broker.port).cameras(&camera("mute", &url, "stall_timeout_s = 3")).write();
     let mut sub = Subscriber::connect(broker.port, "carwatch/#");
     let watcher = Watcher::start(&config);
     let connecting =
@@ -108,14 +112,12 @@ fn hits_survive_a_broker_outage() {
     let mut broker = Mosquitto::start();
     let rtsp = RtspServer::start(vec![("/c".into(), single("rear", "volvo", "c30"))], 0, None).unwrap();
     let alerts = "[[alert]]\nid = \"c30\"\nmake = \"volvo\"\nmodel = \"c30\"\n";
-    let config = write_config(
-        dir.path(),
-        Some(broker.port),
-        None,
-        &camera("gate", &rtsp.url("/c"), ""),
-        alerts,
-        "confirm_frames = 1\ncooldown_s = 2",
-    );
+    let config = Scenario::new(dir.path())
+        .mqtt(broker.port)
+        .cameras(&camera("gate", &rtsp.url("/c"), ""))
+        .alerts(alerts)
+        .matcher("confirm_frames = 1\ncooldown_s = 2")
+        .write();
     let mut sub = Subscriber::connect(broker.port, "carwatch/hits/#");
     let watcher = Watcher::start(&config);
     assert!(sub.wait_for("carwatch/hits/c30", LONG, |_| true).is_some(), "no hit\n{}", watcher.logs());
@@ -162,14 +164,12 @@ fn hits_pending_in_the_outbox_survive_kill_9() {
     let mut broker = Mosquitto::start();
     let rtsp = RtspServer::start(vec![("/c".into(), single("front", "audi", "a4"))], 0, None).unwrap();
     let alerts = "[[alert]]\nid = \"a4\"\nmake = \"audi\"\nmodel = \"a4\"\n";
-    let config = write_config(
-        dir.path(),
-        Some(broker.port),
-        None,
-        &camera("gate", &rtsp.url("/c"), ""),
-        alerts,
-        "confirm_frames = 1\ncooldown_s = 1",
-    );
+    let config = Scenario::new(dir.path())
+        .mqtt(broker.port)
+        .cameras(&camera("gate", &rtsp.url("/c"), ""))
+        .alerts(alerts)
+        .matcher("confirm_frames = 1\ncooldown_s = 1")
+        .write();
     let mut sub = Subscriber::connect(broker.port, "carwatch/hits/#");
     let first = Watcher::start(&config);
     assert!(sub.wait_for("carwatch/hits/a4", LONG, |_| true).is_some(), "no hit\n{}", first.logs());
@@ -203,14 +203,12 @@ fn alert_file_edits_apply_only_when_good() {
     let broker = Mosquitto::start();
     let rtsp = RtspServer::start(vec![("/c".into(), single("front", "bmw", "x5"))], 0, None).unwrap();
     let good = "[[alert]]\nid = \"x5\"\nmake = \"bmw\"\nmodel = \"x5\"\n";
-    let config = write_config(
-        dir.path(),
-        Some(broker.port),
-        None,
-        &camera("gate", &rtsp.url("/c"), ""),
-        good,
-        "confirm_frames = 1\ncooldown_s = 1",
-    );
+    let config = Scenario::new(dir.path())
+        .mqtt(broker.port)
+        .cameras(&camera("gate", &rtsp.url("/c"), ""))
+        .alerts(good)
+        .matcher("confirm_frames = 1\ncooldown_s = 1")
+        .write();
     let alerts = dir.path().join("alerts.toml");
     let mut sub = Subscriber::connect(broker.port, "carwatch/#");
     let watcher = Watcher::start(&config);
@@ -278,7 +276,8 @@ fn a_model_that_fails_to_load_exits_2_naming_it() {
     assert!(cut.contains(backbone), "the manifest names its backbone differently:\n{text}");
     std::fs::write(&manifest_path, cut).unwrap();
 
-    let config = write_config(dir.path(), Some(free_port()), None, &camera("gate", "rtsp://127.0.0.1:9/x", ""), "", "");
+    let config =
+        Scenario::new(dir.path()).mqtt(free_port()).cameras(&camera("gate", "rtsp://127.0.0.1:9/x", "")).write();
     let mut cmd = carwatch();
     cmd.arg("watch").arg("--config").arg(&config).arg("--models").arg(&models);
     let started = Instant::now();
@@ -292,7 +291,8 @@ fn a_model_that_fails_to_load_exits_2_naming_it() {
 #[test]
 fn a_second_watcher_on_the_same_state_dir_exits_2_naming_the_first() {
     let dir = support::tempdir();
-    let config = write_config(dir.path(), Some(free_port()), None, &camera("gate", "rtsp://127.0.0.1:9/x", ""), "", "");
+    let config =
+        Scenario::new(dir.path()).mqtt(free_port()).cameras(&camera("gate", "rtsp://127.0.0.1:9/x", "")).write();
     let first = Watcher::start(&config);
     let deadline = Instant::now() + LONG;
     while !first.logs().contains("watching 1 camera(s)") {
@@ -339,8 +339,11 @@ fn bad_config_and_bad_alerts_exit_2_naming_every_problem() {
 
     // A valid config whose alert file repeats an id and names an unknown make.
     let alerts = "[[alert]]\nid = \"a\"\nmake = \"bmw\"\n\n[[alert]]\nid = \"a\"\nmake = \"tesla\"\n";
-    let good =
-        write_config(dir.path(), Some(free_port()), None, &camera("gate", "rtsp://127.0.0.1:9/x", ""), alerts, "");
+    let good = Scenario::new(dir.path())
+        .mqtt(free_port())
+        .cameras(&camera("gate", "rtsp://127.0.0.1:9/x", ""))
+        .alerts(alerts)
+        .write();
     for sub in ["watch", "check"] {
         let mut cmd = carwatch();
         cmd.arg(sub).arg("--config").arg(&good);
@@ -380,14 +383,16 @@ fn credentials_appear_nowhere() {
     let cameras = camera("good", &rtsp.url("/c"), &format!("username = \"viewer\"\npassword = \"{RTSP_PW}\""))
         + &camera("wrong", &url_with_password, "stall_timeout_s = 2");
     let alerts = "[[alert]]\nid = \"s60\"\nmake = \"volvo\"\nmodel = \"s60\"\n";
-    let config = write_config(dir.path(), None, None, &cameras, alerts, "confirm_frames = 1\ncooldown_s = 1");
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&format!(
-        "[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nusername = \"carwatch\"\npassword_file = \"{}\"\n",
-        broker.port,
-        pw_file.display()
-    ));
-    write(&config, &text);
+    let config = Scenario::new(dir.path())
+        .cameras(&cameras)
+        .alerts(alerts)
+        .matcher("confirm_frames = 1\ncooldown_s = 1")
+        .section(&format!(
+            "[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nusername = \"carwatch\"\npassword_file = \"{}\"\n",
+            broker.port,
+            pw_file.display()
+        ))
+        .write();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut sub = Subscriber::connect_as(broker.port, "#", Some(("tester", "tester-pw")));
@@ -426,20 +431,15 @@ fn hits_go_over_tls_and_a_wrong_ca_is_refused_clearly() {
     let mut sub = Subscriber::connect(broker.port, "carwatch/#");
     for (ca, should_work) in [("good-ca.pem", true), ("other-ca.pem", false)] {
         let site = support::tempdir();
-        let config = write_config(
-            site.path(),
-            None,
-            None,
-            &camera("gate", &rtsp.url("/c"), ""),
-            alerts,
-            "confirm_frames = 1\ncooldown_s = 1",
-        );
-        let mut text = std::fs::read_to_string(&config).unwrap();
-        text.push_str(&format!(
-            "[mqtt]\nurl = \"mqtts://127.0.0.1:{tls_port}\"\nca_file = \"{}\"\n",
-            dir.path().join(ca).display()
-        ));
-        write(&config, &text);
+        let config = Scenario::new(site.path())
+            .cameras(&camera("gate", &rtsp.url("/c"), ""))
+            .alerts(alerts)
+            .matcher("confirm_frames = 1\ncooldown_s = 1")
+            .section(&format!(
+                "[mqtt]\nurl = \"mqtts://127.0.0.1:{tls_port}\"\nca_file = \"{}\"\n",
+                dir.path().join(ca).display()
+            ))
+            .write();
         let started = Instant::now();
         let watcher = Watcher::start(&config);
         if should_work {
@@ -468,17 +468,13 @@ fn a_hit_the_broker_refuses_goes_out_without_its_image() {
     });
     let rtsp = RtspServer::start(vec![("/c".into(), single("front", "bmw", "x5"))], 0, None).unwrap();
     let alerts = "[[alert]]\nid = \"x5\"\nmake = \"bmw\"\nmodel = \"x5\"\n";
-    let config = write_config(
-        dir.path(),
-        Some(broker.port),
-        None,
-        &camera("gate", &rtsp.url("/c"), ""),
-        alerts,
-        "confirm_frames = 1\ncooldown_s = 1",
-    );
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("\n[snapshots]\ninline = true\nquality = 100\n");
-    write(&config, &text);
+    let config = Scenario::new(dir.path())
+        .mqtt(broker.port)
+        .cameras(&camera("gate", &rtsp.url("/c"), ""))
+        .alerts(alerts)
+        .matcher("confirm_frames = 1\ncooldown_s = 1")
+        .section("\n[snapshots]\ninline = true\nquality = 100\n")
+        .write();
     let mut sub = Subscriber::connect(broker.port, "carwatch/hits/#");
     let watcher = Watcher::start(&config);
     let hit = sub.wait_for("carwatch/hits/x5", LONG, |_| true);
@@ -498,24 +494,56 @@ fn with_the_disk_full_hits_still_go_out_and_it_is_said() {
     let broker = Mosquitto::start();
     let rtsp = RtspServer::start(vec![("/c".into(), single("front", "bmw", "x5"))], 0, None).unwrap();
     let alerts = "[[alert]]\nid = \"x5\"\nmake = \"bmw\"\nmodel = \"x5\"\n";
-    let config = write_config(
-        dir.path(),
-        Some(broker.port),
-        None,
-        &camera("gate", &rtsp.url("/c"), ""),
-        alerts,
-        "confirm_frames = 1\ncooldown_s = 1",
-    );
+    let config = Scenario::new(dir.path())
+        .mqtt(broker.port)
+        .cameras(&camera("gate", &rtsp.url("/c"), ""))
+        .alerts(alerts)
+        .matcher("confirm_frames = 1\ncooldown_s = 1")
+        .section("\n[metrics]\nstats_interval_s = 1\n")
+        .write();
     let outbox = dir.path().join("state/outbox");
     std::fs::create_dir_all(&outbox).unwrap();
     std::os::unix::fs::symlink("/dev/full", outbox.join("hits.log")).unwrap();
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("\n[metrics]\nstats_interval_s = 1\n");
-    write(&config, &text);
     let mut sub = Subscriber::connect(broker.port, "carwatch/#");
     let watcher = Watcher::start(&config);
     assert!(sub.wait_for("carwatch/hits/x5", LONG, |_| true).is_some(), "no hit\n{}", watcher.logs());
     let stats = sub.wait_for("carwatch/stats", LONG, |m| m.json()["outbox_write_errors"].as_u64() > Some(0));
     assert!(stats.is_some(), "outbox_write_errors not reported\n{}", watcher.logs());
     assert!(watcher.logs().contains("the disk is full"), "{}", watcher.logs());
+}
+
+/// The review's defect 9: at SIGTERM with hits unacknowledged, `offline` was never
+/// published (it waited for an empty outbox), and the clean disconnect suppressed the
+/// last will: the status stayed `online`. Now `offline` goes out after a bounded drain,
+/// and the hits wait in the outbox.
+#[test]
+fn sigterm_with_hits_unacknowledged_still_says_offline_and_keeps_them() {
+    let dir = support::tempdir();
+    let broker = crate::support::mqtt::HoldingBroker::start();
+    let rtsp = RtspServer::start(vec![("/c".into(), single("front", "bmw", "x5"))], 0, None).unwrap();
+    let config = Scenario::new(dir.path())
+        .mqtt(broker.port)
+        .cameras(&camera("gate", &rtsp.url("/c"), ""))
+        .alerts("[[alert]]\nid = \"x5\"\nmake = \"bmw\"\nmodel = \"x5\"\n")
+        .matcher("confirm_frames = 1\ncooldown_s = 1")
+        .write();
+    let mut watcher = Watcher::start(&config);
+    let deadline = Instant::now() + LONG;
+    while broker.on("carwatch/hits/x5").is_empty() {
+        assert!(Instant::now() < deadline, "no hit reached the broker\n{}", watcher.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopped = Instant::now();
+    watcher.signal(SIGTERM);
+    let status = watcher.wait(Duration::from_secs(12)).expect("carwatch stops within TimeoutStopSec");
+    assert!(status.success(), "{status:?}\n{}", watcher.logs());
+    let offline = broker.on("carwatch/status").into_iter().any(|(p, at)| p == "offline" && at > stopped);
+    assert!(offline, "`offline` was not published at shutdown\n{}", watcher.logs());
+    let printed = watcher.printed_hits().len();
+    let (outbox, _) = carwatch::publish::outbox::Outbox::open(
+        &dir.path().join("state/outbox"),
+        carwatch::publish::outbox::Bounds { hits: 1000, bytes: 1 << 30 },
+    )
+    .unwrap();
+    assert_eq!(outbox.len(), printed, "every hit made is waiting in the outbox");
 }

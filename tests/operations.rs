@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use carwatch::synthetic::rtsp::RtspServer;
 
-use crate::support::daemon::{Watcher, camera, single, write_config};
+use crate::support::daemon::{Scenario, Watcher, camera, single};
 use crate::support::mqtt::{Mosquitto, free_port};
 use crate::support::{self, write};
 
@@ -75,7 +75,7 @@ fn notify_run(hang: bool) -> (Vec<(Instant, String)>, Instant, String) {
     let dir = support::tempdir();
     let broker = Mosquitto::start();
     let rtsp = RtspServer::start(vec![("/c".into(), single("front", "bmw", "x5"))], 0, None).unwrap();
-    let config = write_config(dir.path(), Some(broker.port), None, &camera("gate", &rtsp.url("/c"), ""), "", "");
+    let config = Scenario::new(dir.path()).mqtt(broker.port).cameras(&camera("gate", &rtsp.url("/c"), "")).write();
     let path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&path).unwrap();
     let mut cmd = crate::support::carwatch();
@@ -150,10 +150,11 @@ fn the_metrics_endpoint_shows_frames_rising_and_the_camera_streaming() {
     let broker = Mosquitto::start();
     let rtsp = RtspServer::start(vec![("/c".into(), single("rear", "bmw", "i3"))], 0, None).unwrap();
     let port = free_port();
-    let config = write_config(dir.path(), Some(broker.port), None, &camera("gate", &rtsp.url("/c"), ""), "", "");
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\nstats_interval_s = 1\n"));
-    write(&config, &text);
+    let config = Scenario::new(dir.path())
+        .mqtt(broker.port)
+        .cameras(&camera("gate", &rtsp.url("/c"), ""))
+        .section(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\nstats_interval_s = 1\n"))
+        .write();
     let watcher = Watcher::start(&config);
     let frames = "carwatch_camera_frames_in_total{camera=\"gate\"}";
     let streaming = "carwatch_camera_state{camera=\"gate\",state=\"streaming\"}";

@@ -7,7 +7,7 @@ use carwatch::model::{DeviceChoice, Placement, Precision, PrecisionChoice, Recog
 use carwatch::synthetic::rtsp::RtspServer;
 use carwatch::synthetic::video::Scene;
 
-use crate::support::daemon::{H, W, Watcher, camera, single, write_config};
+use crate::support::daemon::{H, Scenario, W, Watcher, camera, single};
 use crate::support::mqtt::{Message, Mosquitto, Subscriber};
 use crate::support::{self, carwatch, run, stderr, stdout, trained};
 
@@ -139,8 +139,12 @@ fn keyframe_only_decoding_analyses_keyframes_and_still_hits() {
     .unwrap();
     let cameras = camera("key", &rtsp.url("/k"), "decode = \"keyframes\"") + &camera("all", &rtsp.url("/a"), "");
     let alerts = "[[alert]]\nid = \"c30\"\nmake = \"volvo\"\nmodel = \"c30\"\ncameras = [\"key\"]\n";
-    let config =
-        write_config(dir.path(), Some(broker.port), None, &cameras, alerts, "confirm_frames = 2\ncooldown_s = 60");
+    let config = Scenario::new(dir.path())
+        .mqtt(broker.port)
+        .cameras(&cameras)
+        .alerts(alerts)
+        .matcher("confirm_frames = 2\ncooldown_s = 60")
+        .write();
     let mut sub = Subscriber::connect(broker.port, "carwatch/#");
     let watcher = Watcher::start(&config);
     let hit = sub.wait_for("carwatch/hits/c30", LONG, |_| true);
@@ -172,8 +176,12 @@ fn motion_gating_skips_still_scenes_and_still_hits() {
     let rtsp = RtspServer::start(vec![("/m".into(), scene)], 0, None).unwrap();
     let cameras = camera("gate", &rtsp.url("/m"), "motion = { enabled = true }");
     let alerts = "[[alert]]\nid = \"q7\"\nmake = \"audi\"\nmodel = \"q7\"\n";
-    let config =
-        write_config(dir.path(), Some(broker.port), None, &cameras, alerts, "confirm_frames = 2\ncooldown_s = 1");
+    let config = Scenario::new(dir.path())
+        .mqtt(broker.port)
+        .cameras(&cameras)
+        .alerts(alerts)
+        .matcher("confirm_frames = 2\ncooldown_s = 1")
+        .write();
     let mut sub = Subscriber::connect(broker.port, "carwatch/#");
     let watcher = Watcher::start(&config);
     assert!(
@@ -196,7 +204,7 @@ fn auto_decoding_falls_back_to_software_and_nvdec_without_nvcodec_says_why() {
     let rtsp = RtspServer::start(vec![("/c".into(), single("rear", "bmw", "x5"))], 0, None).unwrap();
     let cameras =
         camera("auto", &rtsp.url("/c"), "decode = \"auto\"") + &camera("gpu", &rtsp.url("/c"), "decode = \"nvdec\"");
-    let config = write_config(dir.path(), Some(broker.port), None, &cameras, "", "");
+    let config = Scenario::new(dir.path()).mqtt(broker.port).cameras(&cameras).write();
     let mut sub = Subscriber::connect(broker.port, "carwatch/#");
     let watcher = Watcher::start(&config);
     let nvdec = carwatch::camera::pipeline::nvdec_available();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use carwatch::synthetic::rtsp::RtspServer;
 use carwatch::synthetic::video::Scene;
 
-use crate::support::daemon::{H, SIGTERM, W, Watcher, camera, single, write_config};
+use crate::support::daemon::{H, SIGTERM, Scenario, W, Watcher, camera, single};
 use crate::support::mqtt::{Mosquitto, Subscriber, free_port};
 use crate::support::{self, trained};
 
@@ -45,14 +45,12 @@ fn hits_for_the_wanted_vehicle_only_then_offline_on_sigterm() {
     let broker = Mosquitto::start();
     let rtsp = RtspServer::start(vec![("/gate".into(), single("front", "bmw", "3-series"))], 0, None).unwrap();
     let alerts = "[[alert]]\nid = \"bmw3\"\nmake = \"BMW\"\nmodel = \"3-series\"\nnote = \"case 2291\"\n\n[[alert]]\nid = \"audi\"\nmake = \"audi\"\n";
-    let config = write_config(
-        dir.path(),
-        Some(broker.port),
-        None,
-        &camera("gate", &rtsp.url("/gate"), ""),
-        alerts,
-        "confirm_frames = 2\ncooldown_s = 60",
-    );
+    let config = Scenario::new(dir.path())
+        .mqtt(broker.port)
+        .cameras(&camera("gate", &rtsp.url("/gate"), ""))
+        .alerts(alerts)
+        .matcher("confirm_frames = 2\ncooldown_s = 60")
+        .write();
     let mut sub = Subscriber::connect(broker.port, "carwatch/#");
     let mut watcher = Watcher::start(&config);
 
@@ -115,8 +113,12 @@ fn two_cameras_one_with_two_regions() {
     let regions = "regions = [{ name = \"left\", x = 0, y = 0, width = 0.5, height = 1.0 }, { name = \"right\", x = 0.5, y = 0, width = 0.5, height = 1.0 }]";
     let cameras = camera("street", &rtsp.url("/street"), regions) + &camera("gate", &rtsp.url("/gate"), "");
     let alerts = "[[alert]]\nid = \"q7\"\nmake = \"audi\"\nmodel = \"q7\"\n\n[[alert]]\nid = \"xc90\"\nmake = \"volvo\"\nmodel = \"xc90\"\n\n[[alert]]\nid = \"x5\"\nmake = \"bmw\"\nmodel = \"x5\"\n";
-    let config =
-        write_config(dir.path(), Some(broker.port), None, &cameras, alerts, "confirm_frames = 2\ncooldown_s = 60");
+    let config = Scenario::new(dir.path())
+        .mqtt(broker.port)
+        .cameras(&cameras)
+        .alerts(alerts)
+        .matcher("confirm_frames = 2\ncooldown_s = 60")
+        .write();
     let mut sub = Subscriber::connect(broker.port, "carwatch/#");
     let watcher = Watcher::start(&config);
     for (alert, cam, region, x) in
@@ -152,14 +154,12 @@ fn an_expired_alert_stops_producing_hits() {
     let _ = trained();
     let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(12);
     let alerts = format!("[[alert]]\nid = \"s60\"\nmake = \"volvo\"\nmodel = \"s60\"\nexpires = \"{expires}\"\n");
-    let config = write_config(
-        dir.path(),
-        Some(broker.port),
-        None,
-        &camera("gate", &rtsp.url("/gate"), ""),
-        &alerts,
-        "confirm_frames = 1\ncooldown_s = 0.5",
-    );
+    let config = Scenario::new(dir.path())
+        .mqtt(broker.port)
+        .cameras(&camera("gate", &rtsp.url("/gate"), ""))
+        .alerts(&alerts)
+        .matcher("confirm_frames = 1\ncooldown_s = 0.5")
+        .write();
     let mut sub = Subscriber::connect(broker.port, "carwatch/#");
     let watcher = Watcher::start(&config);
     assert!(sub.wait_for("carwatch/hits/s60", LONG, |_| true).is_some(), "no hit before expiry\n{}", watcher.logs());
@@ -182,14 +182,12 @@ fn a_steady_stream_gives_one_hit_per_cooldown_not_one_per_frame() {
     let broker = Mosquitto::start();
     let rtsp = RtspServer::start(vec![("/gate".into(), single("rear", "audi", "tt"))], 0, None).unwrap();
     let alerts = "[[alert]]\nid = \"tt\"\nmake = \"audi\"\nmodel = \"tt\"\n";
-    let config = write_config(
-        dir.path(),
-        Some(broker.port),
-        None,
-        &camera("gate", &rtsp.url("/gate"), ""),
-        alerts,
-        "confirm_frames = 3\nconfirm_window_s = 10\ncooldown_s = 4",
-    );
+    let config = Scenario::new(dir.path())
+        .mqtt(broker.port)
+        .cameras(&camera("gate", &rtsp.url("/gate"), ""))
+        .alerts(alerts)
+        .matcher("confirm_frames = 3\nconfirm_window_s = 10\ncooldown_s = 4")
+        .write();
     let mut sub = Subscriber::connect(broker.port, "carwatch/#");
     let watcher = Watcher::start(&config);
     let first =
@@ -218,14 +216,12 @@ fn with_no_mqtt_section_the_embedded_broker_carries_hits() {
     let port = free_port();
     let rtsp = RtspServer::start(vec![("/gate".into(), single("front", "volvo", "xc90"))], 0, None).unwrap();
     let alerts = "[[alert]]\nid = \"xc90\"\nmake = \"volvo\"\nmodel = \"xc90\"\n";
-    let config = write_config(
-        dir.path(),
-        None,
-        Some(port),
-        &camera("gate", &rtsp.url("/gate"), ""),
-        alerts,
-        "confirm_frames = 2",
-    );
+    let config = Scenario::new(dir.path())
+        .embedded_broker(port)
+        .cameras(&camera("gate", &rtsp.url("/gate"), ""))
+        .alerts(alerts)
+        .matcher("confirm_frames = 2")
+        .write();
     let watcher = Watcher::start(&config);
     let mut sub = Subscriber::connect(port, "carwatch/#");
     let hit = sub.wait_for("carwatch/hits/xc90", LONG, |_| true);

@@ -33,7 +33,8 @@ pub const DEFAULT_PATH: &str = "config/carwatch.toml";
 pub struct Config {
     /// The file it was read from, for messages.
     pub file: PathBuf,
-    /// Everything carwatch writes besides snapshots (feature cache, outbox).
+    /// What `watch` writes besides snapshots: the outbox, its dead letters, the lock.
+    /// (`train`'s feature cache lives under the user's cache directory instead.)
     pub state_dir: PathBuf,
     /// The alert descriptions file.
     pub alerts: PathBuf,

@@ -4,8 +4,9 @@
 //! from the inference worker; each hit's snapshot is written and the hit stored in the
 //! outbox (fsynced) before it is published, and it leaves the outbox only when the
 //! broker has acknowledged it. Camera status is published when it changes and every
-//! `status_interval`. Nothing here blocks the frame path: the worker hands over a hit and
-//! goes on. Topics (see docs/mqtt.md):
+//! `status_interval`. The worker hands hits over through a bounded channel (256 events)
+//! and goes on; only if the publisher falls that far behind (a disk slow to fsync) does
+//! the worker wait, rather than drop hits. Topics (see docs/mqtt.md):
 //!
 //! | topic | retained | payload |
 //! | --- | --- | --- |

@@ -2,6 +2,8 @@
 //! output collected, stopped with a signal, killed on drop.
 
 use std::io::Read;
+
+use rustix::process::{Pid, Signal};
 use std::path::{Path, PathBuf};
 
 use carwatch::synthetic::class;
@@ -20,34 +22,94 @@ pub fn single(view: &str, make: &str, model: &str) -> Scene {
     Scene::single(class(view, make, model).unwrap(), W, H, 10)
 }
 
-/// Writes carwatch.toml (and alerts.toml) into `dir`; `mqtt_port` None = embedded broker.
-pub fn write_config(
-    dir: &Path,
+/// A watcher's files, built up step by step and written into one directory:
+/// carwatch.toml (state under `dir/state`, the shared trained models, CPU, small
+/// batches) and alerts.toml.
+pub struct Scenario {
+    dir: PathBuf,
     mqtt: Option<u16>,
-    broker_port: Option<u16>,
-    cameras: &str,
-    alerts: &str,
-    matcher: &str,
-) -> PathBuf {
-    let t = trained();
-    let alerts_path = dir.join("alerts.toml");
-    write(&alerts_path, alerts);
-    let mut text = format!(
-        "state_dir = \"{state}\"\nalerts = \"{alerts}\"\nstatus_interval_s = 1\n\n[model]\ndir = \"{models}\"\ndevice = \"cpu\"\n\n[matcher]\n{matcher}\n\n[batch]\nmax_size = 8\nmax_wait_ms = 50\n\n",
-        state = dir.join("state").display(),
-        alerts = alerts_path.display(),
-        models = t.models.display(),
-    );
-    if let Some(port) = mqtt {
-        text.push_str(&format!("[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"carwatch-test-{port}\"\n\n"));
+    broker: Option<u16>,
+    cameras: String,
+    alerts: String,
+    matcher: String,
+    sections: String,
+}
+
+impl Scenario {
+    pub fn new(dir: &Path) -> Scenario {
+        Scenario {
+            dir: dir.to_path_buf(),
+            mqtt: None,
+            broker: None,
+            cameras: String::new(),
+            alerts: String::new(),
+            matcher: String::new(),
+            sections: String::new(),
+        }
     }
-    if let Some(port) = broker_port {
-        text.push_str(&format!("[broker]\nlisten = \"127.0.0.1:{port}\"\n\n"));
+
+    /// Publish to the broker on this port (`[mqtt]`); without it, the embedded one.
+    pub fn mqtt(mut self, port: u16) -> Self {
+        self.mqtt = Some(port);
+        self
     }
-    text.push_str(cameras);
-    let path = dir.join("carwatch.toml");
-    write(&path, &text);
-    path
+
+    /// The embedded broker's port (`[broker] listen`).
+    pub fn embedded_broker(mut self, port: u16) -> Self {
+        self.broker = Some(port);
+        self
+    }
+
+    /// `[[camera]]` tables (see [`camera`]).
+    pub fn cameras(mut self, text: &str) -> Self {
+        self.cameras.push_str(text);
+        self
+    }
+
+    /// The alert file's text.
+    pub fn alerts(mut self, text: &str) -> Self {
+        self.alerts = text.to_string();
+        self
+    }
+
+    /// Lines of `[matcher]`.
+    pub fn matcher(mut self, text: &str) -> Self {
+        self.matcher = text.to_string();
+        self
+    }
+
+    /// Any other TOML, appended as it is (`[snapshots]`, `[metrics]`...).
+    pub fn section(mut self, text: &str) -> Self {
+        self.sections.push_str(&format!("\n{text}\n"));
+        self
+    }
+
+    /// Writes both files; returns the config's path.
+    pub fn write(self) -> PathBuf {
+        let t = trained();
+        let alerts_path = self.dir.join("alerts.toml");
+        write(&alerts_path, &self.alerts);
+        let mut text = format!(
+            "state_dir = \"{state}\"\nalerts = \"{alerts}\"\nstatus_interval_s = 1\n\n[model]\ndir = \"{models}\"\ndevice = \"cpu\"\n\n[matcher]\n{matcher}\n\n[batch]\nmax_size = 8\nmax_wait_ms = 50\n\n",
+            state = self.dir.join("state").display(),
+            alerts = alerts_path.display(),
+            models = t.models.display(),
+            matcher = self.matcher,
+        );
+        if let Some(port) = self.mqtt {
+            text.push_str(&format!(
+                "[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"carwatch-test-{port}\"\n\n"
+            ));
+        }
+        if let Some(port) = self.broker {
+            text.push_str(&format!("[broker]\nlisten = \"127.0.0.1:{port}\"\n\n"));
+        }
+        text.push_str(&self.sections);
+        text.push_str(&self.cameras);
+        let path = self.dir.join("carwatch.toml");
+        write(&path, &text);
+        path
+    }
 }
 
 pub fn camera(name: &str, url: &str, extra: &str) -> String {
@@ -106,11 +168,9 @@ impl Watcher {
     }
 
     /// Sends `signal` (SIGTERM, SIGINT, SIGKILL...) to the process.
-    pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc_kill(self.child.id() as i32, signal);
-        }
+    pub fn signal(&self, signal: Signal) {
+        let pid = Pid::from_raw(self.child.id() as i32).expect("a child's pid is positive");
+        rustix::process::kill_process(pid, signal).expect("signal our own child");
     }
 
     /// Waits at most `limit` for the process to exit.
@@ -135,11 +195,6 @@ impl Drop for Watcher {
     }
 }
 
-pub const SIGTERM: i32 = 15;
-pub const SIGKILL: i32 = 9;
-pub const SIGHUP: i32 = 1;
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
+pub const SIGTERM: Signal = Signal::TERM;
+pub const SIGKILL: Signal = Signal::KILL;
+pub const SIGHUP: Signal = Signal::HUP;

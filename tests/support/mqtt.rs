@@ -263,3 +263,81 @@ impl Subscriber {
         let _ = self.client.disconnect();
     }
 }
+
+/// A broker of our own that never acknowledges hits (topics with `/hits/`) and
+/// acknowledges everything else: what a broker under load or a lost PUBACK looks like
+/// to carwatch, kept up for as long as a test needs. Records every PUBLISH it receives.
+pub struct HoldingBroker {
+    pub port: u16,
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<(String, String, Instant)>>>,
+}
+
+impl HoldingBroker {
+    pub fn start() -> HoldingBroker {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::clone(&received);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let log = std::sync::Arc::clone(&log);
+                std::thread::spawn(move || serve_holding(stream, log));
+            }
+        });
+        HoldingBroker { port, received }
+    }
+
+    /// Payloads received on `topic`, with when.
+    pub fn on(&self, topic: &str) -> Vec<(String, Instant)> {
+        let r = self.received.lock().unwrap();
+        r.iter().filter(|(t, _, _)| t == topic).map(|(_, p, at)| (p.clone(), *at)).collect()
+    }
+}
+
+fn serve_holding(mut s: TcpStream, log: std::sync::Arc<std::sync::Mutex<Vec<(String, String, Instant)>>>) {
+    use std::io::{Read, Write};
+    loop {
+        let mut first = [0u8; 1];
+        if s.read_exact(&mut first).is_err() {
+            return;
+        }
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let mut b = [0u8; 1];
+            if s.read_exact(&mut b).is_err() {
+                return;
+            }
+            len |= ((b[0] & 0x7f) as usize) << shift;
+            shift += 7;
+            if b[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        if s.read_exact(&mut body).is_err() {
+            return;
+        }
+        let reply: Option<Vec<u8>> = match first[0] >> 4 {
+            1 => Some(vec![0x20, 2, 0, 0]),
+            3 if body.len() >= 2 => {
+                let qos = (first[0] >> 1) & 3;
+                let tlen = u16::from_be_bytes([body[0], body[1]]) as usize;
+                let topic = String::from_utf8_lossy(&body[2..2 + tlen]).into_owned();
+                let at = 2 + tlen + if qos > 0 { 2 } else { 0 };
+                let payload = String::from_utf8_lossy(&body[at..]).into_owned();
+                let pkid = (qos > 0).then(|| [body[2 + tlen], body[3 + tlen]]);
+                let hold = topic.contains("/hits/");
+                log.lock().unwrap().push((topic, payload, Instant::now()));
+                pkid.filter(|_| !hold).map(|p| vec![0x40, 2, p[0], p[1]])
+            }
+            12 => Some(vec![0xd0, 0]),
+            14 => return,
+            _ => None,
+        };
+        if let Some(r) = reply
+            && s.write_all(&r).is_err()
+        {
+            return;
+        }
+    }
+}
