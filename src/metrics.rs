@@ -452,7 +452,7 @@ mod tests {
     }
 
     /// The review's defect 14: connections were unbounded and had no timeouts. Idle
-    /// connections beyond the cap are closed, and a health check still gets through.
+    /// connections beyond the cap are closed, and a scrape still gets through.
     #[test]
     fn idle_connections_are_capped_and_time_out() {
         use std::io::{Read, Write};
@@ -465,15 +465,15 @@ mod tests {
         while answered.is_none() && started.elapsed() < Duration::from_secs(10) {
             let mut s = std::net::TcpStream::connect(listen).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let _ = s.write_all(b"GET /health HTTP/1.1\r\n\r\n");
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
             let mut text = String::new();
             let _ = s.read_to_string(&mut text);
             if text.starts_with("HTTP/1.1 200") {
                 answered = Some(started.elapsed());
             }
         }
-        let took = answered.expect("/health never answered behind idle connections");
-        assert!(took < Duration::from_secs(4), "/health took {took:?}");
+        let took = answered.expect("/metrics never answered behind idle connections");
+        assert!(took < Duration::from_secs(4), "/metrics took {took:?}");
         // Every idle connection is closed by the server: beyond the cap at once, within
         // it after the client limit.
         for mut s in idle {

@@ -31,6 +31,8 @@ impl std::fmt::Display for Ended {
 }
 
 struct Registry {
+    /// Test fault: the thread of this name panics (see [`inject_panic`]).
+    doomed: Mutex<Option<String>>,
     ended_tx: Sender<Ended>,
     ended_rx: Receiver<Ended>,
     /// Every supervised thread of the current generation, and whether it still runs.
@@ -42,7 +44,13 @@ fn registry() -> &'static Registry {
     static R: OnceLock<Registry> = OnceLock::new();
     R.get_or_init(|| {
         let (ended_tx, ended_rx) = crossbeam_channel::unbounded();
-        Registry { ended_tx, ended_rx, threads: Mutex::new(Vec::new()), generation: AtomicU64::new(0) }
+        Registry {
+            doomed: Mutex::new(None),
+            ended_tx,
+            ended_rx,
+            threads: Mutex::new(Vec::new()),
+            generation: AtomicU64::new(0),
+        }
     })
 }
 
@@ -88,6 +96,25 @@ where
         let _guard = guard;
         f()
     })
+}
+
+/// Test fault (`watch --test-fault panic-thread:NAME`): the running supervised thread
+/// `name` panics at its next [`checkpoint`]. Threads check at points where they go round
+/// anyway; nothing else is affected.
+pub fn inject_panic(name: &str) {
+    if let Ok(mut d) = registry().doomed.lock() {
+        *d = Some(name.to_string());
+    }
+}
+
+/// Panics if a test asked this thread to (see [`inject_panic`]); otherwise nothing.
+pub fn checkpoint() {
+    let doomed = registry().doomed.lock().ok().and_then(|d| d.clone());
+    if let Some(name) = doomed
+        && std::thread::current().name() == Some(name.as_str())
+    {
+        panic!("test fault: thread `{name}` was asked to panic");
+    }
 }
 
 /// Where ends are reported (the daemon's main loop selects on it).

@@ -58,6 +58,9 @@ pub struct Seam {
     pub hang_inference: bool,
     /// Receives the cameras and metrics once everything runs.
     pub running: Option<Sender<Running>>,
+    /// The supervised thread of this name panics once everything runs (the
+    /// supervision test).
+    pub panic_thread: Option<String>,
 }
 
 /// A view of a running watcher.
@@ -259,6 +262,9 @@ impl Daemon {
             notify::run(cams, m, move || counter.hits_total.load(std::sync::atomic::Ordering::Relaxed), notify_stop_rx)
         })
         .map_err(spawn_err("notify"))?;
+        if let Some(name) = seam.panic_thread {
+            threads::inject_panic(&name);
+        }
         if let Some(running) = seam.running {
             let _ = running.send(Running { cameras: output.cameras.clone(), metrics: Arc::clone(&output.metrics) });
         }

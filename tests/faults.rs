@@ -547,3 +547,21 @@ fn sigterm_with_hits_unacknowledged_still_says_offline_and_keeps_them() {
     .unwrap();
     assert_eq!(outbox.len(), printed, "every hit made is waiting in the outbox");
 }
+
+/// The review's defect 6: a thread that died went unnoticed (a dead `mqtt` thread left
+/// the publisher spinning and publishing nothing). Now its name and panic are logged
+/// and the process ends non-zero, for systemd to restart it.
+#[test]
+fn a_thread_that_panics_is_named_and_ends_the_process_non_zero() {
+    let dir = support::tempdir();
+    let broker = Mosquitto::start();
+    let config =
+        Scenario::new(dir.path()).mqtt(broker.port).cameras(&camera("gate", "rtsp://127.0.0.1:9/x", "")).write();
+    let mut cmd = carwatch();
+    cmd.env("RUST_LOG", "info");
+    cmd.arg("watch").arg("--config").arg(&config).args(["--test-fault", "panic-thread:mqtt"]);
+    let o = run(cmd, Duration::from_secs(60));
+    let err = support::stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("thread `mqtt` panicked"), "{err}");
+}

@@ -233,8 +233,9 @@ struct WatchArgs {
     /// Also print each hit as a JSON line on stdout.
     #[arg(long)]
     print_hits: bool,
-    /// Test-only fault injection (`hang-inference`: the inference loop stops after
-    /// start-up, so the systemd watchdog test can see pings stop).
+    /// Test-only fault injection: `hang-inference` (the inference loop stops after
+    /// start-up, so the systemd watchdog test can see pings stop), `panic-thread:NAME`
+    /// (that supervised thread panics once everything runs).
     #[arg(long, hide = true)]
     test_fault: Option<String>,
 }

@@ -13,13 +13,14 @@ pub(super) fn watch_cmd(a: WatchArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    let hang_inference = match a.test_fault.as_deref() {
-        None => false,
-        Some("hang-inference") => true,
+    let mut seam = carwatch::watch::Seam::default();
+    match a.test_fault.as_deref() {
+        None => {}
+        Some("hang-inference") => seam.hang_inference = true,
+        Some(f) if f.starts_with("panic-thread:") => seam.panic_thread = Some(f["panic-thread:".len()..].to_string()),
         Some(other) => anyhow::bail!("unknown test fault `{other}`"),
-    };
+    }
     let shutdown = carwatch::watch::Shutdown::signals().context("cannot install signal handlers")?;
-    let seam = carwatch::watch::Seam { hang_inference, ..Default::default() };
     carwatch::watch::run(&config, carwatch::watch::WatchOptions { models: a.models, on_hit, seam }, shutdown)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -259,6 +259,7 @@ impl Publisher {
         let mut last_stats = Instant::now();
         let reports = self.mqtt.reports.clone();
         loop {
+            crate::threads::checkpoint();
             select! {
                 recv(events) -> ev => match ev {
                     Ok(Event::Hit(hit)) => self.hit(&hit),

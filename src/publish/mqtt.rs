@@ -310,6 +310,7 @@ impl Driver {
         let mut backoff = Duration::from_millis(500);
         let mut attempt: u32 = 0;
         loop {
+            crate::threads::checkpoint();
             self.take_commands();
             let connected = self.link.connected.load(Ordering::SeqCst);
             if connected {
