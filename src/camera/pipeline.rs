@@ -146,6 +146,41 @@ fn steer_decoding(src: &gst::Element, shared: &Arc<CameraShared>) -> Result<(), 
     Ok(())
 }
 
+/// Hands the camera's credentials (and RTSP transport) to the source element that
+/// uridecodebin creates once it sees the URI: as properties, never in the URI.
+fn pass_credentials(src: &gst::Element, camera: &Camera) {
+    let username = camera.source.username.clone();
+    let password = camera.source.password.clone();
+    let transport = camera.rtsp_transport;
+    src.connect("source-setup", false, move |args| {
+        let source = args.get(1).and_then(|v| v.get::<gst::Element>().ok())?;
+        let factory = source.factory().map(|f| f.name().to_string()).unwrap_or_default();
+        if factory == "rtspsrc" {
+            let protocols = match transport {
+                RtspTransport::Tcp => "tcp",
+                RtspTransport::Udp => "udp",
+                RtspTransport::Auto => "udp+udp-mcast+tcp",
+            };
+            source.set_property_from_str("protocols", protocols);
+            source.set_property("latency", 200u32);
+            if let Some(u) = &username {
+                source.set_property("user-id", u);
+            }
+            if let Some(p) = &password {
+                source.set_property("user-pw", p.expose());
+            }
+        } else if factory == "souphttpsrc" {
+            if let Some(u) = &username {
+                source.set_property("user-id", u);
+            }
+            if let Some(p) = &password {
+                source.set_property("user-pw", p.expose());
+            }
+        }
+        None
+    });
+}
+
 /// `fps` as a GStreamer fraction (0.5 -> 1/2, 2 -> 2/1, 7.5 -> 15/2).
 fn fraction(fps: f64) -> gst::Fraction {
     gst::Fraction::approximate_f64(fps).unwrap_or_else(|| gst::Fraction::new((fps * 1000.0).round() as i32, 1000))
@@ -177,37 +212,7 @@ impl Pipeline {
         pipeline.add_many([&src, &rate, &rate_caps, &convert, appsink.upcast_ref()]).map_err(PipelineError::Build)?;
         gst::Element::link_many([&rate, &rate_caps, &convert, appsink.upcast_ref()]).map_err(PipelineError::Build)?;
 
-        // rtspsrc (and other sources) are created by uridecodebin once it sees the URI.
-        let username = camera.source.username.clone();
-        let password = camera.source.password.clone();
-        let transport = camera.rtsp_transport;
-        src.connect("source-setup", false, move |args| {
-            let source = args.get(1).and_then(|v| v.get::<gst::Element>().ok())?;
-            let factory = source.factory().map(|f| f.name().to_string()).unwrap_or_default();
-            if factory == "rtspsrc" {
-                let protocols = match transport {
-                    RtspTransport::Tcp => "tcp",
-                    RtspTransport::Udp => "udp",
-                    RtspTransport::Auto => "udp+udp-mcast+tcp",
-                };
-                source.set_property_from_str("protocols", protocols);
-                source.set_property("latency", 200u32);
-                if let Some(u) = &username {
-                    source.set_property("user-id", u);
-                }
-                if let Some(p) = &password {
-                    source.set_property("user-pw", p.expose());
-                }
-            } else if factory == "souphttpsrc" {
-                if let Some(u) = &username {
-                    source.set_property("user-id", u);
-                }
-                if let Some(p) = &password {
-                    source.set_property("user-pw", p.expose());
-                }
-            }
-            None
-        });
+        pass_credentials(&src, camera);
         steer_decoding(&src, shared)?;
         // Link the first video pad uridecodebin exposes. The closure holds a weak
         // reference: a strong one would keep the pipeline alive forever.

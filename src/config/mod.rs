@@ -156,42 +156,9 @@ impl Config {
         let outbox = doc.section::<OutboxConfig>("outbox").map(|s| s.into_inner());
         let metrics = doc.section::<MetricsConfig>("metrics").map(|s| s.into_inner());
 
-        let mut cameras = Vec::new();
-        let mut names = HashSet::new();
-        let mut inline_secrets = false;
-        for (i, entry) in doc.entries::<CameraConfig>("camera").into_iter().enumerate() {
-            let key = format!("camera[{i}]");
-            let span = entry.span();
-            let c = entry.into_inner();
-            inline_secrets |= c.password.is_some();
-            if !names.insert(c.name.clone()) {
-                doc.push_problem(span.clone(), &key, &format!("camera name `{}` is used twice", c.name));
-            }
-            match Camera::from_config(&c) {
-                Ok(cam) => cameras.push(cam),
-                Err(e) => doc.push_problem(span, &key, &format!("camera `{}`: {e}", c.name)),
-            }
-        }
-
-        let mut prefix = default_prefix();
-        let mut mqtt = None;
-        if let Some(section) = doc.section::<MqttConfig>("mqtt") {
-            let span = section.span();
-            let m = section.into_inner();
-            inline_secrets |= m.password.is_some() || url::Url::parse(&m.url).is_ok_and(|u| u.password().is_some());
-            prefix = m.topic_prefix.clone();
-            match MqttSettings::from_config(&m) {
-                Ok(s) => mqtt = Some(s),
-                Err(e) => doc.push_problem(span, "mqtt", &e),
-            }
-        }
-        let topics = match Topics::new(&prefix) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                doc.push_problem(0..0, "mqtt.topic_prefix", &e);
-                None
-            }
-        };
+        let (cameras, camera_secrets) = cameras(&mut doc);
+        let (mqtt, topics, mqtt_secrets) = mqtt(&mut doc);
+        let inline_secrets = camera_secrets || mqtt_secrets;
 
         let problems = doc.into_problems();
         let (Some(topics), true) = (topics, problems.is_empty()) else {
@@ -215,6 +182,53 @@ impl Config {
             inline_secrets,
         })
     }
+}
+
+/// The `[[camera]]` entries, each checked on its own; whether any holds a password.
+fn cameras(doc: &mut Document) -> (Vec<Camera>, bool) {
+    let mut cameras = Vec::new();
+    let mut names = HashSet::new();
+    let mut inline_secrets = false;
+    for (i, entry) in doc.entries::<CameraConfig>("camera").into_iter().enumerate() {
+        let key = format!("camera[{i}]");
+        let span = entry.span();
+        let c = entry.into_inner();
+        inline_secrets |= c.password.is_some();
+        if !names.insert(c.name.clone()) {
+            doc.push_problem(span.clone(), &key, &format!("camera name `{}` is used twice", c.name));
+        }
+        match Camera::from_config(&c) {
+            Ok(cam) => cameras.push(cam),
+            Err(e) => doc.push_problem(span, &key, &format!("camera `{}`: {e}", c.name)),
+        }
+    }
+    (cameras, inline_secrets)
+}
+
+/// `[mqtt]` resolved (none: the embedded broker) and the topics under its prefix;
+/// whether the section holds a password.
+fn mqtt(doc: &mut Document) -> (Option<MqttSettings>, Option<Topics>, bool) {
+    let mut prefix = default_prefix();
+    let mut mqtt = None;
+    let mut inline_secrets = false;
+    if let Some(section) = doc.section::<MqttConfig>("mqtt") {
+        let span = section.span();
+        let m = section.into_inner();
+        inline_secrets = m.password.is_some() || url::Url::parse(&m.url).is_ok_and(|u| u.password().is_some());
+        prefix = m.topic_prefix.clone();
+        match MqttSettings::from_config(&m) {
+            Ok(s) => mqtt = Some(s),
+            Err(e) => doc.push_problem(span, "mqtt", &e),
+        }
+    }
+    let topics = match Topics::new(&prefix) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            doc.push_problem(0..0, "mqtt.topic_prefix", &e);
+            None
+        }
+    };
+    (mqtt, topics, inline_secrets)
 }
 
 /// Warns when a file holding passwords can be read by users other than its owner.

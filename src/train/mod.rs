@@ -135,28 +135,8 @@ pub fn run(opts: &TrainOptions) -> Result<TrainReport, TrainError> {
             epochs: 0,
         };
         let weights = if plan.labels.len() > 1 {
-            let mut rows: Vec<&(usize, usize)> = train_idx.iter().collect();
-            let flips: Vec<(usize, usize)> = train_idx.iter().filter(|(i, _)| flipped[*i].is_some()).copied().collect();
-            rows.extend(flips.iter());
-            let train = stack(&rows, |k, i| if k < train_idx.len() { &features[i] } else { &flipped[i] })?;
-            let val = stack(&val_idx.iter().collect::<Vec<_>>(), |_, i| &features[i])?;
-            let bar = bar(opts.progress, opts.fit.max_epochs as u64, &format!("head {}", plan.id));
-            let fitted =
-                fit::fit(&train, &val, plan.labels.len() as i64, &opts.fit, opts.seed as i64 + h as i64, |_| {
-                    bar.inc(1)
-                })?;
-            bar.finish_and_clear();
-            report.val_accuracy = fitted.val_accuracy;
-            report.epochs = fitted.epochs;
-            let rel = PathBuf::from("heads").join(format!("{}.safetensors", plan.id));
-            let path = opts.out.join(&rel);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|source| TrainError::Io { path: parent.to_path_buf(), source })?;
-            }
-            let named: Vec<(String, Tensor)> = fitted.vars.variables().into_iter().collect();
-            write_atomic(&path, &named)?;
-            Some(rel)
+            let samples = Samples { features: &features, flipped: &flipped, train: &train_idx, val: &val_idx };
+            Some(fit_head(&plan, samples, h, opts, &mut report)?)
         } else {
             None
         };
@@ -196,6 +176,46 @@ pub fn run(opts: &TrainOptions) -> Result<TrainReport, TrainError> {
         manifest: opts.out.join(crate::model::manifest::MANIFEST_FILE),
         int8,
     })
+}
+
+/// One head's samples: features (and flipped features) by photo index, and which
+/// photos train and which validate.
+struct Samples<'a> {
+    features: &'a [Option<Tensor>],
+    flipped: &'a [Option<Tensor>],
+    train: &'a [(usize, usize)],
+    val: &'a [(usize, usize)],
+}
+
+/// Fits one head (the `h`-th) and writes its weights; returns their path relative to
+/// the output directory, and fills in the report's accuracy and epochs.
+fn fit_head(
+    plan: &dataset::HeadPlan,
+    samples: Samples,
+    h: usize,
+    opts: &TrainOptions,
+    report: &mut HeadReport,
+) -> Result<PathBuf, TrainError> {
+    let Samples { features, flipped, train: train_idx, val: val_idx } = samples;
+    let mut rows: Vec<&(usize, usize)> = train_idx.iter().collect();
+    let flips: Vec<(usize, usize)> = train_idx.iter().filter(|(i, _)| flipped[*i].is_some()).copied().collect();
+    rows.extend(flips.iter());
+    let train = stack(&rows, |k, i| if k < train_idx.len() { &features[i] } else { &flipped[i] })?;
+    let val = stack(&val_idx.iter().collect::<Vec<_>>(), |_, i| &features[i])?;
+    let bar = bar(opts.progress, opts.fit.max_epochs as u64, &format!("head {}", plan.id));
+    let fitted =
+        fit::fit(&train, &val, plan.labels.len() as i64, &opts.fit, opts.seed as i64 + h as i64, |_| bar.inc(1))?;
+    bar.finish_and_clear();
+    report.val_accuracy = fitted.val_accuracy;
+    report.epochs = fitted.epochs;
+    let rel = PathBuf::from("heads").join(format!("{}.safetensors", plan.id));
+    let path = opts.out.join(&rel);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| TrainError::Io { path: parent.to_path_buf(), source })?;
+    }
+    let named: Vec<(String, Tensor)> = fitted.vars.variables().into_iter().collect();
+    write_atomic(&path, &named)?;
+    Ok(rel)
 }
 
 /// Photos decoded and preprocessed on the CPU in fp32, `batch` at a time.
