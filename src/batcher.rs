@@ -205,24 +205,14 @@ impl Batcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::camera::{Camera, CameraConfig, CameraShared, FrameQueue};
-    use std::time::SystemTime;
+    use crate::camera::{CameraShared, FrameQueue};
 
     fn frame(cam: &Arc<CameraShared>) -> Arc<Frame> {
-        Arc::new(Frame {
-            camera: cam.clone(),
-            captured_at: SystemTime::now(),
-            seen: Instant::now(),
-            pts: None,
-            width: 1,
-            height: 1,
-            rgb: vec![0; 3],
-        })
+        Arc::new(crate::camera::testing::frame(cam, 1, 1))
     }
 
     fn setup(max_size: u32, wait_ms: u64) -> (FrameQueue, Batcher, crossbeam_channel::Sender<()>, Arc<CameraShared>) {
-        let cfg: CameraConfig = toml::from_str("name = \"c\"\nurl = \"rtsp://h/\"").unwrap();
-        let cam = CameraShared::new(Camera::from_config(&cfg).unwrap());
+        let cam = crate::camera::testing::camera("c");
         let (q, rx) = FrameQueue::bounded(64, u64::MAX);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         (q, Batcher::new(rx, stop_rx, max_size as usize, Duration::from_millis(wait_ms)), stop_tx, cam)

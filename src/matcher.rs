@@ -175,29 +175,16 @@ fn describe(p: &Prediction, alert: &Alert) -> Leaf {
 mod tests {
     use super::*;
     use crate::alerts::Vocabulary;
-    use crate::camera::{Camera, CameraConfig};
     use crate::model::cascade::testing::prediction;
     use crate::rule::MatcherConfig;
     use crate::values::Name;
     use std::path::Path;
     use std::time::Duration;
-    use std::time::SystemTime;
 
-    fn camera(name: &str) -> Arc<CameraShared> {
-        let cfg: CameraConfig = toml::from_str(&format!("name = \"{name}\"\nurl = \"rtsp://h/\"")).unwrap();
-        CameraShared::new(Camera::from_config(&cfg).unwrap())
-    }
+    use crate::camera::testing::camera;
 
     fn frame(cam: &Arc<CameraShared>) -> Arc<Frame> {
-        Arc::new(Frame {
-            camera: cam.clone(),
-            captured_at: SystemTime::now(),
-            seen: Instant::now(),
-            pts: None,
-            width: 4,
-            height: 4,
-            rgb: vec![0; 48],
-        })
+        Arc::new(crate::camera::testing::frame(cam, 4, 4))
     }
 
     /// One region whose prediction is `p_bmw_3` BMW 3-series, rest audi a4 (front view).

@@ -40,9 +40,25 @@ struct Registry {
     generation: AtomicU64,
 }
 
+thread_local! {
+    /// This thread's name and generation, when it is supervised.
+    static SUPERVISED: std::cell::RefCell<Option<(String, u64)>> = const { std::cell::RefCell::new(None) };
+}
+
 fn registry() -> &'static Registry {
     static R: OnceLock<Registry> = OnceLock::new();
     R.get_or_init(|| {
+        // A panic is reported from the hook, before unwinding drops the thread's state:
+        // otherwise a thread downstream that notices (a channel closing) could report
+        // its own end first, and the log would blame it.
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let me = SUPERVISED.with(|s| s.borrow().clone());
+            if let (Some((name, generation)), Some(r)) = (me, R.get()) {
+                let _ = r.ended_tx.send(Ended { name, panicked: true, generation });
+            }
+            previous(info)
+        }));
         let (ended_tx, ended_rx) = crossbeam_channel::unbounded();
         Registry {
             doomed: Mutex::new(None),
@@ -66,8 +82,10 @@ impl Drop for Guard {
         {
             entry.1 = false;
         }
-        let ended = Ended { name: std::mem::take(&mut self.0), panicked: std::thread::panicking(), generation: self.1 };
-        let _ = r.ended_tx.send(ended);
+        // A panic was reported by the hook already.
+        if !std::thread::panicking() {
+            let _ = r.ended_tx.send(Ended { name: std::mem::take(&mut self.0), panicked: false, generation: self.1 });
+        }
     }
 }
 
@@ -91,9 +109,12 @@ where
     if let Ok(mut t) = r.threads.lock() {
         t.push((name.clone(), true));
     }
-    let guard = Guard(name.clone(), r.generation.load(Ordering::SeqCst));
+    let generation = r.generation.load(Ordering::SeqCst);
+    let guard = Guard(name.clone(), generation);
+    let me = (name.clone(), generation);
     std::thread::Builder::new().name(name).spawn(move || {
         let _guard = guard;
+        SUPERVISED.with(|s| *s.borrow_mut() = Some(me));
         f()
     })
 }

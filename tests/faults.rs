@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use carwatch::synthetic::rtsp::{Credentials, RtspServer};
 use serde_json::Value;
 
-use crate::support::daemon::{SIGKILL, SIGTERM, Scenario, Watcher, camera, single};
+use crate::support::daemon::{SIGKILL, SIGTERM, Scenario, Watcher, camera, single, wanted};
 use crate::support::mqtt::{Mosquitto, Subscriber, free_port, make_ca, sh};
 use crate::support::{self, carwatch, run, stdout, trained, write};
 
@@ -110,14 +110,8 @@ fn received(sub: &Subscriber, topic: &str) -> Vec<Value> {
 fn hits_survive_a_broker_outage() {
     let dir = support::tempdir();
     let mut broker = Mosquitto::start();
-    let rtsp = RtspServer::start(vec![("/c".into(), single("rear", "volvo", "c30"))], 0, None).unwrap();
-    let alerts = "[[alert]]\nid = \"c30\"\nmake = \"volvo\"\nmodel = \"c30\"\n";
-    let config = Scenario::new(dir.path())
-        .mqtt(broker.port)
-        .cameras(&camera("gate", &rtsp.url("/c"), ""))
-        .alerts(alerts)
-        .matcher("confirm_frames = 1\ncooldown_s = 2")
-        .write();
+    let (_rtsp, scenario) = wanted(dir.path(), ("rear", "volvo", "c30"), 2);
+    let config = scenario.mqtt(broker.port).write();
     let mut sub = Subscriber::connect(broker.port, "carwatch/hits/#");
     let watcher = Watcher::start(&config);
     assert!(sub.wait_for("carwatch/hits/c30", LONG, |_| true).is_some(), "no hit\n{}", watcher.logs());
@@ -162,14 +156,8 @@ fn hits_survive_a_broker_outage() {
 fn hits_pending_in_the_outbox_survive_kill_9() {
     let dir = support::tempdir();
     let mut broker = Mosquitto::start();
-    let rtsp = RtspServer::start(vec![("/c".into(), single("front", "audi", "a4"))], 0, None).unwrap();
-    let alerts = "[[alert]]\nid = \"a4\"\nmake = \"audi\"\nmodel = \"a4\"\n";
-    let config = Scenario::new(dir.path())
-        .mqtt(broker.port)
-        .cameras(&camera("gate", &rtsp.url("/c"), ""))
-        .alerts(alerts)
-        .matcher("confirm_frames = 1\ncooldown_s = 1")
-        .write();
+    let (_rtsp, scenario) = wanted(dir.path(), ("front", "audi", "a4"), 1);
+    let config = scenario.mqtt(broker.port).write();
     let mut sub = Subscriber::connect(broker.port, "carwatch/hits/#");
     let first = Watcher::start(&config);
     assert!(sub.wait_for("carwatch/hits/a4", LONG, |_| true).is_some(), "no hit\n{}", first.logs());
@@ -466,15 +454,8 @@ fn a_hit_the_broker_refuses_goes_out_without_its_image() {
     let broker = Mosquitto::start_with(|_, port| {
         format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_packet_size 4096\n")
     });
-    let rtsp = RtspServer::start(vec![("/c".into(), single("front", "bmw", "x5"))], 0, None).unwrap();
-    let alerts = "[[alert]]\nid = \"x5\"\nmake = \"bmw\"\nmodel = \"x5\"\n";
-    let config = Scenario::new(dir.path())
-        .mqtt(broker.port)
-        .cameras(&camera("gate", &rtsp.url("/c"), ""))
-        .alerts(alerts)
-        .matcher("confirm_frames = 1\ncooldown_s = 1")
-        .section("\n[snapshots]\ninline = true\nquality = 100\n")
-        .write();
+    let (_rtsp, scenario) = wanted(dir.path(), ("front", "bmw", "x5"), 1);
+    let config = scenario.mqtt(broker.port).section("\n[snapshots]\ninline = true\nquality = 100\n").write();
     let mut sub = Subscriber::connect(broker.port, "carwatch/hits/#");
     let watcher = Watcher::start(&config);
     let hit = sub.wait_for("carwatch/hits/x5", LONG, |_| true);
@@ -492,15 +473,8 @@ fn a_hit_the_broker_refuses_goes_out_without_its_image() {
 fn with_the_disk_full_hits_still_go_out_and_it_is_said() {
     let dir = support::tempdir();
     let broker = Mosquitto::start();
-    let rtsp = RtspServer::start(vec![("/c".into(), single("front", "bmw", "x5"))], 0, None).unwrap();
-    let alerts = "[[alert]]\nid = \"x5\"\nmake = \"bmw\"\nmodel = \"x5\"\n";
-    let config = Scenario::new(dir.path())
-        .mqtt(broker.port)
-        .cameras(&camera("gate", &rtsp.url("/c"), ""))
-        .alerts(alerts)
-        .matcher("confirm_frames = 1\ncooldown_s = 1")
-        .section("\n[metrics]\nstats_interval_s = 1\n")
-        .write();
+    let (_rtsp, scenario) = wanted(dir.path(), ("front", "bmw", "x5"), 1);
+    let config = scenario.mqtt(broker.port).section("\n[metrics]\nstats_interval_s = 1\n").write();
     let outbox = dir.path().join("state/outbox");
     std::fs::create_dir_all(&outbox).unwrap();
     std::os::unix::fs::symlink("/dev/full", outbox.join("hits.log")).unwrap();

@@ -597,6 +597,31 @@ impl FrameQueue {
     }
 }
 
+/// Cameras and frames for other modules' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A camera named `name` on a URL nobody opens.
+    pub fn camera(name: &str) -> Arc<CameraShared> {
+        let cfg: CameraConfig = toml::from_str(&format!("name = \"{name}\"\nurl = \"rtsp://h/\"")).unwrap();
+        CameraShared::new(Camera::from_config(&cfg).unwrap())
+    }
+
+    /// A black `width` x `height` frame of `camera`, captured now.
+    pub fn frame(camera: &Arc<CameraShared>, width: u32, height: u32) -> Frame {
+        Frame {
+            camera: Arc::clone(camera),
+            captured_at: SystemTime::now(),
+            seen: Instant::now(),
+            pts: None,
+            width,
+            height,
+            rgb: vec![0; (width * height * 3) as usize],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -679,18 +704,8 @@ mod tests {
 
     #[test]
     fn the_queue_is_bounded_by_bytes_as_well_as_count() {
-        let cam = CameraShared::new(Camera::from_config(&config("name = \"a\"\nurl = \"rtsp://h/s\"")).unwrap());
-        let frame = || {
-            Arc::new(Frame {
-                camera: Arc::clone(&cam),
-                captured_at: SystemTime::now(),
-                seen: Instant::now(),
-                pts: None,
-                width: 10,
-                height: 10,
-                rgb: vec![0; 300],
-            })
-        };
+        let cam = testing::camera("a");
+        let frame = || Arc::new(testing::frame(&cam, 10, 10));
         let (queue, frames) = FrameQueue::bounded(100, 1000);
         for _ in 0..5 {
             queue.push(frame());

@@ -198,11 +198,9 @@ pub fn run(camera: Arc<CameraShared>, queue: FrameQueue, stop: Receiver<()>, ope
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::camera::{Camera, CameraConfig};
     use rand::SeedableRng;
     use std::collections::VecDeque;
     use std::sync::Mutex;
-    use std::time::SystemTime;
 
     #[test]
     fn backoff_doubles_to_its_cap_with_bounded_jitter_and_resets() {
@@ -228,15 +226,7 @@ mod tests {
     impl Stream for ScriptStream {
         fn next(&mut self, _timeout: Duration) -> Step {
             match self.steps.pop_front() {
-                Some("frame") => Step::Frame(Frame {
-                    camera: self.camera.clone(),
-                    captured_at: SystemTime::now(),
-                    seen: Instant::now(),
-                    pts: None,
-                    width: 1,
-                    height: 1,
-                    rgb: vec![0; 3],
-                }),
+                Some("frame") => Step::Frame(crate::camera::testing::frame(&self.camera, 1, 1)),
                 Some("fail") => Step::Failed("boom".into()),
                 Some("end") => Step::Ended,
                 _ => {
@@ -260,8 +250,7 @@ mod tests {
 
     #[test]
     fn failures_are_retried_and_frames_flow_after_recovery() {
-        let cfg: CameraConfig = toml::from_str("name = \"t\"\nurl = \"rtsp://h/\"").unwrap();
-        let cam = CameraShared::new(Camera::from_config(&cfg).unwrap());
+        let cam = crate::camera::testing::camera("t");
         let (queue, frames) = FrameQueue::bounded(16, u64::MAX);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         let script = Scripted(Mutex::new(

@@ -130,92 +130,130 @@ pub fn draw_vehicle(img: &mut RgbImage, area: Rect, class: &Class, rng: &mut Std
     let y0 = area.top() as f32 + cabin + slack_y * rng.random_range(0.3..0.9);
     let jitter = |c: u8, r: &mut StdRng| (c as i32 + r.random_range(-18..=18)).clamp(0, 255) as u8;
     let body = Rgb([jitter(class.colour[0], rng), jitter(class.colour[1], rng), jitter(class.colour[2], rng)]);
-    let dark = Rgb([25, 28, 35]);
-    let glass = Rgb([60, 80, 100]);
-    let tyre = Rgb([15, 15, 15]);
-
-    let p = |x: f32, y: f32| Point::new(x.round() as i32, y.round() as i32);
-    let rect = |x: f32, y: f32, w: f32, h: f32| {
-        Rect::at(x.round() as i32, y.round() as i32).of_size(w.max(1.0) as u32, h.max(1.0) as u32)
-    };
-
+    let sketch = Sketch { x0, y0, bw, bh, cabin, body };
     match class.view {
-        "angled" => {
-            let skew = bh * 0.45;
-            // Wheels first so the body overlaps their tops.
-            let r = (bh * 0.32).max(2.0) as i32;
-            draw_filled_circle_mut(img, ((x0 + bw * 0.22) as i32, (y0 + bh) as i32), r, tyre);
-            draw_filled_circle_mut(img, ((x0 + bw * 0.78 + skew * 0.5) as i32, (y0 + bh) as i32), r, tyre);
-            let body_poly = [p(x0, y0), p(x0 + bw, y0), p(x0 + bw + skew, y0 + bh), p(x0 + skew, y0 + bh)];
-            draw_polygon_mut(img, &body_poly, body);
-            texture(img, class.shape, rect(x0 + skew * 0.5, y0, bw, bh), body, rng);
-            let top = y0 - cabin;
-            let roof = [p(x0 + bw * 0.15, top), p(x0 + bw * 0.8, top), p(x0 + bw * 0.92, y0), p(x0 + bw * 0.05, y0)];
-            draw_polygon_mut(img, &roof, body);
-            let win1 = [
-                p(x0 + bw * 0.2, top + cabin * 0.2),
-                p(x0 + bw * 0.45, top + cabin * 0.2),
-                p(x0 + bw * 0.45, y0 - 1.0),
-                p(x0 + bw * 0.12, y0 - 1.0),
-            ];
-            let win2 = [
-                p(x0 + bw * 0.5, top + cabin * 0.2),
-                p(x0 + bw * 0.76, top + cabin * 0.2),
-                p(x0 + bw * 0.86, y0 - 1.0),
-                p(x0 + bw * 0.5, y0 - 1.0),
-            ];
-            draw_polygon_mut(img, &win1, glass);
-            draw_polygon_mut(img, &win2, glass);
-            draw_filled_circle_mut(
-                img,
-                ((x0 + skew * 0.3) as i32, (y0 + bh * 0.35) as i32),
-                (bh * 0.12).max(1.0) as i32,
-                Rgb([250, 245, 200]),
-            );
-        }
+        "angled" => sketch.angled(img, class, rng),
         "rear" => {
-            draw_filled_rect_mut(img, rect(x0 + bw * 0.08, y0 + bh * 0.8, bw * 0.14, bh * 0.35), tyre);
-            draw_filled_rect_mut(img, rect(x0 + bw * 0.78, y0 + bh * 0.8, bw * 0.14, bh * 0.35), tyre);
-            draw_filled_rect_mut(img, rect(x0, y0, bw, bh), body);
-            texture(img, class.shape, rect(x0, y0, bw, bh), body, rng);
-            let win = [
-                p(x0 + bw * 0.18, y0 - cabin),
-                p(x0 + bw * 0.82, y0 - cabin),
-                p(x0 + bw * 0.95, y0),
-                p(x0 + bw * 0.05, y0),
-            ];
-            draw_polygon_mut(img, &win, body);
-            let inner = [
-                p(x0 + bw * 0.24, y0 - cabin * 0.8),
-                p(x0 + bw * 0.76, y0 - cabin * 0.8),
-                p(x0 + bw * 0.86, y0 - 1.0),
-                p(x0 + bw * 0.14, y0 - 1.0),
-            ];
-            draw_polygon_mut(img, &inner, glass);
-            let red = Rgb([235, 20, 20]);
-            draw_filled_rect_mut(img, rect(x0 + bw * 0.03, y0 + bh * 0.1, bw * 0.2, bh * 0.22), red);
-            draw_filled_rect_mut(img, rect(x0 + bw * 0.77, y0 + bh * 0.1, bw * 0.2, bh * 0.22), red);
-            draw_filled_rect_mut(img, rect(x0 + bw * 0.38, y0 + bh * 0.55, bw * 0.24, bh * 0.22), Rgb([245, 245, 245]));
+            sketch.upright_chassis(img, class, rng);
+            sketch.rear(img);
         }
         _ => {
-            // front
-            draw_filled_rect_mut(img, rect(x0 + bw * 0.08, y0 + bh * 0.8, bw * 0.14, bh * 0.35), tyre);
-            draw_filled_rect_mut(img, rect(x0 + bw * 0.78, y0 + bh * 0.8, bw * 0.14, bh * 0.35), tyre);
-            draw_filled_rect_mut(img, rect(x0, y0, bw, bh), body);
-            texture(img, class.shape, rect(x0, y0, bw, bh), body, rng);
-            let win = [
-                p(x0 + bw * 0.12, y0 - cabin),
-                p(x0 + bw * 0.88, y0 - cabin),
-                p(x0 + bw * 0.98, y0),
-                p(x0 + bw * 0.02, y0),
-            ];
-            draw_polygon_mut(img, &win, glass);
-            let r = (bh.min(bw) * 0.14).max(1.5) as i32;
-            let lamp = Rgb([250, 245, 200]);
-            draw_filled_circle_mut(img, ((x0 + bw * 0.15) as i32, (y0 + bh * 0.35) as i32), r, lamp);
-            draw_filled_circle_mut(img, ((x0 + bw * 0.85) as i32, (y0 + bh * 0.35) as i32), r, lamp);
-            draw_filled_rect_mut(img, rect(x0 + bw * 0.32, y0 + bh * 0.55, bw * 0.36, bh * 0.3), dark);
+            sketch.upright_chassis(img, class, rng);
+            sketch.front(img);
         }
+    }
+}
+
+/// Where and how one vehicle is drawn: body box, cabin height, paint.
+struct Sketch {
+    x0: f32,
+    y0: f32,
+    bw: f32,
+    bh: f32,
+    cabin: f32,
+    body: Rgb<u8>,
+}
+
+const DARK: Rgb<u8> = Rgb([25, 28, 35]);
+const GLASS: Rgb<u8> = Rgb([60, 80, 100]);
+const TYRE: Rgb<u8> = Rgb([15, 15, 15]);
+
+fn p(x: f32, y: f32) -> Point<i32> {
+    Point::new(x.round() as i32, y.round() as i32)
+}
+
+fn rect(x: f32, y: f32, w: f32, h: f32) -> Rect {
+    Rect::at(x.round() as i32, y.round() as i32).of_size(w.max(1.0) as u32, h.max(1.0) as u32)
+}
+
+impl Sketch {
+    /// Seen at an angle: a leaning body on two round wheels, two side windows.
+    fn angled(&self, img: &mut RgbImage, class: &Class, rng: &mut StdRng) {
+        let Sketch { x0, y0, bw, bh, cabin, body } = *self;
+        let (glass, tyre) = (GLASS, TYRE);
+        let skew = bh * 0.45;
+        // Wheels first so the body overlaps their tops.
+        let r = (bh * 0.32).max(2.0) as i32;
+        draw_filled_circle_mut(img, ((x0 + bw * 0.22) as i32, (y0 + bh) as i32), r, tyre);
+        draw_filled_circle_mut(img, ((x0 + bw * 0.78 + skew * 0.5) as i32, (y0 + bh) as i32), r, tyre);
+        let body_poly = [p(x0, y0), p(x0 + bw, y0), p(x0 + bw + skew, y0 + bh), p(x0 + skew, y0 + bh)];
+        draw_polygon_mut(img, &body_poly, body);
+        texture(img, class.shape, rect(x0 + skew * 0.5, y0, bw, bh), body, rng);
+        let top = y0 - cabin;
+        let roof = [p(x0 + bw * 0.15, top), p(x0 + bw * 0.8, top), p(x0 + bw * 0.92, y0), p(x0 + bw * 0.05, y0)];
+        draw_polygon_mut(img, &roof, body);
+        let win1 = [
+            p(x0 + bw * 0.2, top + cabin * 0.2),
+            p(x0 + bw * 0.45, top + cabin * 0.2),
+            p(x0 + bw * 0.45, y0 - 1.0),
+            p(x0 + bw * 0.12, y0 - 1.0),
+        ];
+        let win2 = [
+            p(x0 + bw * 0.5, top + cabin * 0.2),
+            p(x0 + bw * 0.76, top + cabin * 0.2),
+            p(x0 + bw * 0.86, y0 - 1.0),
+            p(x0 + bw * 0.5, y0 - 1.0),
+        ];
+        draw_polygon_mut(img, &win1, glass);
+        draw_polygon_mut(img, &win2, glass);
+        draw_filled_circle_mut(
+            img,
+            ((x0 + skew * 0.3) as i32, (y0 + bh * 0.35) as i32),
+            (bh * 0.12).max(1.0) as i32,
+            Rgb([250, 245, 200]),
+        );
+    }
+
+    /// From the front or the rear: square tyres under a box body with the model's texture.
+    fn upright_chassis(&self, img: &mut RgbImage, class: &Class, rng: &mut StdRng) {
+        let Sketch { x0, y0, bw, bh, body, .. } = *self;
+        let tyre = TYRE;
+        draw_filled_rect_mut(img, rect(x0 + bw * 0.08, y0 + bh * 0.8, bw * 0.14, bh * 0.35), tyre);
+        draw_filled_rect_mut(img, rect(x0 + bw * 0.78, y0 + bh * 0.8, bw * 0.14, bh * 0.35), tyre);
+        draw_filled_rect_mut(img, rect(x0, y0, bw, bh), body);
+        texture(img, class.shape, rect(x0, y0, bw, bh), body, rng);
+    }
+
+    /// Rear window, tail lights, number plate.
+    fn rear(&self, img: &mut RgbImage) {
+        let Sketch { x0, y0, bw, bh, cabin, body } = *self;
+        let glass = GLASS;
+        let win = [
+            p(x0 + bw * 0.18, y0 - cabin),
+            p(x0 + bw * 0.82, y0 - cabin),
+            p(x0 + bw * 0.95, y0),
+            p(x0 + bw * 0.05, y0),
+        ];
+        draw_polygon_mut(img, &win, body);
+        let inner = [
+            p(x0 + bw * 0.24, y0 - cabin * 0.8),
+            p(x0 + bw * 0.76, y0 - cabin * 0.8),
+            p(x0 + bw * 0.86, y0 - 1.0),
+            p(x0 + bw * 0.14, y0 - 1.0),
+        ];
+        draw_polygon_mut(img, &inner, glass);
+        let red = Rgb([235, 20, 20]);
+        draw_filled_rect_mut(img, rect(x0 + bw * 0.03, y0 + bh * 0.1, bw * 0.2, bh * 0.22), red);
+        draw_filled_rect_mut(img, rect(x0 + bw * 0.77, y0 + bh * 0.1, bw * 0.2, bh * 0.22), red);
+        draw_filled_rect_mut(img, rect(x0 + bw * 0.38, y0 + bh * 0.55, bw * 0.24, bh * 0.22), Rgb([245, 245, 245]));
+    }
+
+    /// Windscreen, headlamps, grille.
+    fn front(&self, img: &mut RgbImage) {
+        let Sketch { x0, y0, bw, bh, cabin, .. } = *self;
+        let (glass, dark) = (GLASS, DARK);
+        let win = [
+            p(x0 + bw * 0.12, y0 - cabin),
+            p(x0 + bw * 0.88, y0 - cabin),
+            p(x0 + bw * 0.98, y0),
+            p(x0 + bw * 0.02, y0),
+        ];
+        draw_polygon_mut(img, &win, glass);
+        let r = (bh.min(bw) * 0.14).max(1.5) as i32;
+        let lamp = Rgb([250, 245, 200]);
+        draw_filled_circle_mut(img, ((x0 + bw * 0.15) as i32, (y0 + bh * 0.35) as i32), r, lamp);
+        draw_filled_circle_mut(img, ((x0 + bw * 0.85) as i32, (y0 + bh * 0.35) as i32), r, lamp);
+        draw_filled_rect_mut(img, rect(x0 + bw * 0.32, y0 + bh * 0.55, bw * 0.36, bh * 0.3), dark);
     }
 }
 

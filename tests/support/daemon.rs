@@ -7,6 +7,7 @@ use rustix::process::{Pid, Signal};
 use std::path::{Path, PathBuf};
 
 use carwatch::synthetic::class;
+use carwatch::synthetic::rtsp::RtspServer;
 use carwatch::synthetic::video::Scene;
 
 use super::{trained, write};
@@ -110,6 +111,20 @@ impl Scenario {
         write(&path, &text);
         path
     }
+}
+
+/// What most hit tests share: one RTSP camera `gate` showing `view/make/model`, and an
+/// alert with the model's name asking for that make and model, hit on every matching
+/// frame and then quiet for `cooldown_s`. Keep the server alive; finish the scenario
+/// (broker, sections) and write it.
+pub fn wanted(dir: &Path, (view, make, model): (&str, &str, &str), cooldown_s: u32) -> (RtspServer, Scenario) {
+    let rtsp = RtspServer::start(vec![("/c".into(), single(view, make, model))], 0, None).expect("RTSP server");
+    let alert = format!("[[alert]]\nid = \"{model}\"\nmake = \"{make}\"\nmodel = \"{model}\"\n");
+    let scenario = Scenario::new(dir)
+        .cameras(&camera("gate", &rtsp.url("/c"), ""))
+        .alerts(&alert)
+        .matcher(&format!("confirm_frames = 1\ncooldown_s = {cooldown_s}"));
+    (rtsp, scenario)
 }
 
 pub fn camera(name: &str, url: &str, extra: &str) -> String {
