@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::document::{Document, Problems};
-use crate::model::Leaf;
+use crate::model::labels::distinct;
+use crate::model::{Label, Leaf};
 use crate::rule::{MatcherConfig, Rule};
 use crate::values::{Name, positive, probability, seconds};
 
@@ -39,9 +40,9 @@ use crate::values::{Name, positive, probability, seconds};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Alert {
     pub id: Name,
-    pub make: String,
-    pub model: Option<String>,
-    pub view: Option<String>,
+    pub make: Label,
+    pub model: Option<Label>,
+    pub view: Option<Label>,
     /// None: every camera.
     pub cameras: Option<Vec<Name>>,
     pub min_confidence: f32,
@@ -61,7 +62,7 @@ impl Alert {
 
     /// "bmw 3-series (front)" for logs.
     pub fn describe(&self) -> String {
-        let mut s = self.make.clone();
+        let mut s = self.make.to_string();
         if let Some(m) = &self.model {
             s.push(' ');
             s.push_str(m);
@@ -76,9 +77,9 @@ impl Alert {
     pub fn summary(&self) -> AlertSummary {
         AlertSummary {
             id: self.id.to_string(),
-            make: self.make.clone(),
-            model: self.model.clone(),
-            view: self.view.clone(),
+            make: self.make.to_string(),
+            model: self.model.as_ref().map(Label::to_string),
+            view: self.view.as_ref().map(Label::to_string),
             cameras: self.cameras.as_ref().map(|c| c.iter().map(|n| n.to_string()).collect()),
             min_confidence: self.min_confidence,
             expires: self.expires.map(crate::time::rfc3339),
@@ -108,8 +109,14 @@ pub struct Vocabulary {
 }
 
 impl Vocabulary {
-    fn find<'a>(&'a self, pick: impl Fn(&'a Leaf) -> &'a str, want: &str) -> Option<&'a str> {
-        self.leaves.iter().map(pick).find(|l| l.eq_ignore_ascii_case(want))
+    fn find<'a>(&'a self, pick: impl Fn(&'a Leaf) -> &'a Label, want: &str) -> Option<&'a Label> {
+        self.leaves.iter().map(pick).find(|l| **l == want)
+    }
+
+    /// The distinct labels `pick` takes from the leaves `keep` accepts, listed.
+    fn known(&self, keep: impl Fn(&Leaf) -> bool, pick: impl Fn(&Leaf) -> &Label) -> String {
+        let labels = distinct(self.leaves.iter().filter(|l| keep(l)).map(pick));
+        labels.iter().map(Label::as_str).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -245,35 +252,30 @@ impl EntryCheck<'_, '_> {
     /// The alert, with labels in the cascade's spelling; `None` if anything was wrong.
     fn resolve(mut self, e: Entry, vocabulary: &Vocabulary, defaults: &MatcherConfig) -> Option<Alert> {
         let make = match vocabulary.find(|l| &l.make, e.make.get_ref()) {
-            Some(m) => m.to_string(),
+            Some(m) => m.clone(),
             None => {
-                let known = unique(vocabulary.leaves.iter().map(|l| l.make.as_str()));
-                let reason = format!("make `{}` is not one the models know ({})", e.make.get_ref(), known.join(", "));
+                let known = vocabulary.known(|_| true, |l| &l.make);
+                let reason = format!("make `{}` is not one the models know ({known})", e.make.get_ref());
                 self.problem(e.make.span(), reason);
-                String::new()
+                Label::default()
             }
         };
         let model = e.model.as_ref().and_then(|m| {
-            let of_make = || vocabulary.leaves.iter().filter(|l| l.make.eq_ignore_ascii_case(&make));
-            let found = of_make().map(|l| l.model.as_str()).find(|l| l.eq_ignore_ascii_case(m.get_ref()));
+            let found = vocabulary.leaves.iter().find(|l| l.make == make && l.model == m.get_ref().as_str());
             if found.is_none() && !make.is_empty() {
-                let known = unique(of_make().map(|l| l.model.as_str()));
-                let reason =
-                    format!("model `{}` is not a {make} model the models know ({})", m.get_ref(), known.join(", "));
+                let known = vocabulary.known(|l| l.make == make, |l| &l.model);
+                let reason = format!("model `{}` is not a {make} model the models know ({known})", m.get_ref());
                 self.problem(m.span(), reason);
             }
-            found.map(str::to_string)
+            found.map(|l| l.model.clone())
         });
         let view = e.view.as_ref().and_then(|v| {
             let found = vocabulary.find(|l| &l.view, v.get_ref());
             if found.is_none() {
-                let known = unique(vocabulary.leaves.iter().map(|l| l.view.as_str()));
-                self.problem(
-                    v.span(),
-                    format!("view `{}` is not one the models know ({})", v.get_ref(), known.join(", ")),
-                );
+                let known = vocabulary.known(|_| true, |l| &l.view);
+                self.problem(v.span(), format!("view `{}` is not one the models know ({known})", v.get_ref()));
             }
-            found.map(str::to_string)
+            found.cloned()
         });
         let cameras = e.cameras.map(|list| {
             for c in &list {
@@ -511,16 +513,6 @@ impl Reloader {
             seen = now;
         }
     }
-}
-
-fn unique<'a>(items: impl Iterator<Item = &'a str>) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for i in items {
-        if !out.iter().any(|o| o.eq_ignore_ascii_case(i)) {
-            out.push(i.to_string());
-        }
-    }
-    out
 }
 
 #[cfg(test)]

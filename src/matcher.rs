@@ -151,19 +151,15 @@ impl Matcher {
 /// The alert's description completed with the most likely open parts.
 fn describe(p: &Prediction, alert: &Alert) -> Leaf {
     let model = alert.model.clone().unwrap_or_else(|| {
-        p.make_models()
-            .into_iter()
-            .find(|((m, _), _)| m.eq_ignore_ascii_case(&alert.make))
-            .map(|((_, o), _)| o)
-            .unwrap_or_default()
+        p.make_models().into_iter().find(|((m, _), _)| *m == alert.make).map(|((_, o), _)| o).unwrap_or_default()
     });
     let view = alert.view.clone().unwrap_or_else(|| {
         p.marginal(Level::View)
             .into_iter()
             .map(|(v, _)| v)
             .max_by(|a, b| {
-                let pa = p.probability(Some(a), &alert.make, Some(&model));
-                let pb = p.probability(Some(b), &alert.make, Some(&model));
+                let pa = p.probability(Some(a.as_str()), &alert.make, Some(model.as_str()));
+                let pb = p.probability(Some(b.as_str()), &alert.make, Some(model.as_str()));
                 pa.total_cmp(&pb)
             })
             .unwrap_or_default()

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-pub use super::labels::{Leaf, Level};
+pub use super::labels::{Label, Leaf, Level};
 use super::manifest::Manifest;
 use super::weights::WeightFile;
 use super::{ModelError, Placement, Precision};
@@ -150,7 +150,7 @@ impl Cascade {
             for (mi, m) in nodes[make_node].labels.iter().enumerate() {
                 let Some(model_node) = nodes[make_node].next[mi] else { continue };
                 for (oi, o) in nodes[model_node].labels.iter().enumerate() {
-                    leaves.push(Leaf { view: v.clone(), make: m.clone(), model: o.clone() });
+                    leaves.push(Leaf::new(v, m, o));
                     leaf_steps.push([(root, vi), (make_node, mi), (model_node, oi)]);
                 }
             }
@@ -164,15 +164,8 @@ impl Cascade {
     }
 
     /// Every distinct label at `level` (first spelling seen), in tree order.
-    pub fn labels(&self, level: Level) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for leaf in self.leaves.iter() {
-            let l = leaf.label(level);
-            if !out.iter().any(|o| o.eq_ignore_ascii_case(l)) {
-                out.push(l.to_string());
-            }
-        }
-        out
+    pub fn labels(&self, level: Level) -> Vec<Label> {
+        super::labels::distinct(self.leaves.iter().map(|l| l.label(level)))
     }
 
     /// The manifest's notice (set for the synthetic demo model).
@@ -251,7 +244,7 @@ impl Cascade {
             let (best, best_p) = ranked[0];
             path.push(Choice {
                 level: self.nodes[n].level,
-                label: self.nodes[n].labels[best].clone(),
+                label: Label::new(self.nodes[n].labels[best].clone()),
                 p: best_p,
                 top: ranked.iter().take(3).map(|&(l, q)| (self.nodes[n].labels[l].clone(), q)).collect(),
             });
@@ -265,7 +258,7 @@ impl Cascade {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Choice {
     pub level: Level,
-    pub label: String,
+    pub label: Label,
     /// Probability of `label` given the choices above it.
     pub p: f32,
     /// The three most likely labels of this head, best first (includes `label`).
@@ -284,8 +277,9 @@ pub struct Prediction {
 
 impl Prediction {
     /// The greedy path's label at `level`.
-    pub fn label(&self, level: Level) -> &str {
-        self.path.get(level.index()).map_or("", |c| c.label.as_str())
+    pub fn label(&self, level: Level) -> &Label {
+        static NONE: Label = Label::NONE;
+        self.path.get(level.index()).map_or(&NONE, |c| &c.label)
     }
 
     /// Probability of the greedy path as a whole (product of its conditionals).
@@ -293,15 +287,15 @@ impl Prediction {
         self.path.iter().map(|c| c.p).product()
     }
 
-    /// Marginal probability of each label at `level`, summed over all branches (labels
-    /// compared case-insensitively), most likely first. Sums to 1.
-    pub fn marginal(&self, level: Level) -> Vec<(String, f32)> {
-        let mut out: Vec<(String, f32)> = Vec::new();
+    /// Marginal probability of each label at `level`, summed over all branches, most
+    /// likely first. Sums to 1.
+    pub fn marginal(&self, level: Level) -> Vec<(Label, f32)> {
+        let mut out: Vec<(Label, f32)> = Vec::new();
         for (leaf, &p) in self.leaves.iter().zip(&self.leaf_p) {
             let l = leaf.label(level);
-            match out.iter_mut().find(|(o, _)| o.eq_ignore_ascii_case(l)) {
+            match out.iter_mut().find(|(o, _)| o == l) {
                 Some((_, q)) => *q += p,
-                None => out.push((l.to_string(), p)),
+                None => out.push((l.clone(), p)),
             }
         }
         out.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -309,25 +303,22 @@ impl Prediction {
     }
 
     /// Probability that the image shows `make` (and `model`, and from `view`, when
-    /// given), summed over every branch. Labels compare case-insensitively.
+    /// given), summed over every branch.
     pub fn probability(&self, view: Option<&str>, make: &str, model: Option<&str>) -> f32 {
-        let eq = |a: &str, b: Option<&str>| b.is_none_or(|b| a.eq_ignore_ascii_case(b));
+        let eq = |a: &Label, b: Option<&str>| b.is_none_or(|b| a == b);
         self.leaves
             .iter()
             .zip(&self.leaf_p)
-            .filter(|(leaf, _)| leaf.make.eq_ignore_ascii_case(make) && eq(&leaf.model, model) && eq(&leaf.view, view))
+            .filter(|(leaf, _)| leaf.make == make && eq(&leaf.model, model) && eq(&leaf.view, view))
             .map(|(_, &p)| p)
             .sum()
     }
 
     /// Marginal probability of every (make, model) pair, most likely first.
-    pub fn make_models(&self) -> Vec<((String, String), f32)> {
-        let mut out: Vec<((String, String), f32)> = Vec::new();
+    pub fn make_models(&self) -> Vec<((Label, Label), f32)> {
+        let mut out: Vec<((Label, Label), f32)> = Vec::new();
         for (leaf, &p) in self.leaves.iter().zip(&self.leaf_p) {
-            match out
-                .iter_mut()
-                .find(|((m, o), _)| m.eq_ignore_ascii_case(&leaf.make) && o.eq_ignore_ascii_case(&leaf.model))
-            {
+            match out.iter_mut().find(|((m, o), _)| *m == leaf.make && *o == leaf.model) {
                 Some((_, q)) => *q += p,
                 None => out.push(((leaf.make.clone(), leaf.model.clone()), p)),
             }
@@ -345,15 +336,12 @@ pub(crate) mod testing {
     /// A prediction whose leaves are `leaves` with their joint probabilities; the greedy
     /// path is the most likely leaf.
     pub fn prediction(leaves: &[((&str, &str, &str), f32)]) -> Prediction {
-        let table: Vec<Leaf> = leaves
-            .iter()
-            .map(|((v, m, o), _)| Leaf { view: v.to_string(), make: m.to_string(), model: o.to_string() })
-            .collect();
+        let table: Vec<Leaf> = leaves.iter().map(|((v, m, o), _)| Leaf::new(v, m, o)).collect();
         let leaf_p: Vec<f32> = leaves.iter().map(|(_, p)| *p).collect();
         let best = (0..leaves.len()).max_by(|&a, &b| leaf_p[a].total_cmp(&leaf_p[b])).unwrap_or(0);
         let path = Level::ALL
             .iter()
-            .map(|&level| Choice { level, label: table[best].label(level).to_string(), p: leaf_p[best], top: vec![] })
+            .map(|&level| Choice { level, label: table[best].label(level).clone(), p: leaf_p[best], top: vec![] })
             .collect();
         Prediction { path, leaves: table.into(), leaf_p }
     }
@@ -419,7 +407,8 @@ mod tests {
         let c = confident_tree();
         let front = Tensor::from_slice(&[1.0f32, 0.0]).view([1, 2]);
         let p = c.run(&front).unwrap().remove(0);
-        assert_eq!((p.label(Level::View), p.label(Level::Make), p.label(Level::Model)), ("front", "bmw", "3-series"));
+        let labels = (p.label(Level::View).as_str(), p.label(Level::Make).as_str(), p.label(Level::Model).as_str());
+        assert_eq!(labels, ("front", "bmw", "3-series"));
         // The angled branch (reached with p ~ 2e-9) was not evaluated: its heads read as
         // uniform. Evaluated, angled/make would give audi 19 times bmw's probability.
         let audi = p.probability(Some("angled"), "audi", None);

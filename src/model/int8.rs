@@ -122,10 +122,6 @@ pub fn agreement(a: &[Prediction], b: &[Prediction]) -> f64 {
     if a.is_empty() {
         return 0.0;
     }
-    let same = a
-        .iter()
-        .zip(b)
-        .filter(|(x, y)| Level::ALL.iter().all(|&l| x.label(l).eq_ignore_ascii_case(y.label(l))))
-        .count();
+    let same = a.iter().zip(b).filter(|(x, y)| Level::ALL.iter().all(|&l| x.label(l) == y.label(l))).count();
     same as f64 / a.len() as f64
 }

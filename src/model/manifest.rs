@@ -148,7 +148,7 @@ impl Manifest {
             for make in &make_head.labels {
                 let Some(model_head) = make_head.next.get(make).and_then(|id| by_id.get(id.as_str())) else { continue };
                 for model in &model_head.labels {
-                    out.push(Leaf { view: view.clone(), make: make.clone(), model: model.clone() });
+                    out.push(Leaf::new(view, make, model));
                 }
             }
         }

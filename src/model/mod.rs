@@ -33,7 +33,7 @@ use tch::{Device, Kind, Tensor};
 
 pub use backbone::{Backbone, VggSpec};
 pub use cascade::{Cascade, Choice, Prediction};
-pub use labels::{Leaf, Level};
+pub use labels::{Label, Leaf, Level};
 pub use manifest::Manifest;
 pub use preprocess::{Crop, RgbImage};
 

@@ -134,13 +134,10 @@ pub struct PublisherConfig {
 /// The JSON published for a hit (documented in docs/mqtt.md).
 pub fn hit_payload(hit: &Hit, snapshot: Option<&str>, inline: Option<&[u8]>) -> Value {
     let p = &hit.region.prediction;
-    let view_p = p
-        .marginal(Level::View)
-        .into_iter()
-        .find(|(v, _)| v.eq_ignore_ascii_case(&hit.leaf.view))
-        .map_or(0.0, |(_, q)| q);
+    let view_p = p.marginal(Level::View).into_iter().find(|(v, _)| *v == hit.leaf.view).map_or(0.0, |(_, q)| q);
     let make_p = p.probability(None, &hit.leaf.make, None);
-    let model_p = if make_p > 0.0 { p.probability(None, &hit.leaf.make, Some(&hit.leaf.model)) / make_p } else { 0.0 };
+    let model_p =
+        if make_p > 0.0 { p.probability(None, &hit.leaf.make, Some(hit.leaf.model.as_str())) / make_p } else { 0.0 };
     let c = hit.region.crop;
     let mut v = json!({
         "hit_id": hit.hit_id.to_string(),
