@@ -179,94 +179,130 @@ pub fn model(opts: &ModelOptions) -> Result<Vec<ModelResult>, String> {
     let mut results = Vec::new();
     for &precision in &opts.precisions {
         let placement = Placement { device: opts.device, precision };
-        let (backbone, manifest, cascade_name) = match &trained {
-            Some(m) => {
-                let backbone = match precision {
-                    Precision::Int8 => {
-                        let path = m.int8_path().ok_or("these models have no int8 backbone (train with --int8)")?;
-                        Backbone::load_int8(&path, m.backbone.spec()).map_err(err)?
-                    }
-                    _ => Backbone::load(&m.backbone_path(), Some(m.backbone.spec()), placement).map_err(err)?,
-                };
-                let name = opts.models.as_ref().map(|d| d.display().to_string()).unwrap_or_default();
-                (backbone, m.clone(), name)
-            }
-            None => {
-                let backbone = match precision {
-                    Precision::Int8 => int8_backbone(&backbone_file, scratch.path())?,
-                    _ => Backbone::load(&backbone_file, None, placement).map_err(err)?,
-                };
-                let spec = backbone.spec();
-                let manifest = random_cascade(&scratch.path().join("cascade"), &backbone_file, spec)?;
-                (backbone, manifest, "random".to_string())
-            }
-        };
+        let (backbone, manifest, cascade_name) =
+            load_models(opts, placement, trained.as_ref(), &backbone_file, scratch.path())?;
         let spec = backbone.spec();
         let cascade = Cascade::load(&manifest, spec.feature_len(), placement).map_err(err)?;
         let flops = spec.flops_per_image();
+        let models = Loaded { backbone: &backbone, cascade: &cascade, name: &cascade_name, flops };
         for &batch in &opts.batches {
-            let input = match &photos {
-                // Photos in turn, as many as the batch holds.
-                Some(p) => {
-                    let index = Tensor::arange(batch as i64, (Kind::Int64, Device::Cpu)).remainder(p.size()[0]);
-                    p.f_index_select(0, &index).map_err(err)?.to_device(opts.device).to_kind(precision.kind())
-                }
-                None => {
-                    Tensor::randn([batch as i64, 3, 224, 224], (Kind::Float, opts.device)).to_kind(precision.kind())
-                }
-            };
-            let sync = || {
-                if let Device::Cuda(n) = opts.device {
-                    tch::Cuda::synchronize(n as i64);
-                }
-            };
-            let (iterations, secs) = timed(opts, || {
-                let f = backbone.features(&input).map_err(err)?;
-                cascade.run(&f).map_err(err)?;
-                Ok(())
-            })?;
-            let img_per_s = (iterations * batch) as f64 / secs;
-            let (n, backbone_secs) = timed(opts, || {
-                let _features = backbone.features(&input).map_err(err)?;
-                sync();
-                Ok(())
-            })?;
-            let backbone_img_per_s = (n * batch) as f64 / backbone_secs;
-            // Frames as the worker gets them: 224x224 RGB bytes in host memory, staged
-            // through the feeder (pinned memory and a side stream on CUDA) while the
-            // previous batch is in the backbone, predictions back on the host.
-            let views = crate::model::preprocess::whole(&frames[..batch]);
-            let mut feeder = Feeder::new(placement).map_err(err)?;
-            let mut flight: Option<Tensor> = None;
-            let (n, frames_secs) = timed(opts, || {
-                let staged = feeder.stage(&views).map_err(err)?;
-                if let Some(f) = flight.take() {
-                    cascade.run(&f).map_err(err)?;
-                }
-                let input = feeder.input(staged).map_err(err)?;
-                flight = Some(backbone.features(&input).map_err(err)?);
-                Ok(())
-            })?;
-            if let Some(f) = flight.take() {
-                cascade.run(&f).map_err(err)?;
-            }
-            let from_frames_img_per_s = (n * batch) as f64 / frames_secs;
-            results.push(ModelResult {
-                device: placement.describe().split('/').next().unwrap_or("cpu").to_string(),
-                precision: precision.name().to_string(),
-                batch,
-                img_per_s,
-                ms_per_batch: 1000.0 * secs / iterations as f64,
-                gflops: img_per_s * flops / 1e9,
-                iterations,
-                cascade: cascade_name.clone(),
-                backbone_img_per_s,
-                from_frames_img_per_s,
-            });
-            tracing::info!("{} batch {batch}: {img_per_s:.1} img/s", placement.describe());
+            let r = measure(opts, placement, &models, photos.as_ref(), &frames, batch)?;
+            tracing::info!("{} batch {batch}: {:.1} img/s", placement.describe(), r.img_per_s);
+            results.push(r);
         }
     }
     Ok(results)
+}
+
+/// The backbone and cascade `bench model` measures at one precision, and their name.
+struct Loaded<'a> {
+    backbone: &'a Backbone,
+    cascade: &'a Cascade,
+    name: &'a str,
+    flops: f64,
+}
+
+/// The backbone (in `placement`) and cascade: the trained ones, or random VGG-19
+/// weights with a random cascade.
+fn load_models(
+    opts: &ModelOptions,
+    placement: Placement,
+    trained: Option<&Manifest>,
+    backbone_file: &Path,
+    scratch: &Path,
+) -> Result<(Backbone, Manifest, String), String> {
+    let precision = placement.precision;
+    Ok(match trained {
+        Some(m) => {
+            let backbone = match precision {
+                Precision::Int8 => {
+                    let path = m.int8_path().ok_or("these models have no int8 backbone (train with --int8)")?;
+                    Backbone::load_int8(&path, m.backbone.spec()).map_err(err)?
+                }
+                _ => Backbone::load(&m.backbone_path(), Some(m.backbone.spec()), placement).map_err(err)?,
+            };
+            let name = opts.models.as_ref().map(|d| d.display().to_string()).unwrap_or_default();
+            (backbone, m.clone(), name)
+        }
+        None => {
+            let backbone = match precision {
+                Precision::Int8 => int8_backbone(backbone_file, scratch)?,
+                _ => Backbone::load(backbone_file, None, placement).map_err(err)?,
+            };
+            let spec = backbone.spec();
+            let manifest = random_cascade(&scratch.join("cascade"), backbone_file, spec)?;
+            (backbone, manifest, "random".to_string())
+        }
+    })
+}
+
+/// One batch size measured three ways: backbone and heads, the backbone alone, and
+/// from frames through the feeder (as the worker runs).
+fn measure(
+    opts: &ModelOptions,
+    placement: Placement,
+    models: &Loaded,
+    photos: Option<&Tensor>,
+    frames: &[image::RgbImage],
+    batch: usize,
+) -> Result<ModelResult, String> {
+    let precision = placement.precision;
+    let input = match photos {
+        // Photos in turn, as many as the batch holds.
+        Some(p) => {
+            let index = Tensor::arange(batch as i64, (Kind::Int64, Device::Cpu)).remainder(p.size()[0]);
+            p.f_index_select(0, &index).map_err(err)?.to_device(opts.device).to_kind(precision.kind())
+        }
+        None => Tensor::randn([batch as i64, 3, 224, 224], (Kind::Float, opts.device)).to_kind(precision.kind()),
+    };
+    let sync = || {
+        if let Device::Cuda(n) = opts.device {
+            tch::Cuda::synchronize(n as i64);
+        }
+    };
+    let (iterations, secs) = timed(opts, || {
+        let f = models.backbone.features(&input).map_err(err)?;
+        models.cascade.run(&f).map_err(err)?;
+        Ok(())
+    })?;
+    let img_per_s = (iterations * batch) as f64 / secs;
+    let (n, backbone_secs) = timed(opts, || {
+        let _features = models.backbone.features(&input).map_err(err)?;
+        sync();
+        Ok(())
+    })?;
+    let backbone_img_per_s = (n * batch) as f64 / backbone_secs;
+    // Frames as the worker gets them: 224x224 RGB bytes in host memory, staged
+    // through the feeder (pinned memory and a side stream on CUDA) while the
+    // previous batch is in the backbone, predictions back on the host.
+    let views = crate::model::preprocess::whole(&frames[..batch]);
+    let mut feeder = Feeder::new(placement).map_err(err)?;
+    let mut flight: Option<Tensor> = None;
+    let (n, frames_secs) = timed(opts, || {
+        let staged = feeder.stage(&views).map_err(err)?;
+        if let Some(f) = flight.take() {
+            models.cascade.run(&f).map_err(err)?;
+        }
+        let input = feeder.input(staged).map_err(err)?;
+        flight = Some(models.backbone.features(&input).map_err(err)?);
+        Ok(())
+    })?;
+    if let Some(f) = flight.take() {
+        models.cascade.run(&f).map_err(err)?;
+    }
+    let from_frames_img_per_s = (n * batch) as f64 / frames_secs;
+    Ok(ModelResult {
+        device: placement.describe().split('/').next().unwrap_or("cpu").to_string(),
+        precision: precision.name().to_string(),
+        batch,
+        img_per_s,
+        ms_per_batch: 1000.0 * secs / iterations as f64,
+        gflops: img_per_s * models.flops / 1e9,
+        iterations,
+        cascade: models.name.to_string(),
+        backbone_img_per_s,
+        from_frames_img_per_s,
+    })
 }
 
 /// One `bench pipeline` measurement.
@@ -416,80 +452,13 @@ fn free_port() -> Result<u16, String> {
 pub fn pipeline(opts: &PipelineOptions) -> Result<PipelineResult, String> {
     let manifest = Manifest::load(&opts.models)
         .map_err(|e| format!("{e} (train a cascade, or run `make run` once for the demo model)"))?;
-    // Show a vehicle the cascade knows (a synthetic class where it has one) and alert on
-    // its make, so that analysed frames become hits and are published.
-    let leaves = manifest.leaves();
-    let known = crate::synthetic::catalogue();
-    let vehicle = leaves
-        .iter()
-        .find(|l| known.iter().any(|c| c.view == l.view && c.make == l.make && c.model == l.model))
-        .or(leaves.first())
-        .cloned()
-        .ok_or("the cascade has no leaves")?;
-    let shown = if known.iter().any(|c| c.view == vehicle.view && c.make == vehicle.make && c.model == vehicle.model) {
-        format!("{}/{}/{}", vehicle.view, vehicle.make, vehicle.model)
-    } else {
-        "front/bmw/3-series".to_string()
-    };
-    let exe = std::env::current_exe().map_err(err)?;
+    let (vehicle, shown) = shown_vehicle(&manifest)?;
     let rtsp_port = free_port()?;
     let scene = opts.scene.clone().unwrap_or_else(|| format!("3600:{shown}"));
-    let mounts: Vec<String> = (0..opts.cameras).map(|i| format!("/cam{i}={scene}")).collect();
-    let mut cmd = Command::new(&exe);
-    cmd.args([
-        "synth",
-        "rtsp",
-        "--port",
-        &rtsp_port.to_string(),
-        "--width",
-        &opts.width.to_string(),
-        "--height",
-        &opts.height.to_string(),
-        "--fps",
-        &opts.source_fps.to_string(),
-    ]);
-    for m in &mounts {
-        cmd.args(["--mount", m]);
-    }
-    cmd.stdout(Stdio::null()).stderr(Stdio::null());
-    let _server = Cameras(cmd.spawn().map_err(|e| format!("cannot start the synthetic cameras: {e}"))?);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", rtsp_port)).is_err() {
-        if Instant::now() > deadline {
-            return Err("the synthetic RTSP cameras did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _server = serve_cameras(opts, &scene, rtsp_port)?;
 
-    // The daemon's own configuration, in memory: every analysed frame matches the alert
-    // (no confirmation, no cooldown), so every frame is published and acknowledged.
     let scratch = tempfile::Builder::new().prefix("carwatch-bench-").tempdir().map_err(err)?;
-    let alerts = scratch.path().join("alerts.toml");
-    let alert = format!(
-        "[[alert]]\nid = \"bench\"\nmake = \"{}\"\nmin_confidence = 0.0\nconfirm_frames = 1\ncooldown_s = 0\n",
-        vehicle.make
-    );
-    std::fs::write(&alerts, alert).map_err(err)?;
-    let mut text = format!(
-        "state_dir = \"{}\"\nalerts = \"{}\"\n[model]\ndir = \"{}\"\ndevice = \"{}\"\n[broker]\nlisten = \"127.0.0.1:{}\"\n[snapshots]\nquality = 70\n",
-        scratch.path().display(),
-        alerts.display(),
-        opts.models.display(),
-        opts.device,
-        free_port()?,
-    );
-    for i in 0..opts.cameras {
-        text.push_str(&format!(
-            "[[camera]]\nname = \"cam{i}\"\nurl = \"rtsp://127.0.0.1:{rtsp_port}/cam{i}\"\nfps = {}\ndecode = \"{}\"\nmotion = {{ enabled = {} }}\n",
-            opts.fps,
-            opts.decode.name(),
-            opts.motion
-        ));
-    }
-    let mut config =
-        crate::config::Config::parse(&scratch.path().join("bench.toml"), &text).map_err(|p| p.to_string())?;
-    config.model.precision = opts.precision;
-    config.model.threads = opts.threads;
+    let config = daemon_config(opts, scratch.path(), &vehicle.make, rtsp_port)?;
     let (stop_tx, shutdown) = crate::watch::Shutdown::channel();
     let (seen_tx, seen_rx) = crossbeam_channel::bounded(1);
     let watcher = std::thread::Builder::new()
@@ -553,6 +522,94 @@ pub fn pipeline(opts: &PipelineOptions) -> Result<PipelineResult, String> {
         motion_skipped,
         seconds: secs,
     })
+}
+
+/// A vehicle the cascade knows, and the synthetic class the cameras show: the same one
+/// where the catalogue has it, so that analysed frames become hits and are published.
+fn shown_vehicle(manifest: &Manifest) -> Result<(crate::model::Leaf, String), String> {
+    let leaves = manifest.leaves();
+    let known = crate::synthetic::catalogue();
+    let vehicle = leaves
+        .iter()
+        .find(|l| known.iter().any(|c| c.view == l.view && c.make == l.make && c.model == l.model))
+        .or(leaves.first())
+        .cloned()
+        .ok_or("the cascade has no leaves")?;
+    let shown = if known.iter().any(|c| c.view == vehicle.view && c.make == vehicle.make && c.model == vehicle.model) {
+        format!("{}/{}/{}", vehicle.view, vehicle.make, vehicle.model)
+    } else {
+        "front/bmw/3-series".to_string()
+    };
+    Ok((vehicle, shown))
+}
+
+/// Starts `synth rtsp` (this executable) serving `scene` on every camera's mount, and
+/// waits until it listens.
+fn serve_cameras(opts: &PipelineOptions, scene: &str, rtsp_port: u16) -> Result<Cameras, String> {
+    let exe = std::env::current_exe().map_err(err)?;
+    let mounts: Vec<String> = (0..opts.cameras).map(|i| format!("/cam{i}={scene}")).collect();
+    let mut cmd = Command::new(&exe);
+    cmd.args([
+        "synth",
+        "rtsp",
+        "--port",
+        &rtsp_port.to_string(),
+        "--width",
+        &opts.width.to_string(),
+        "--height",
+        &opts.height.to_string(),
+        "--fps",
+        &opts.source_fps.to_string(),
+    ]);
+    for m in &mounts {
+        cmd.args(["--mount", m]);
+    }
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let server = Cameras(cmd.spawn().map_err(|e| format!("cannot start the synthetic cameras: {e}"))?);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", rtsp_port)).is_err() {
+        if Instant::now() > deadline {
+            return Err("the synthetic RTSP cameras did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(server)
+}
+
+/// The daemon's own configuration, in memory: every analysed frame matches the alert
+/// (no confirmation, no cooldown), so every frame is published and acknowledged.
+fn daemon_config(
+    opts: &PipelineOptions,
+    scratch: &Path,
+    make: &str,
+    rtsp_port: u16,
+) -> Result<crate::config::Config, String> {
+    let alerts = scratch.join("alerts.toml");
+    let alert = format!(
+        "[[alert]]\nid = \"bench\"\nmake = \"{}\"\nmin_confidence = 0.0\nconfirm_frames = 1\ncooldown_s = 0\n",
+        make
+    );
+    std::fs::write(&alerts, alert).map_err(err)?;
+    let mut text = format!(
+        "state_dir = \"{}\"\nalerts = \"{}\"\n[model]\ndir = \"{}\"\ndevice = \"{}\"\n[broker]\nlisten = \"127.0.0.1:{}\"\n[snapshots]\nquality = 70\n",
+        scratch.display(),
+        alerts.display(),
+        opts.models.display(),
+        opts.device,
+        free_port()?,
+    );
+    for i in 0..opts.cameras {
+        text.push_str(&format!(
+            "[[camera]]\nname = \"cam{i}\"\nurl = \"rtsp://127.0.0.1:{rtsp_port}/cam{i}\"\nfps = {}\ndecode = \"{}\"\nmotion = {{ enabled = {} }}\n",
+            opts.fps,
+            opts.decode.name(),
+            opts.motion
+        ));
+    }
+    let mut config = crate::config::Config::parse(&scratch.join("bench.toml"), &text).map_err(|p| p.to_string())?;
+    config.model.precision = opts.precision;
+    config.model.threads = opts.threads;
+    Ok(config)
 }
 
 #[cfg(test)]
