@@ -15,12 +15,15 @@
 //!   the device through [`model::feed`] (on CUDA: pinned memory, a side stream, one batch
 //!   in flight), at a batch size [`model::sizing`] measured at start-up.
 //! - [`matcher`] compares predictions with the active [`alerts`], confirms over several
-//!   frames and applies cooldowns, producing hits.
+//!   frames and applies cooldowns ([`rule`]), producing hits.
 //! - [`publish`] writes each hit's [`snapshot`] and publishes hits, camera status and the
 //!   active alerts over MQTT (to a configured broker, or an embedded one).
 //!
-//! - [`state_dir`] holds what an instance writes, locked against a second instance;
-//!   [`threads`] names and supervises every long-lived thread.
+//! Around the flow: [`state_dir`] holds what an instance writes, locked against a second
+//! instance; [`threads`] names and supervises every long-lived thread. Small shared
+//! homes that nothing downstream reaches back into: [`values`] (durations, names,
+//! secrets, credentials), [`document`] (TOML with positions, `Problem`s), [`time`]
+//! (how times are written), [`model::labels`] (labels compared case-insensitively).
 //!
 //! Beside the daemon: [`train`] builds a cascade from labelled photos (backbone features
 //! computed once and cached), [`input`] reads images for `classify`, and [`synthetic`]
