@@ -48,6 +48,7 @@ pub mod document;
 mod fuzz;
 pub mod infer;
 pub mod input;
+pub mod locate;
 pub mod matcher;
 pub mod metrics;
 pub mod model;
