@@ -19,6 +19,10 @@
 //! - [`publish`] writes each hit's [`snapshot`] and publishes hits, camera status and the
 //!   active alerts over MQTT (to a configured broker, or an embedded one).
 //!
+//! Built ahead of their wiring into `watch` (issue 17): [`locate`] (motion proposals:
+//! where vehicles are in a wide view) and [`track`] (boxes across frames become
+//! vehicles).
+//!
 //! Around the flow: [`state_dir`] holds what an instance writes, locked against a second
 //! instance; [`threads`] names and supervises every long-lived thread. Small shared
 //! homes that nothing downstream reaches back into: [`values`] (durations, names,
@@ -60,6 +64,7 @@ pub mod state_dir;
 pub mod synthetic;
 pub mod threads;
 pub mod time;
+pub mod track;
 pub mod train;
 pub mod values;
 pub mod watch;

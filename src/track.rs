@@ -1,0 +1,205 @@
+//! Tracks: one camera's boxes across analysed frames become vehicles.
+//!
+//! Each track predicts where its vehicle is now from its last box and velocity
+//! (constant velocity), and boxes are matched to predictions greedily, best overlap
+//! (IoU) first, down to `min_iou`. A matched track takes the box and updates its
+//! velocity; a box no track claims starts a new track, with an id unique over the
+//! camera's life; a track with no box for `lost_after` ends. At most `max_tracks` live at
+//! once: beyond it the track seen longest ago is ended early, and counted.
+//!
+//! Time is passed in, so tests drive tracks without sleeping. Built ahead of its wiring
+//! into `watch` (issue 17).
+
+use std::time::{Duration, Instant};
+
+use crate::locate::Bounds;
+
+/// How boxes become tracks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrackerConfig {
+    /// A track ends when it has had no box for this long.
+    pub lost_after: Duration,
+    /// Most tracks alive at once.
+    pub max_tracks: usize,
+    /// Least overlap between a track's predicted box and a box for them to match.
+    pub min_iou: f32,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig { lost_after: Duration::from_secs(3), max_tracks: 32, min_iou: 0.1 }
+    }
+}
+
+/// One vehicle followed across frames.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Track {
+    pub id: u64,
+    pub bounds: Bounds,
+    pub first_seen: Instant,
+    pub last_seen: Instant,
+    /// Frames that gave this track a box.
+    pub observations: u32,
+    /// Centre velocity, pixels per second.
+    velocity: (f32, f32),
+}
+
+impl Track {
+    fn centre(b: &Bounds) -> (f32, f32) {
+        (b.x as f32 + b.width as f32 / 2.0, b.y as f32 + b.height as f32 / 2.0)
+    }
+
+    /// Where the box should be at `now`, moving as it did.
+    fn predicted(&self, now: Instant) -> Bounds {
+        let dt = now.saturating_duration_since(self.last_seen).as_secs_f32();
+        let x = self.bounds.x as f32 + self.velocity.0 * dt;
+        let y = self.bounds.y as f32 + self.velocity.1 * dt;
+        Bounds { x: x.max(0.0) as u32, y: y.max(0.0) as u32, ..self.bounds }
+    }
+}
+
+/// One camera's tracks.
+pub struct Tracker {
+    config: TrackerConfig,
+    tracks: Vec<Track>,
+    next_id: u64,
+    /// Tracks ended early because `max_tracks` were alive (since start).
+    pub evicted: u64,
+}
+
+impl Tracker {
+    pub fn new(config: TrackerConfig) -> Tracker {
+        Tracker { config, tracks: Vec::new(), next_id: 1, evicted: 0 }
+    }
+
+    /// The live tracks.
+    pub fn tracks(&self) -> &[Track] {
+        &self.tracks
+    }
+
+    /// Takes one analysed frame's boxes, seen at `now`; returns the track id of each box
+    /// (same order) and the tracks that ended (lost, or evicted to make room).
+    pub fn update(&mut self, boxes: &[Bounds], now: Instant) -> (Vec<u64>, Vec<Track>) {
+        let mut ended = Vec::new();
+        let lost_after = self.config.lost_after;
+        self.tracks.retain(|t| {
+            let keep = now.saturating_duration_since(t.last_seen) <= lost_after;
+            if !keep {
+                ended.push(t.clone());
+            }
+            keep
+        });
+        let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
+        for (ti, t) in self.tracks.iter().enumerate() {
+            let p = t.predicted(now);
+            for (bi, b) in boxes.iter().enumerate() {
+                let iou = p.iou(b);
+                if iou >= self.config.min_iou {
+                    pairs.push((iou, ti, bi));
+                }
+            }
+        }
+        pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut ids = vec![0u64; boxes.len()];
+        let mut track_taken = vec![false; self.tracks.len()];
+        for (_, ti, bi) in pairs {
+            if track_taken[ti] || ids[bi] != 0 {
+                continue;
+            }
+            track_taken[ti] = true;
+            let t = &mut self.tracks[ti];
+            let dt = now.saturating_duration_since(t.last_seen).as_secs_f32();
+            if dt > 0.0 {
+                let (c0, c1) = (Track::centre(&t.bounds), Track::centre(&boxes[bi]));
+                let v = ((c1.0 - c0.0) / dt, (c1.1 - c0.1) / dt);
+                // Half the old estimate, half the new: steady through one noisy box.
+                t.velocity =
+                    if t.observations > 1 { ((t.velocity.0 + v.0) / 2.0, (t.velocity.1 + v.1) / 2.0) } else { v };
+            }
+            t.bounds = boxes[bi];
+            t.last_seen = now;
+            t.observations += 1;
+            ids[bi] = t.id;
+        }
+        for (bi, b) in boxes.iter().enumerate() {
+            if ids[bi] != 0 {
+                continue;
+            }
+            if self.tracks.len() >= self.config.max_tracks.max(1) {
+                let oldest = (0..self.tracks.len()).min_by_key(|&i| self.tracks[i].last_seen).unwrap_or(0);
+                ended.push(self.tracks.swap_remove(oldest));
+                self.evicted += 1;
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            self.tracks.push(Track {
+                id,
+                bounds: *b,
+                first_seen: now,
+                last_seen: now,
+                observations: 1,
+                velocity: (0.0, 0.0),
+            });
+            ids[bi] = id;
+        }
+        (ids, ended)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(x: u32, y: u32) -> Bounds {
+        Bounds { x, y, width: 120, height: 60 }
+    }
+
+    #[test]
+    fn two_vehicles_whose_paths_cross_keep_their_ids() {
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        let t0 = Instant::now();
+        let mut first = None;
+        for i in 0..30u32 {
+            let now = t0 + Duration::from_millis(500 * i as u64);
+            // One drives right, one left, on nearly the same line: they overlap in the middle.
+            let right = at(40 + i * 30, 300);
+            let left = at(40 + (29 - i) * 30 + 7, 310);
+            let (ids, ended) = tracker.update(&[right, left], now);
+            assert!(ended.is_empty());
+            match first {
+                None => first = Some((ids[0], ids[1])),
+                Some(f) => assert_eq!((ids[0], ids[1]), f, "frame {i}: identities swapped or lost"),
+            }
+        }
+        assert_eq!(tracker.tracks().len(), 2);
+    }
+
+    #[test]
+    fn a_track_ends_after_lost_after_without_boxes() {
+        let config = TrackerConfig { lost_after: Duration::from_secs(2), ..TrackerConfig::default() };
+        let mut tracker = Tracker::new(config);
+        let t0 = Instant::now();
+        let (ids, _) = tracker.update(&[at(10, 10)], t0);
+        let (_, ended) = tracker.update(&[], t0 + Duration::from_secs(2));
+        assert!(ended.is_empty(), "not yet lost at exactly lost_after");
+        let (_, ended) = tracker.update(&[], t0 + Duration::from_millis(2100));
+        assert_eq!(ended.iter().map(|t| t.id).collect::<Vec<_>>(), ids);
+        // A vehicle there later is a new track, with a new id.
+        let (again, _) = tracker.update(&[at(10, 10)], t0 + Duration::from_secs(3));
+        assert_ne!(again, ids);
+    }
+
+    #[test]
+    fn beyond_max_tracks_the_longest_unseen_track_is_ended_and_counted() {
+        let config = TrackerConfig { max_tracks: 2, ..TrackerConfig::default() };
+        let mut tracker = Tracker::new(config);
+        let t0 = Instant::now();
+        let (a, _) = tracker.update(&[at(0, 0)], t0);
+        let (b, _) = tracker.update(&[at(400, 0)], t0 + Duration::from_millis(100));
+        let (c, ended) = tracker.update(&[at(400, 0), at(800, 0)], t0 + Duration::from_millis(200));
+        assert_eq!(tracker.evicted, 1);
+        assert_eq!(ended.iter().map(|t| t.id).collect::<Vec<_>>(), a, "the track seen longest ago goes");
+        assert_eq!(c[0], b[0]);
+        assert_eq!(tracker.tracks().len(), 2);
+    }
+}
