@@ -612,9 +612,74 @@ fn daemon_config(
     Ok(config)
 }
 
+/// One `bench locate` measurement: the motion locator alone on generated frames.
+#[derive(Debug, Clone, Serialize)]
+pub struct LocateResult {
+    pub resolution: String,
+    pub frames: usize,
+    /// Wall time per frame on one thread (the locator runs on the camera's thread).
+    pub ms_per_frame: f64,
+    /// Frames in which the moving vehicle was boxed (IoU >= 0.5).
+    pub boxed: usize,
+}
+
+/// Runs `bench locate`: a vehicle crossing a still, textured street, `frames` frames of
+/// `width` x `height`, through [`crate::locate::motion::MotionLocator`].
+pub fn locate(frames: usize, width: u32, height: u32) -> LocateResult {
+    use crate::locate::Bounds;
+    use crate::locate::motion::{Motion, MotionConfig, MotionLocator};
+    let mut street = Vec::with_capacity((width * height * 3) as usize);
+    for y in 0..height {
+        for x in 0..width {
+            let v = if y > height / 3 { 90 + ((x / 160) % 2) * 12 } else { 150 + ((x / 80 + y / 60) % 3) * 20 } as u8;
+            street.extend_from_slice(&[v, v, v.saturating_add(8)]);
+        }
+    }
+    let (vw, vh) = (width / 5, height / 6);
+    let frame = |i: usize| {
+        let x0 = (i as u32 * (width - vw) / frames.max(1) as u32).min(width - vw);
+        let b = Bounds { x: x0, y: height / 2, width: vw, height: vh };
+        let mut px = street.clone();
+        for y in b.y..b.y + b.height {
+            let row = ((y * width + b.x) * 3) as usize;
+            for p in px[row..row + (b.width * 3) as usize].chunks_exact_mut(3) {
+                p.copy_from_slice(&[200, 40, 40]);
+            }
+        }
+        (px, b)
+    };
+    let mut locator = MotionLocator::new(MotionConfig::default());
+    locator.observe(&street, width, height);
+    let inputs: Vec<(Vec<u8>, Bounds)> = (0..frames).map(frame).collect();
+    let start = Instant::now();
+    let mut boxed = 0;
+    for (px, truth) in &inputs {
+        if let Motion::Boxes(b) = locator.observe(px, width, height)
+            && b.first().is_some_and(|b| b.iou(truth) >= 0.5)
+        {
+            boxed += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    LocateResult {
+        resolution: format!("{width}x{height}"),
+        frames,
+        ms_per_frame: 1000.0 * secs / frames.max(1) as f64,
+        boxed,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bench_locate_times_the_locator_on_a_crossing_vehicle() {
+        let r = locate(30, 640, 360);
+        assert_eq!((r.frames, r.resolution.as_str()), (30, "640x360"));
+        assert!(r.ms_per_frame > 0.0);
+        assert!(r.boxed >= 27, "boxed in {} of 30 frames", r.boxed);
+    }
 
     #[test]
     fn percentiles_and_roles() {

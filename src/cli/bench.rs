@@ -7,6 +7,21 @@ pub(super) fn bench_cmd(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Model(a) => model(a),
         BenchCommand::Pipeline(a) => pipeline(a),
+        BenchCommand::Locate { frames, resolution, json } => {
+            let (width, height) = resolution.size();
+            let r = carwatch::bench::locate(frames, width, height);
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&r)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "motion locator at {}: {:.2} ms per frame (one thread), vehicle boxed in {} of {} frames",
+                    r.resolution, r.ms_per_frame, r.boxed, r.frames
+                )?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -80,10 +95,7 @@ fn model(a: BenchModelArgs) -> Result<ExitCode> {
 }
 
 fn pipeline(a: BenchPipelineArgs) -> Result<ExitCode> {
-    let (width, height) = match a.resolution {
-        Resolution::R720p => (1280, 720),
-        Resolution::R1080p => (1920, 1080),
-    };
+    let (width, height) = a.resolution.size();
     let decode: carwatch::camera::DecodeMode = serde_json::from_value(serde_json::Value::String(a.decode.clone()))
         .map_err(|_| anyhow::anyhow!("unknown --decode `{}`", a.decode))?;
     let models = a.models.unwrap_or_else(|| {

@@ -73,6 +73,15 @@ enum BenchCommand {
     Model(BenchModelArgs),
     /// The whole watch path with N synthetic RTSP cameras.
     Pipeline(BenchPipelineArgs),
+    /// The motion locator alone, per frame, on a generated street (one thread).
+    Locate {
+        #[arg(long, default_value_t = 200)]
+        frames: usize,
+        #[arg(long, value_enum, default_value_t = Resolution::R720p)]
+        resolution: Resolution,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -151,6 +160,15 @@ enum Resolution {
     R720p,
     #[value(name = "1080p")]
     R1080p,
+}
+
+impl Resolution {
+    fn size(self) -> (u32, u32) {
+        match self {
+            Resolution::R720p => (1280, 720),
+            Resolution::R1080p => (1920, 1080),
+        }
+    }
 }
 
 #[derive(Args)]
