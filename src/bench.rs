@@ -628,13 +628,7 @@ pub struct LocateResult {
 pub fn locate(frames: usize, width: u32, height: u32) -> LocateResult {
     use crate::locate::Bounds;
     use crate::locate::motion::{Motion, MotionConfig, MotionLocator};
-    let mut street = Vec::with_capacity((width * height * 3) as usize);
-    for y in 0..height {
-        for x in 0..width {
-            let v = if y > height / 3 { 90 + ((x / 160) % 2) * 12 } else { 150 + ((x / 80 + y / 60) % 3) * 20 } as u8;
-            street.extend_from_slice(&[v, v, v.saturating_add(8)]);
-        }
-    }
+    let street = crate::synthetic::street(width, height);
     let (vw, vh) = (width / 5, height / 6);
     let frame = |i: usize| {
         let x0 = (i as u32 * (width - vw) / frames.max(1) as u32).min(width - vw);

@@ -304,17 +304,8 @@ mod tests {
     const W: u32 = 1280;
     const H: u32 = 720;
 
-    /// A street: a textured background (stripes and blocks, no noise).
     fn street() -> Vec<u8> {
-        let mut px = Vec::with_capacity((W * H * 3) as usize);
-        for y in 0..H {
-            for x in 0..W {
-                let road = y > H / 3;
-                let v = if road { 90 + ((x / 160) % 2) * 12 } else { 150 + ((x / 80 + y / 60) % 3) * 20 } as u8;
-                px.extend_from_slice(&[v, v, v.saturating_add(8)]);
-            }
-        }
-        px
+        crate::synthetic::street(W, H)
     }
 
     /// `base` with a vehicle (a coloured body, dark windows) in `b`.

@@ -110,6 +110,21 @@ pub fn draw_background(img: &mut RgbImage, rng: &mut StdRng) {
     }
 }
 
+/// A still street, `width` x `height` tightly packed RGB: tarmac below the upper third
+/// in wide bands, blocks of buildings above. Flat areas and hard edges, no noise: what
+/// the motion locator's tests and benchmark run vehicles across.
+pub fn street(width: u32, height: u32) -> Vec<u8> {
+    let mut px = Vec::with_capacity((width * height * 3) as usize);
+    for y in 0..height {
+        for x in 0..width {
+            let road = y > height / 3;
+            let v = if road { 90 + ((x / 160) % 2) * 12 } else { 150 + ((x / 80 + y / 60) % 3) * 20 } as u8;
+            px.extend_from_slice(&[v, v, v.saturating_add(8)]);
+        }
+    }
+    px
+}
+
 /// Draws a vehicle of `class` inside `area` of `img`, with random placement and jitter.
 pub fn draw_vehicle(img: &mut RgbImage, area: Rect, class: &Class, rng: &mut StdRng) {
     let (aw, ah) = (area.width() as f32, area.height() as f32);
