@@ -358,16 +358,18 @@ impl Publisher {
             }
             let p = match self.outbox.get(seq) {
                 Ok(Some(p)) => p,
-                Ok(None) => continue,
+                // Dropped at the outbox's bound meanwhile: nothing to send or count.
+                Ok(None) => {
+                    self.attempts.remove(&seq);
+                    continue;
+                }
                 Err(e) => {
                     tracing::error!("hit #{seq} cannot be read back: {e}");
                     continue;
                 }
             };
-            let mut payload = p.payload;
-            if self.redeliver.contains(&seq) || tries >= STRIP_AFTER {
-                payload = revise(&payload, self.redeliver.contains(&seq), tries >= STRIP_AFTER);
-            }
+            let (redelivered, strip) = (self.redeliver.contains(&seq), tries >= STRIP_AFTER);
+            let payload = if redelivered || strip { revise(&p.payload, redelivered, strip) } else { p.payload };
             if tries == STRIP_AFTER {
                 tracing::warn!(
                     "hit #{seq}: the broker ended the connection {tries} times while it was sent; sending it without its inline snapshot"
