@@ -125,8 +125,9 @@ pub fn street(width: u32, height: u32) -> Vec<u8> {
     px
 }
 
-/// Draws a vehicle of `class` inside `area` of `img`, with random placement and jitter.
-pub fn draw_vehicle(img: &mut RgbImage, area: Rect, class: &Class, rng: &mut StdRng) {
+/// Draws a vehicle of `class` inside `area` of `img`, with random placement and jitter;
+/// returns the box it covers (cabin, body, wheels), which may reach past the image.
+pub fn draw_vehicle(img: &mut RgbImage, area: Rect, class: &Class, rng: &mut StdRng) -> Rect {
     let (aw, ah) = (area.width() as f32, area.height() as f32);
     let (rel_w, rel_h) = match class.shape {
         Shape::Sedan => (0.86, 0.34),
@@ -146,6 +147,8 @@ pub fn draw_vehicle(img: &mut RgbImage, area: Rect, class: &Class, rng: &mut Std
     let jitter = |c: u8, r: &mut StdRng| (c as i32 + r.random_range(-18..=18)).clamp(0, 255) as u8;
     let body = Rgb([jitter(class.colour[0], rng), jitter(class.colour[1], rng), jitter(class.colour[2], rng)]);
     let sketch = Sketch { x0, y0, bw, bh, cabin, body };
+    let (extra_w, below) = if class.view == "angled" { (bh * 0.45, bh * 1.32) } else { (0.0, bh * 1.15) };
+    let extent = rect(x0, y0 - cabin, bw + extra_w, cabin + below);
     match class.view {
         "angled" => sketch.angled(img, class, rng),
         "rear" => {
@@ -157,6 +160,7 @@ pub fn draw_vehicle(img: &mut RgbImage, area: Rect, class: &Class, rng: &mut Std
             sketch.front(img);
         }
     }
+    extent
 }
 
 /// Where and how one vehicle is drawn: body box, cabin height, paint.

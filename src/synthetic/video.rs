@@ -1,9 +1,10 @@
 //! Scenes of generated vehicles, as frames and as H.264 clips.
 //!
 //! A [`Scene`] is a frame size, a rate and timed segments; each segment places vehicles
-//! of given classes in areas of the frame (fractions of its width and height). Frames of
-//! one segment are identical, which keeps encoding cheap and makes every analysed frame
-//! a fair test of the classifier.
+//! of given classes in areas of the frame (fractions of its width and height). A vehicle
+//! either stands still (frames of a segment where nothing moves are identical, which
+//! keeps encoding cheap) or crosses from its area to another position over the segment:
+//! the wide views of street cameras, with the truth (class and box) of every frame known.
 
 use std::path::Path;
 use std::time::Duration;
@@ -13,14 +14,19 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use image::RgbImage;
 use imageproc::rect::Rect;
+use rand::RngExt;
 
-use super::{Class, class, draw_background, draw_vehicle, rng};
+use super::{Class, class, draw_background, draw_vehicle, rng, street};
+use crate::locate::Bounds;
 
 /// A vehicle in a scene: class and area (fractions of the frame).
 #[derive(Debug, Clone)]
 pub struct Placement {
     pub class: Class,
     pub area: [f32; 4],
+    /// Where the area's top-left corner is at the segment's end (fractions), for a
+    /// vehicle that moves; it moves at a constant speed.
+    pub to: Option<[f32; 2]>,
 }
 
 /// A stretch of time showing the same vehicles.
@@ -28,6 +34,14 @@ pub struct Placement {
 pub struct Segment {
     pub duration: Duration,
     pub vehicles: Vec<Placement>,
+    /// Brightness of the whole picture (1 = as drawn): auto-exposure, lights, dusk.
+    pub gain: f32,
+}
+
+impl Segment {
+    fn moves(&self) -> bool {
+        self.vehicles.iter().any(|v| v.to.is_some())
+    }
 }
 
 /// What a synthetic camera shows.
@@ -38,6 +52,19 @@ pub struct Scene {
     pub fps: u32,
     pub segments: Vec<Segment>,
     pub seed: u64,
+    /// A still street (with light sensor noise) behind the vehicles rather than a
+    /// noisy grey backdrop drawn afresh per segment.
+    pub street: bool,
+}
+
+/// A vehicle as drawn in one frame: the ground truth of locating.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Truth {
+    pub class: Class,
+    /// Index of the vehicle in its segment (the same vehicle in every frame of it).
+    pub vehicle: usize,
+    /// Its box, clipped to the frame.
+    pub bounds: Bounds,
 }
 
 impl Scene {
@@ -48,49 +75,55 @@ impl Scene {
             height,
             fps,
             seed: 1,
+            street: false,
             segments: vec![Segment {
                 duration: Duration::from_secs(3600),
-                vehicles: vec![Placement { class, area: [0.0, 0.0, 1.0, 1.0] }],
+                vehicles: vec![Placement { class, area: [0.0, 0.0, 1.0, 1.0], to: None }],
+                gain: 1.0,
             }],
         }
     }
 
-    /// Parses a scene description: segments separated by `;`, each `SECONDS:` followed by
-    /// `,`-separated `view/make/model[@x,y,w,h]` (area as fractions; whole frame when
-    /// omitted) or nothing for an empty road.
-    /// Example: `4:front/bmw/3-series;4:angled/audi/q7@0,0,0.5,1+rear/volvo/xc90@0.5,0,0.5,1;2:`.
+    /// Parses a scene description: segments separated by `;`, each `SECONDS[*GAIN]:`
+    /// followed by `+`-separated `view/make/model[@x,y,w,h[>x2,y2]]` (area as fractions;
+    /// whole frame when omitted; `>x2,y2` moves the area's corner there over the
+    /// segment) or nothing for an empty road. A first segment `street` draws a still
+    /// street behind everything.
+    /// Examples: `4:front/bmw/3-series;4:angled/audi/q7@0,0,0.5,1+rear/volvo/xc90@0.5,0,0.5,1;2:`
+    /// and `street;5:angled/bmw/3-series@-0.25,0.5,0.25,0.3>1,0.5;2*1.4:`.
     pub fn parse(text: &str, width: u32, height: u32, fps: u32) -> Result<Scene, String> {
         let mut segments = Vec::new();
+        let mut street = false;
         for seg in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-            let (secs, rest) =
+            if seg == "street" && segments.is_empty() && !street {
+                street = true;
+                continue;
+            }
+            let (head, rest) =
                 seg.split_once(':').ok_or_else(|| format!("segment `{seg}`: expected SECONDS:vehicles"))?;
-            let secs: f64 =
-                secs.trim().parse().map_err(|_| format!("segment `{seg}`: `{secs}` is not a number of seconds"))?;
+            let (secs, gain) = head.split_once('*').unwrap_or((head, "1"));
+            let secs: f64 = secs
+                .trim()
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+                .ok_or_else(|| format!("segment `{seg}`: `{secs}` is not a number of seconds (up to a day)"))?;
+            let gain: f32 = gain
+                .trim()
+                .parse()
+                .ok()
+                .filter(|g: &f32| g.is_finite() && *g > 0.0 && *g <= 4.0)
+                .ok_or_else(|| format!("segment `{seg}`: brightness `{gain}` must be above 0 and at most 4"))?;
             let mut vehicles = Vec::new();
             for v in rest.split('+').map(str::trim).filter(|s| !s.is_empty()) {
-                let (name, area) = match v.split_once('@') {
-                    Some((n, a)) => {
-                        let nums: Vec<f32> = a
-                            .split(',')
-                            .map(|x| x.trim().parse::<f32>())
-                            .collect::<Result<_, _>>()
-                            .map_err(|_| format!("`{a}`: expected x,y,w,h fractions"))?;
-                        let area: [f32; 4] = nums.try_into().map_err(|_| format!("`{a}`: expected four numbers"))?;
-                        (n, area)
-                    }
-                    None => (v, [0.0, 0.0, 1.0, 1.0]),
-                };
-                let parts: Vec<&str> = name.split('/').collect();
-                let [view, make, model] = parts[..] else { return Err(format!("`{name}`: expected view/make/model")) };
-                let class = class(view, make, model).ok_or_else(|| format!("`{name}` is not a synthetic class"))?;
-                vehicles.push(Placement { class, area });
+                vehicles.push(placement(v)?);
             }
-            segments.push(Segment { duration: Duration::from_secs_f64(secs), vehicles });
+            segments.push(Segment { duration: Duration::from_secs_f64(secs), vehicles, gain });
         }
         if segments.is_empty() {
             return Err("a scene needs at least one segment".into());
         }
-        Ok(Scene { width, height, fps, segments, seed: 1 })
+        Ok(Scene { width, height, fps, segments, seed: 1, street })
     }
 
     /// Total length of one pass through the segments.
@@ -98,40 +131,135 @@ impl Scene {
         self.segments.iter().map(|s| s.duration).sum()
     }
 
-    /// Renders one image per segment.
-    pub fn render_segments(&self) -> Vec<RgbImage> {
-        self.segments
-            .iter()
-            .enumerate()
-            .map(|(i, seg)| {
-                let mut r = rng(self.seed.wrapping_mul(1000).wrapping_add(i as u64));
-                let mut img = RgbImage::new(self.width, self.height);
-                draw_background(&mut img, &mut r);
-                for v in &seg.vehicles {
-                    let [x, y, w, h] = v.area;
-                    let (fw, fh) = (self.width as f32, self.height as f32);
-                    let area = Rect::at((x * fw) as i32, (y * fh) as i32)
-                        .of_size(((w * fw) as u32).max(8), ((h * fh) as u32).max(8));
-                    draw_vehicle(&mut img, area, &v.class, &mut r);
-                }
-                img
-            })
-            .collect()
+    /// Frames in one pass.
+    pub fn frames(&self) -> u64 {
+        self.segments.iter().map(|s| self.segment_frames(s)).sum()
     }
 
-    /// Which segment frame `n` belongs to (the scene loops).
-    pub fn segment_at(&self, n: u64) -> usize {
-        let period = self.period().as_secs_f64();
-        let t = (n as f64 / self.fps as f64) % period.max(1e-9);
-        let mut acc = 0.0;
+    fn segment_frames(&self, s: &Segment) -> u64 {
+        ((s.duration.as_secs_f64() * self.fps.max(1) as f64).round() as u64).max(1)
+    }
+
+    /// Which segment frame `n` belongs to (the scene loops), and the frame's index
+    /// within it.
+    pub fn position(&self, n: u64) -> (usize, u64) {
+        let mut at = n % self.frames().max(1);
         for (i, s) in self.segments.iter().enumerate() {
-            acc += s.duration.as_secs_f64();
-            if t < acc {
-                return i;
+            let len = self.segment_frames(s);
+            if at < len {
+                return (i, at);
+            }
+            at -= len;
+        }
+        (self.segments.len() - 1, 0)
+    }
+
+    /// Which segment frame `n` belongs to.
+    pub fn segment_at(&self, n: u64) -> usize {
+        self.position(n).0
+    }
+
+    /// Frame `n` (the scene loops) and the vehicles in it.
+    pub fn frame(&self, n: u64) -> (RgbImage, Vec<Truth>) {
+        let (si, k) = self.position(n);
+        let seg = &self.segments[si];
+        // Where the moving vehicles are: the segment's progress, 0 at its first frame.
+        let t = k as f32 / self.segment_frames(seg).saturating_sub(1).max(1) as f32;
+        let mut img = if self.street {
+            RgbImage::from_raw(self.width, self.height, street(self.width, self.height)).unwrap_or_default()
+        } else {
+            let mut img = RgbImage::new(self.width, self.height);
+            draw_background(&mut img, &mut rng(self.segment_seed(si)));
+            img
+        };
+        let (fw, fh) = (self.width as f32, self.height as f32);
+        let mut truth = Vec::new();
+        for (vi, v) in seg.vehicles.iter().enumerate() {
+            let [x, y, w, h] = v.area;
+            let (x, y) = match v.to {
+                Some([x2, y2]) => (x + (x2 - x) * t, y + (y2 - y) * t),
+                None => (x, y),
+            };
+            let area =
+                Rect::at((x * fw) as i32, (y * fh) as i32).of_size(((w * fw) as u32).max(8), ((h * fh) as u32).max(8));
+            // The same draw of each vehicle in every frame of its segment: it moves,
+            // it does not change.
+            let mut r = rng(self.segment_seed(si).wrapping_add(1 + vi as u64));
+            let drawn = draw_vehicle(&mut img, area, &v.class, &mut r);
+            if let Some(bounds) = clip(drawn, self.width, self.height) {
+                truth.push(Truth { class: v.class.clone(), vehicle: vi, bounds });
             }
         }
-        self.segments.len() - 1
+        if seg.gain != 1.0 {
+            for px in img.iter_mut() {
+                *px = (*px as f32 * seg.gain).min(255.0) as u8;
+            }
+        }
+        if self.street {
+            // Sensor noise, different in every frame.
+            let mut r = rng(self.seed.wrapping_mul(7919).wrapping_add(n));
+            for px in img.iter_mut() {
+                *px = (*px as i32 + r.random_range(-3..=3)).clamp(0, 255) as u8;
+            }
+        }
+        (img, truth)
     }
+
+    fn segment_seed(&self, i: usize) -> u64 {
+        self.seed.wrapping_mul(1000).wrapping_add(i as u64 * 17)
+    }
+
+    /// One image per segment (its first frame).
+    pub fn render_segments(&self) -> Vec<RgbImage> {
+        let mut n = 0;
+        let mut out = Vec::new();
+        for s in &self.segments {
+            out.push(self.frame(n).0);
+            n += self.segment_frames(s);
+        }
+        out
+    }
+}
+
+/// `view/make/model[@x,y,w,h[>x2,y2]]`.
+fn placement(v: &str) -> Result<Placement, String> {
+    let numbers = |a: &str| -> Result<Vec<f32>, String> {
+        a.split(',')
+            .map(|x| x.trim().parse::<f32>().ok().filter(|f| f.is_finite() && f.abs() <= 10.0))
+            .collect::<Option<_>>()
+            .ok_or_else(|| format!("`{a}`: expected fractions of the frame, separated by commas"))
+    };
+    let (name, area, to) = match v.split_once('@') {
+        Some((n, a)) => {
+            let (a, to) = match a.split_once('>') {
+                Some((a, to)) => {
+                    let to: [f32; 2] =
+                        numbers(to)?.try_into().map_err(|_| format!("`>{to}`: expected two numbers, x,y"))?;
+                    (a, Some(to))
+                }
+                None => (a, None),
+            };
+            let area: [f32; 4] = numbers(a)?.try_into().map_err(|_| format!("`{a}`: expected four numbers"))?;
+            if area[2] <= 0.0 || area[3] <= 0.0 {
+                return Err(format!("`{a}`: width and height must be above 0"));
+            }
+            (n, area, to)
+        }
+        None => (v, [0.0, 0.0, 1.0, 1.0], None),
+    };
+    let parts: Vec<&str> = name.split('/').collect();
+    let [view, make, model] = parts[..] else { return Err(format!("`{name}`: expected view/make/model")) };
+    let class = class(view, make, model).ok_or_else(|| format!("`{name}` is not a synthetic class"))?;
+    Ok(Placement { class, area, to })
+}
+
+/// The part of `r` inside a `width` x `height` frame, if any.
+fn clip(r: Rect, width: u32, height: u32) -> Option<Bounds> {
+    let x0 = r.left().clamp(0, width as i32) as u32;
+    let y0 = r.top().clamp(0, height as i32) as u32;
+    let x1 = (r.left() + r.width() as i32).clamp(0, width as i32) as u32;
+    let y1 = (r.top() + r.height() as i32).clamp(0, height as i32) as u32;
+    (x1 > x0 && y1 > y0).then(|| Bounds { x: x0, y: y0, width: x1 - x0, height: y1 - y0 })
 }
 
 /// The x264 settings both the clip writer and the RTSP server use: fast to encode, a
@@ -173,75 +301,91 @@ pub fn write_clip(scene: &Scene, path: &Path) -> Result<(), String> {
     let sink = pipeline.by_name("sink").ok_or("no sink")?;
     sink.set_property("location", path.to_string_lossy().to_string());
     pipeline.set_state(gst::State::Playing).map_err(|e| format!("clip pipeline: {e}"))?;
-    let images = scene.render_segments();
-    let frames = (scene.period().as_secs_f64() * scene.fps as f64).round() as u64;
+    let still = scene.render_segments();
     let frame_ns = 1_000_000_000 / scene.fps.max(1) as u64;
-    for n in 0..frames {
-        push_frame(&src, &images[scene.segment_at(n)], n, frame_ns)?;
+    for n in 0..scene.frames() {
+        let (si, _) = scene.position(n);
+        if scene.segments[si].moves() || scene.street {
+            push_frame(&src, &scene.frame(n).0, n, frame_ns)?;
+        } else {
+            push_frame(&src, &still[si], n, frame_ns)?;
+        }
     }
     src.end_of_stream().map_err(|e| format!("ending clip: {e:?}"))?;
-    let bus = pipeline.bus().ok_or("no bus")?;
-    let result = match bus
-        .timed_pop_filtered(gst::ClockTime::from_seconds(120), &[gst::MessageType::Eos, gst::MessageType::Error])
-    {
-        Some(msg) => match msg.view() {
-            gst::MessageView::Error(e) => Err(format!("writing clip: {}", e.error())),
-            _ => Ok(()),
-        },
-        None => Err("writing clip timed out".to_string()),
-    };
+    let result = wait_for_eos(&pipeline, "writing clip");
     let _ = pipeline.set_state(gst::State::Null);
     result
 }
 
-/// A scene encoded once, for serving in a loop: one GOP per segment.
+fn wait_for_eos(pipeline: &gst::Pipeline, what: &str) -> Result<(), String> {
+    let bus = pipeline.bus().ok_or("no bus")?;
+    match bus.timed_pop_filtered(gst::ClockTime::from_seconds(120), &[gst::MessageType::Eos, gst::MessageType::Error]) {
+        Some(msg) => match msg.view() {
+            gst::MessageView::Error(e) => Err(format!("{what}: {}", e.error())),
+            _ => Ok(()),
+        },
+        None => Err(format!("{what} timed out")),
+    }
+}
+
+/// A scene encoded once, for serving in a loop.
 pub struct Encoded {
     /// H.264 byte-stream caps (with size and rate).
     pub caps: gst::Caps,
-    /// Per segment, `fps` access units starting with a keyframe that carries SPS/PPS.
+    /// Per segment, access units starting with a keyframe that carries SPS/PPS: one GOP
+    /// (`fps` frames) for a segment where nothing moves, looped for as long as it lasts;
+    /// every frame of a segment where vehicles move.
     pub chunks: Vec<Vec<gst::Buffer>>,
 }
 
-/// Encodes one second (one GOP) of each segment. Frames of a segment are identical, so
-/// looping that GOP for as long as the segment lasts is the stream a live encoder would
-/// send, without a live encoder's CPU cost on the machine being measured.
+/// Encodes each segment on its own (so each starts with a keyframe). A still segment is
+/// one GOP of identical frames, looped by the server for as long as the segment lasts:
+/// the stream a live encoder would send, without a live encoder's CPU cost on the
+/// machine being measured.
 pub fn encode_segments(scene: &Scene) -> Result<Encoded, String> {
-    let tail = "h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au ! appsink name=sink sync=false";
-    let (pipeline, src) = rgb_encoder(scene, tail, "encoder")?;
-    let sink = pipeline.by_name("sink").and_then(|e| e.downcast::<gst_app::AppSink>().ok()).ok_or("no appsink")?;
-    src.set_max_bytes(0);
-    pipeline.set_state(gst::State::Playing).map_err(|e| format!("encoder pipeline: {e}"))?;
-    let gop = scene.fps.max(1) as usize;
-    let frame_ns = 1_000_000_000 / gop as u64;
-    let images = scene.render_segments();
-    let mut n = 0u64;
-    for image in &images {
-        for _ in 0..gop {
-            push_frame(&src, image, n, frame_ns)?;
-            n += 1;
-        }
-    }
-    src.end_of_stream().map_err(|e| format!("ending the encode: {e:?}"))?;
-    let mut units = Vec::with_capacity(n as usize);
+    let gop = scene.fps.max(1) as u64;
+    let frame_ns = 1_000_000_000 / gop;
+    let mut chunks = Vec::with_capacity(scene.segments.len());
     let mut caps = None;
-    while let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_seconds(60)) {
-        if caps.is_none() {
-            caps = sample.caps_owned();
+    let mut first = 0u64;
+    for (si, seg) in scene.segments.iter().enumerate() {
+        let frames = scene.segment_frames(seg);
+        let tail = "h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au ! appsink name=sink sync=false";
+        let (pipeline, src) = rgb_encoder(scene, tail, "encoder")?;
+        let sink = pipeline.by_name("sink").and_then(|e| e.downcast::<gst_app::AppSink>().ok()).ok_or("no appsink")?;
+        src.set_max_bytes(0);
+        pipeline.set_state(gst::State::Playing).map_err(|e| format!("encoder pipeline: {e}"))?;
+        let moving = seg.moves() || scene.street;
+        let count = if moving { frames } else { gop };
+        let still = if moving { None } else { Some(scene.frame(first).0) };
+        for k in 0..count {
+            match &still {
+                Some(image) => push_frame(&src, image, k, frame_ns)?,
+                None => push_frame(&src, &scene.frame(first + k).0, k, frame_ns)?,
+            }
         }
-        if let Some(b) = sample.buffer_owned() {
-            units.push(b);
+        src.end_of_stream().map_err(|e| format!("ending the encode: {e:?}"))?;
+        let mut units = Vec::with_capacity(count as usize);
+        while let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_seconds(60)) {
+            if caps.is_none() {
+                caps = sample.caps_owned();
+            }
+            if let Some(b) = sample.buffer_owned() {
+                units.push(b);
+            }
+            if units.len() == count as usize {
+                break;
+            }
         }
-        if units.len() == n as usize {
-            break;
+        let _ = pipeline.set_state(gst::State::Null);
+        if units.len() != count as usize {
+            return Err(format!("segment {si}: the encoder gave {} of {count} frames", units.len()));
         }
-    }
-    let _ = pipeline.set_state(gst::State::Null);
-    if units.len() != n as usize {
-        return Err(format!("the encoder gave {} of {n} frames", units.len()));
-    }
-    let chunks: Vec<Vec<gst::Buffer>> = units.chunks(gop).map(|c| c.to_vec()).collect();
-    if let Some(i) = chunks.iter().position(|c| c[0].flags().contains(gst::BufferFlags::DELTA_UNIT)) {
-        return Err(format!("segment {i} does not start with a keyframe"));
+        if units[0].flags().contains(gst::BufferFlags::DELTA_UNIT) {
+            return Err(format!("segment {si} does not start with a keyframe"));
+        }
+        chunks.push(units);
+        first += frames;
     }
     Ok(Encoded { caps: caps.ok_or("the encoder gave no caps")?, chunks })
 }
@@ -279,7 +423,41 @@ mod tests {
         );
         assert_eq!(s.render_segments().len(), 3);
         assert!(Scene::parse("2:front/tesla/x", 64, 48, 10).is_err());
+        assert!(Scene::parse("1e400:", 64, 48, 10).is_err());
+        assert!(Scene::parse("2*0:", 64, 48, 10).is_err());
         assert!(Scene::parse("front/bmw/x5", 64, 48, 10).is_err());
+    }
+
+    #[test]
+    fn moving_vehicles_cross_a_street_with_their_truth() {
+        let s = Scene::parse("street;2:angled/bmw/3-series@-0.2,0.5,0.2,0.3>1,0.5;1*1.5:", 200, 100, 10).unwrap();
+        assert!(s.street);
+        assert_eq!((s.frames(), s.segments[1].gain), (30, 1.5));
+        // Off-frame at first, then moving right by the same step every frame.
+        let (_, at0) = s.frame(0);
+        let (_, at5) = s.frame(5);
+        let (_, at6) = s.frame(6);
+        assert!(at0.is_empty() || at0[0].bounds.width < 40, "starts outside the frame: {at0:?}");
+        let (b5, b6) = (at5[0].bounds, at6[0].bounds);
+        assert!(b6.x > b5.x && b6.width == b5.width && b6.y == b5.y, "{b5:?} then {b6:?}");
+        assert_eq!(at5[0].class.make, "bmw");
+        // The truth covers the drawn vehicle: inside it the frame is not the street.
+        let (img, _) = s.frame(10);
+        let (_, truth) = s.frame(10);
+        let b = truth[0].bounds;
+        let plain = crate::synthetic::street(200, 100);
+        let differs = |x: u32, y: u32| {
+            let i = ((y * 200 + x) * 3) as usize;
+            img.as_raw()[i..i + 3].iter().zip(&plain[i..i + 3]).any(|(a, b)| a.abs_diff(*b) > 20)
+        };
+        let inside = (b.y..b.y + b.height).flat_map(|y| (b.x..b.x + b.width).map(move |x| (x, y)));
+        let moved = inside.clone().filter(|&(x, y)| differs(x, y)).count();
+        assert!(moved * 2 > inside.count(), "the vehicle fills most of its box");
+        // The brighter segment: no vehicle, every level raised.
+        let (bright, none) = s.frame(25);
+        assert!(none.is_empty());
+        let mean = |p: &[u8]| p.iter().map(|&v| v as f64).sum::<f64>() / p.len() as f64;
+        assert!(mean(bright.as_raw()) > 1.3 * mean(&plain));
     }
 
     #[test]
@@ -287,6 +465,9 @@ mod tests {
         let scene = Scene::parse("3:front/bmw/3-series; 2:", 64, 48, 5).unwrap();
         let e = encode_segments(&scene).unwrap();
         assert_eq!(e.chunks.len(), 2);
+        let moving = Scene::parse("street; 2:front/bmw/3-series@0,0,0.5,0.5>0.5,0.5", 64, 48, 5).unwrap();
+        let m = encode_segments(&moving).unwrap();
+        assert_eq!(m.chunks[0].len(), 10, "every frame of a moving segment");
         for chunk in &e.chunks {
             assert_eq!(chunk.len(), 5);
             assert!(!chunk[0].flags().contains(gst::BufferFlags::DELTA_UNIT));
