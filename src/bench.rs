@@ -600,7 +600,7 @@ fn daemon_config(
     );
     for i in 0..opts.cameras {
         text.push_str(&format!(
-            "[[camera]]\nname = \"cam{i}\"\nurl = \"rtsp://127.0.0.1:{rtsp_port}/cam{i}\"\nfps = {}\ndecode = \"{}\"\nmotion = {{ enabled = {} }}\n",
+            "[[camera]]\nname = \"cam{i}\"\nurl = \"rtsp://127.0.0.1:{rtsp_port}/cam{i}\"\nfps = {}\ndecode = \"{}\"\nmotion = {{ enabled = {} }}\nlocate = \"frame\"\n",
             opts.fps,
             opts.decode.name(),
             opts.motion

@@ -1,10 +1,13 @@
 //! The inference worker: the one thread that owns the model.
 //!
-//! It loads the [`Recognizer`] itself (tch tensors are `Send` but not `Sync`; keeping
-//! them on one thread keeps that simple), then loops: take a batch from the
-//! [`Batcher`], crop every frame's regions, classify them in one backbone call, show the
-//! predictions to the [`Matcher`], and hand hits to the publisher. Between batches it
-//! notices alerts expiring and announces the active set.
+//! It loads the [`Recognizer`] (and the [`Detector`], when a camera locates with one)
+//! itself (tch tensors are `Send` but not `Sync`; keeping them on one thread keeps that
+//! simple), then loops: take a batch of frames from the [`Batcher`], turn every frame
+//! into crops (its regions, the whole frame, or one square per located vehicle, the
+//! vehicles tracked per camera), classify all crops in one backbone call, show the
+//! predictions to the [`Matcher`] (per frame, or per tracked vehicle), and hand hits to
+//! the publisher. Between batches it notices alerts expiring and announces the active
+//! set.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -17,7 +20,10 @@ use jiff::Timestamp;
 use crate::alerts::AlertSet;
 use crate::batcher::{Batcher, Next};
 use crate::camera::Frame;
+use crate::locate::detector::{Detector, DetectorConfig, DetectorError};
+use crate::locate::{Bounds, LocateConfig, Method, square_crop};
 use crate::matcher::{Matcher, RegionPrediction};
+use crate::track::Vehicles;
 use crate::metrics::{Metrics, Stage};
 use crate::model::feed::{Feeder, Staged};
 use crate::model::sizing;
@@ -71,6 +77,10 @@ pub struct Links {
     /// `batch.max_size = "auto"`: measure batch sizes up to this one at start-up and
     /// use the best.
     pub auto_batch: Option<usize>,
+    /// Tracks and crops of located vehicles.
+    pub locate: LocateConfig,
+    /// Loaded with the model when some camera has `locate = "detector"`.
+    pub detector: Option<DetectorConfig>,
 }
 
 /// The worker's state.
@@ -91,13 +101,34 @@ pub struct Worker {
     /// Per (camera, region): the thumbnail last analysed and its prediction.
     still: HashMap<(String, usize), (Thumbnail, Prediction)>,
     active: Vec<String>,
+    locate: LocateConfig,
+    detector: Option<Detector>,
+    /// Per tracking camera: its vehicles.
+    vehicles: HashMap<String, Vehicles>,
+}
+
+/// What a crop shows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Target {
+    /// Region `i` of the camera (0: the whole frame, when it has none).
+    Region(usize),
+    /// A located vehicle, on its track.
+    Vehicle { track: u64 },
+}
+
+/// One crop of one frame of a batch.
+#[derive(Debug, Clone, Copy)]
+struct Item {
+    frame: usize,
+    target: Target,
+    crop: Crop,
 }
 
 /// A batch from staging to predictions.
 struct InFlight {
     frames: Vec<Arc<Frame>>,
-    /// (frame index, region index, crop) of every region.
-    items: Vec<(usize, usize, Crop)>,
+    /// Every crop to classify (or known by motion gating).
+    items: Vec<Item>,
     /// Per item: known already (motion gating) or filled in by `complete`.
     predictions: Vec<Option<Prediction>>,
     /// Per item that goes through the model with motion gating on: its thumbnail.
@@ -120,6 +151,8 @@ pub enum WorkerError {
     Failing(String),
     #[error("the publisher has stopped")]
     PublisherGone,
+    #[error("{0}")]
+    Detector(#[from] DetectorError),
 }
 
 impl Worker {
@@ -131,9 +164,17 @@ impl Worker {
         precision: PrecisionChoice,
         links: Links,
     ) -> Result<Worker, WorkerError> {
-        let Links { mut batcher, matcher, events, alert_updates, metrics, hang, auto_batch } = links;
+        let Links { mut batcher, matcher, events, alert_updates, metrics, hang, auto_batch, locate, detector } = links;
         let recognizer = Recognizer::load_choosing(models, device, precision)?;
         let placement = recognizer.backbone.placement();
+        let detector = match detector {
+            Some(c) => {
+                let d = Detector::load(&c, placement.device)?;
+                tracing::info!("detector {} loaded on {}", c.file.display(), placement.describe());
+                Some(d)
+            }
+            None => None,
+        };
         let mut feeder = Feeder::new(placement)?;
         // One test batch, through the same path as camera frames, before anyone relies
         // on the model: shapes, device and kernels fail here, at start-up, rather than
@@ -176,6 +217,9 @@ impl Worker {
             misfit: HashSet::new(),
             still: HashMap::new(),
             active: Vec::new(),
+            locate,
+            detector,
+            vehicles: HashMap::new(),
         })
     }
 
@@ -258,25 +302,33 @@ impl Worker {
         Ok(())
     }
 
-    /// Regions of every frame, motion gating, and staging of the regions that need the
-    /// model.
+    /// Crops of every frame (regions, whole frames, located vehicles), motion gating,
+    /// and staging of the crops that need the model.
     fn prepare(&mut self, frames: Vec<Arc<Frame>>) -> Result<InFlight, WorkerError> {
-        // (frame index, region index, crop) for every region of every frame.
-        let mut items: Vec<(usize, usize, Crop)> = Vec::new();
+        let located = self.locate_all(&frames)?;
+        let mut items: Vec<Item> = Vec::new();
         for (fi, frame) in frames.iter().enumerate() {
             let cam = &frame.camera.camera;
-            if cam.regions.is_empty() {
-                items.push((fi, 0, Crop { x: 0, y: 0, width: frame.width, height: frame.height }));
-                continue;
-            }
-            for (ri, region) in cam.regions.iter().enumerate() {
-                match region.resolve(frame.width, frame.height) {
-                    Ok(crop) => items.push((fi, ri, crop)),
-                    Err(e) => {
-                        if self.misfit.insert(format!("{}#{ri}", cam.name)) {
-                            tracing::error!(camera = %cam.name, "regions[{ri}]: {e}; skipping this region");
+            match cam.locate {
+                Method::Frame => {
+                    let crop = Crop { x: 0, y: 0, width: frame.width, height: frame.height };
+                    items.push(Item { frame: fi, target: Target::Region(0), crop });
+                }
+                Method::Regions => {
+                    for (ri, region) in cam.regions.iter().enumerate() {
+                        match region.resolve(frame.width, frame.height) {
+                            Ok(crop) => items.push(Item { frame: fi, target: Target::Region(ri), crop }),
+                            Err(e) => {
+                                if self.misfit.insert(format!("{}#{ri}", cam.name)) {
+                                    tracing::error!(camera = %cam.name, "regions[{ri}]: {e}; skipping this region");
+                                }
+                            }
                         }
                     }
+                }
+                Method::Motion | Method::Detector => {
+                    let boxes = located[fi].as_deref().unwrap_or_default();
+                    self.track(fi, frame, boxes, &mut items);
                 }
             }
         }
@@ -284,13 +336,14 @@ impl Worker {
         // that prediction; only the others go through the model.
         let mut predictions: Vec<Option<Prediction>> = vec![None; items.len()];
         let mut thumbs: Vec<Option<Thumbnail>> = vec![None; items.len()];
-        for (k, &(fi, ri, crop)) in items.iter().enumerate() {
-            let f = &frames[fi];
+        for (k, item) in items.iter().enumerate() {
+            let Target::Region(ri) = item.target else { continue };
+            let f = &frames[item.frame];
             let motion = f.camera.camera.motion;
             if !motion.enabled {
                 continue;
             }
-            let thumb = Thumbnail::of(f, crop);
+            let thumb = Thumbnail::of(f, item.crop);
             let key = (f.camera.name().to_string(), ri);
             match self.still.get(&key) {
                 Some((reference, cached)) if !thumb.changed_from(reference, motion.threshold, motion.min_area) => {
@@ -307,15 +360,67 @@ impl Worker {
         } else {
             let mut views = Vec::with_capacity(todo.len());
             for &k in &todo {
-                let (fi, _, crop) = items[k];
-                let f = &frames[fi];
+                let f = &frames[items[k].frame];
                 let image =
                     RgbImage::new(&f.rgb, f.width, f.height, f.width as usize * 3).map_err(ModelError::Device)?;
-                views.push((image, crop));
+                views.push((image, items[k].crop));
             }
             Some(self.feeder.stage(&views)?)
         };
         Ok(InFlight { frames, items, predictions, thumbs, todo, staged, features: None, preprocess: t.elapsed() })
+    }
+
+    /// The boxes of every frame of a locating camera: motion boxes came with the frame;
+    /// the detector runs here, on all detector cameras' frames of the batch at once.
+    fn locate_all(&mut self, frames: &[Arc<Frame>]) -> Result<Vec<Option<Vec<Bounds>>>, WorkerError> {
+        let mut located: Vec<Option<Vec<Bounds>>> = frames.iter().map(|f| f.boxes.clone()).collect();
+        let wanted: Vec<usize> =
+            (0..frames.len()).filter(|&i| frames[i].camera.camera.locate == Method::Detector).collect();
+        if wanted.is_empty() {
+            return Ok(located);
+        }
+        let Some(detector) = &self.detector else { return Ok(located) };
+        let t = Instant::now();
+        let inputs: Vec<(&[u8], u32, u32)> =
+            wanted.iter().map(|&i| (frames[i].rgb.as_slice(), frames[i].width, frames[i].height)).collect();
+        let found = detector.detect(&inputs)?;
+        for (&i, detections) in wanted.iter().zip(found) {
+            let cam = &frames[i].camera.camera;
+            let (w, h) = (frames[i].width, frames[i].height);
+            let mut boxes: Vec<Bounds> = detections
+                .into_iter()
+                .map(|d| d.bounds)
+                .filter(|b| cam.admits(b.x + b.width / 2, b.y + b.height / 2, w, h))
+                .collect();
+            boxes.sort_by_key(|b| std::cmp::Reverse(b.area()));
+            located[i] = Some(boxes);
+        }
+        self.metrics.observe_stage(Stage::locate, t.elapsed());
+        Ok(located)
+    }
+
+    /// The boxes of one frame of a tracking camera become tracks and crops: the largest
+    /// `max_vehicles_per_frame`, the rest counted.
+    fn track(&mut self, fi: usize, frame: &Arc<Frame>, boxes: &[Bounds], items: &mut Vec<Item>) {
+        let cam = &frame.camera;
+        let max = self.locate.max_vehicles_per_frame as usize;
+        if boxes.len() > max {
+            cam.vehicles_skipped.fetch_add((boxes.len() - max) as u64, Ordering::Relaxed);
+        }
+        let boxes = &boxes[..boxes.len().min(max)];
+        if boxes.is_empty() && cam.camera.locate == Method::Motion {
+            cam.motion_skipped.fetch_add(1, Ordering::Relaxed);
+        }
+        let config = self.locate.tracker();
+        let vehicles = self.vehicles.entry(cam.name().to_string()).or_insert_with(|| Vehicles::new(config));
+        let before = vehicles.evicted();
+        let (ids, ended) = vehicles.locate(frame, boxes);
+        cam.tracks_evicted.fetch_add(vehicles.evicted() - before, Ordering::Relaxed);
+        self.matcher.forget_tracks(cam.name(), &ended);
+        for (&track, &b) in ids.iter().zip(boxes) {
+            let crop = square_crop(b, frame.width, frame.height, self.locate.crop_margin);
+            items.push(Item { frame: fi, target: Target::Vehicle { track }, crop });
+        }
     }
 
     /// The backbone on a staged batch: queued on CUDA, done when this returns on CPU.
@@ -339,9 +444,8 @@ impl Worker {
             let computed = self.recognizer.cascade.run(&features)?;
             self.metrics.observe_stage(Stage::heads, t.elapsed());
             for (&k, p) in todo.iter().zip(computed) {
-                if let Some(thumb) = thumbs[k].take() {
-                    let (fi, ri, _) = items[k];
-                    self.still.insert((frames[fi].camera.name().to_string(), ri), (thumb, p.clone()));
+                if let (Some(thumb), Target::Region(ri)) = (thumbs[k].take(), items[k].target) {
+                    self.still.insert((frames[items[k].frame].camera.name().to_string(), ri), (thumb, p.clone()));
                 }
                 predictions[k] = Some(p);
             }
@@ -349,16 +453,35 @@ impl Worker {
         let matching = Instant::now();
         let wall = Timestamp::now();
         let mut per_frame: Vec<Vec<RegionPrediction>> = vec![Vec::new(); frames.len()];
-        for (&(fi, ri, crop), prediction) in items.iter().zip(predictions) {
+        let mut hits = Vec::new();
+        for (item, prediction) in items.iter().zip(predictions) {
             let Some(prediction) = prediction else { continue };
-            let name = frames[fi].camera.camera.region_name(ri);
-            per_frame[fi].push(RegionPrediction { index: ri, name, crop, prediction });
+            let frame = &frames[item.frame];
+            match item.target {
+                Target::Region(ri) => {
+                    let name = frame.camera.camera.region_name(ri);
+                    per_frame[item.frame].push(RegionPrediction { index: ri, name, crop: item.crop, prediction });
+                }
+                Target::Vehicle { track } => {
+                    let vehicle = self
+                        .vehicles
+                        .get_mut(frame.camera.name())
+                        .and_then(|v| v.classified(track, &prediction));
+                    if let Some(vehicle) = vehicle {
+                        hits.extend(self.matcher.observe_vehicle(frame, vehicle, wall));
+                    }
+                }
+            }
         }
         for (frame, regions) in frames.iter().zip(per_frame) {
             frame.camera.analysed.fetch_add(1, Ordering::Relaxed);
-            for hit in self.matcher.observe(frame, &regions, frame.seen, wall) {
-                self.events.send(Event::Hit(Box::new(hit))).map_err(|_| WorkerError::PublisherGone)?;
+            if frame.camera.camera.locate.tracks() {
+                continue;
             }
+            hits.extend(self.matcher.observe(frame, &regions, frame.seen, wall));
+        }
+        for hit in hits {
+            self.events.send(Event::Hit(Box::new(hit))).map_err(|_| WorkerError::PublisherGone)?;
         }
         self.metrics.observe_stage(Stage::matcher, matching.elapsed());
         self.metrics.batch_size.observe(frames.len() as f64);

@@ -1,5 +1,15 @@
 //! Deciding hits: predictions against active alerts, confirmation, cooldown.
 //!
+//! Two kinds of camera, two rules:
+//!
+//! - **Tracked vehicles** (`locate = "motion"` or `"detector"`): a track's mean
+//!   prediction over its classified looks ([`crate::model::Average`]) is tested. An
+//!   alert hits a track once the mean probability of its description reaches
+//!   `min_confidence` after at least `confirm_frames` looks, and never again for that
+//!   track: exactly one hit per (alert, vehicle). Cooldown and the confirmation window
+//!   do not apply; a vehicle that comes back later is a new track.
+//! - **Frames and regions** (below).
+//!
 //! A frame matches an alert when, in one of its regions, the marginal probability of
 //! the alert's description (make; make and model; and view, when given) reaches the
 //! alert's `min_confidence`. One frame counts once per alert, whatever number of its
@@ -19,6 +29,8 @@ use uuid::Uuid;
 
 use crate::alerts::{Alert, AlertSet};
 use crate::camera::{CameraShared, Frame};
+use crate::locate::Bounds;
+use crate::track::Vehicle;
 use crate::model::Leaf;
 use crate::model::{Crop, Level, Prediction};
 use crate::values::{Name, later};
@@ -47,9 +59,31 @@ pub struct Hit {
     pub leaf: Leaf,
     /// Marginal probability of the alert's description in the confirming region.
     pub confidence: f32,
-    /// Matching frames that confirmed it.
+    /// Matching frames that confirmed it (for a tracked vehicle: its classified looks).
     pub frames: u32,
+    /// The frame the snapshot shows (for a tracked vehicle: its best look).
     pub frame: Arc<Frame>,
+    /// The vehicle, on cameras that track.
+    pub track: Option<TrackHit>,
+}
+
+/// The tracked vehicle a hit is about.
+#[derive(Debug, Clone)]
+pub struct TrackHit {
+    /// Unique over the camera's life (not across restarts).
+    pub id: u64,
+    /// The box in the snapshot's frame.
+    pub bounds: Bounds,
+    pub observations: u32,
+    pub first_seen: Timestamp,
+}
+
+/// Whose per-vehicle hit this was.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct VehicleKey {
+    alert: Name,
+    camera: Name,
+    track: u64,
 }
 
 #[derive(Debug, Default)]
@@ -69,11 +103,13 @@ struct Pair {
 pub struct Matcher {
     alerts: AlertSet,
     pairs: HashMap<Pair, PairState>,
+    /// Vehicles already hit, per alert; forgotten when their track ends.
+    hit: std::collections::HashSet<VehicleKey>,
 }
 
 impl Matcher {
     pub fn new(alerts: AlertSet) -> Matcher {
-        Matcher { alerts, pairs: HashMap::new() }
+        Matcher { alerts, pairs: HashMap::new(), hit: Default::default() }
     }
 
     /// Replaces the alert set. Alerts whose definition is unchanged keep their
@@ -87,7 +123,66 @@ impl Matcher {
             .map(|a| a.id.as_str())
             .collect();
         self.pairs.retain(|pair, _| unchanged.contains(&pair.alert.as_str()));
+        self.hit.retain(|key| unchanged.contains(&key.alert.as_str()));
         self.alerts = alerts;
+    }
+
+    /// Looks at a tracked vehicle that has just been classified once more, in `frame`
+    /// (seen when the wall clock read `wall`): the hits it earns now.
+    pub fn observe_vehicle(&mut self, frame: &Arc<Frame>, vehicle: &Vehicle, wall: Timestamp) -> Vec<Hit> {
+        let camera = &frame.camera;
+        let (Some(average), Some(best)) = (vehicle.average.as_ref(), vehicle.best.as_ref()) else {
+            return Vec::new();
+        };
+        let looks = average.looks();
+        let mut mean = None;
+        let mut hits = Vec::new();
+        for alert in &self.alerts.alerts {
+            if !alert.active_at(wall) || !alert.watches(camera.name()) || looks < alert.rule.confirm_frames {
+                continue;
+            }
+            let key = VehicleKey { alert: alert.id.clone(), camera: camera.camera.name.clone(), track: vehicle.track };
+            if self.hit.contains(&key) {
+                continue;
+            }
+            let p = mean.get_or_insert_with(|| average.prediction());
+            let confidence = p.probability(alert.view.as_deref(), &alert.make, alert.model.as_deref());
+            if confidence < alert.min_confidence {
+                continue;
+            }
+            self.hit.insert(key);
+            let b = best.bounds;
+            hits.push(Hit {
+                hit_id: Uuid::now_v7(),
+                alert: Arc::clone(alert),
+                camera: Arc::clone(camera),
+                time: Timestamp::try_from(frame.captured_at).unwrap_or(wall),
+                leaf: describe(p, alert),
+                region: RegionPrediction {
+                    index: 0,
+                    name: "vehicle".into(),
+                    crop: Crop { x: b.x, y: b.y, width: b.width, height: b.height },
+                    prediction: p.clone(),
+                },
+                confidence,
+                frames: looks,
+                frame: Arc::clone(&best.frame),
+                track: Some(TrackHit {
+                    id: vehicle.track,
+                    bounds: b,
+                    observations: looks,
+                    first_seen: Timestamp::try_from(vehicle.first_seen).unwrap_or(wall),
+                }),
+            });
+        }
+        hits
+    }
+
+    /// Tracks of `camera` that ended: their vehicles can no longer be hit.
+    pub fn forget_tracks(&mut self, camera: &str, tracks: &[u64]) {
+        if !tracks.is_empty() {
+            self.hit.retain(|k| k.camera.as_str() != camera || !tracks.contains(&k.track));
+        }
     }
 
     pub fn alerts(&self) -> &AlertSet {
@@ -141,6 +236,7 @@ impl Matcher {
                     confidence: p,
                     frames,
                     frame: Arc::clone(frame),
+                    track: None,
                 });
             }
         }
@@ -294,5 +390,51 @@ mod tests {
         assert!(m.observe(&frame(&gate), &regions(0.9), t, wall).is_empty());
         assert!(m.observe(&frame(&yard), &regions(0.9), t, wall).is_empty(), "one frame each is not two of one camera");
         assert_eq!(m.observe(&frame(&yard), &regions(0.9), t, wall)[0].camera.name(), "yard");
+    }
+
+    /// A vehicle of `gate` whose looks said bmw 3-series with these probabilities.
+    fn vehicle(gate: &Arc<CameraShared>, track: u64, looks: &[f32]) -> (Arc<Frame>, Vehicle) {
+        let f = frame(gate);
+        let mut v = Vehicle {
+            track,
+            first_seen: f.captured_at,
+            bounds: crate::locate::Bounds { x: 1, y: 1, width: 2, height: 2 },
+            average: None,
+            best: None,
+        };
+        let mut vehicles = crate::track::Vehicles::new(crate::track::TrackerConfig::default());
+        let (ids, _) = vehicles.locate(&f, &[v.bounds]);
+        for &p in looks {
+            v = vehicles.classified(ids[0], &regions(p)[0].prediction).unwrap().clone();
+        }
+        v.track = track;
+        (f, v)
+    }
+
+    #[test]
+    fn a_tracked_vehicle_is_hit_once_per_alert_after_confirm_frames_looks() {
+        let mut m = matcher(BMW);
+        let gate = camera("gate");
+        let wall = Timestamp::now();
+        let (f, one) = vehicle(&gate, 7, &[0.95]);
+        assert!(m.observe_vehicle(&f, &one, wall).is_empty(), "one look is below confirm_frames = 2");
+        let (f, two) = vehicle(&gate, 7, &[0.95, 0.2, 0.9]);
+        let hits = m.observe_vehicle(&f, &two, wall);
+        assert_eq!(hits.len(), 1, "the mean of 0.95, 0.2 and 0.9 reaches 0.5");
+        let t = hits[0].track.as_ref().unwrap();
+        assert_eq!((t.id, t.observations, hits[0].frames), (7, 3, 3));
+        assert!((hits[0].confidence - 0.6833).abs() < 1e-3);
+        // Never again for that track, however sure; cooldown plays no part.
+        let (f, more) = vehicle(&gate, 7, &[0.99, 0.99, 0.99, 0.99]);
+        assert!(m.observe_vehicle(&f, &more, wall).is_empty());
+        // Another vehicle is hit at once.
+        let (f, other) = vehicle(&gate, 8, &[0.99, 0.99]);
+        assert_eq!(m.observe_vehicle(&f, &other, wall).len(), 1);
+        // A low mean never hits.
+        let (f, low) = vehicle(&gate, 9, &[0.9, 0.1, 0.1]);
+        assert!(m.observe_vehicle(&f, &low, wall).is_empty());
+        // Once track 7 has ended its id could come back only as a new vehicle.
+        m.forget_tracks("gate", &[7]);
+        assert_eq!(m.observe_vehicle(&f, &more, wall).len(), 1);
     }
 }

@@ -57,6 +57,8 @@ pub struct StageLabel {
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum Stage {
+    /// The detector (motion is located on the camera threads, outside this).
+    locate,
     preprocess,
     backbone,
     heads,

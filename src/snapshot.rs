@@ -135,6 +135,7 @@ mod tests {
             width,
             height,
             rgb: vec![40; (width * height * 3) as usize],
+            boxes: None,
         };
         let crop = Crop { x: 100, y: 50, width: 200, height: 100 };
         let jpeg = encode(&frame, crop, 90).unwrap();

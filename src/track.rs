@@ -7,12 +7,19 @@
 //! camera's life; a track with no box for `lost_after` ends. At most `max_tracks` live at
 //! once: beyond it the track seen longest ago is ended early, and counted.
 //!
-//! Time is passed in, so tests drive tracks without sleeping. Built ahead of its wiring
-//! into `watch` (issue 17).
+//! [`Vehicles`] is what the inference worker keeps per `motion` or `detector` camera:
+//! the tracker, and for every live track what it has been seen as (the mean of its
+//! classified looks, [`Average`]) and its best look, the frame its snapshot shows.
+//!
+//! Time is passed in, so tests drive tracks without sleeping.
 
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
+use crate::camera::Frame;
 use crate::locate::Bounds;
+use crate::model::{Average, Prediction};
 
 /// How boxes become tracks.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -143,6 +150,91 @@ impl Tracker {
             ids[bi] = id;
         }
         (ids, ended)
+    }
+}
+
+/// A tracked vehicle as the matcher sees it.
+#[derive(Debug, Clone)]
+pub struct Vehicle {
+    pub track: u64,
+    /// When its first box was captured.
+    pub first_seen: SystemTime,
+    /// Its box in the latest located frame.
+    pub bounds: Bounds,
+    /// The mean of its classified looks (none until the first is classified).
+    pub average: Option<Average>,
+    /// The look its snapshot shows.
+    pub best: Option<Look>,
+}
+
+/// One frame of a vehicle.
+#[derive(Debug, Clone)]
+pub struct Look {
+    pub frame: Arc<Frame>,
+    pub bounds: Bounds,
+    /// Larger is better: the box's area, halved when it touches the frame's edge (the
+    /// vehicle is probably cut).
+    score: u64,
+}
+
+impl Vehicle {
+    /// Classified looks so far.
+    pub fn looks(&self) -> u32 {
+        self.average.as_ref().map_or(0, Average::looks)
+    }
+}
+
+/// One camera's vehicles: boxes become tracks, classified looks accumulate on them.
+pub struct Vehicles {
+    tracker: Tracker,
+    vehicles: HashMap<u64, Vehicle>,
+}
+
+impl Vehicles {
+    pub fn new(config: TrackerConfig) -> Vehicles {
+        Vehicles { tracker: Tracker::new(config), vehicles: HashMap::new() }
+    }
+
+    /// Takes the boxes of one located frame: the track of each box (same order), and the
+    /// tracks that ended.
+    pub fn locate(&mut self, frame: &Arc<Frame>, boxes: &[Bounds]) -> (Vec<u64>, Vec<u64>) {
+        let (ids, ended) = self.tracker.update(boxes, frame.seen);
+        let ended: Vec<u64> = ended.into_iter().map(|t| t.id).collect();
+        for id in &ended {
+            self.vehicles.remove(id);
+        }
+        for (&id, &b) in ids.iter().zip(boxes) {
+            let v = self.vehicles.entry(id).or_insert_with(|| Vehicle {
+                track: id,
+                first_seen: frame.captured_at,
+                bounds: b,
+                average: None,
+                best: None,
+            });
+            v.bounds = b;
+            let edge = b.x == 0 || b.y == 0 || b.x + b.width >= frame.width || b.y + b.height >= frame.height;
+            let score = if edge { b.area() / 2 } else { b.area() };
+            if v.best.as_ref().is_none_or(|l| score > l.score) {
+                v.best = Some(Look { frame: Arc::clone(frame), bounds: b, score });
+            }
+        }
+        (ids, ended)
+    }
+
+    /// Adds a classified look to track `id`; the vehicle, unless its track has ended
+    /// since it was located.
+    pub fn classified(&mut self, id: u64, p: &Prediction) -> Option<&Vehicle> {
+        let v = self.vehicles.get_mut(&id)?;
+        match v.average.as_mut() {
+            Some(a) => a.add(p),
+            None => v.average = Some(Average::new(p)),
+        }
+        Some(v)
+    }
+
+    /// Tracks ended early because `max_tracks` were alive (since start).
+    pub fn evicted(&self) -> u64 {
+        self.tracker.evicted
     }
 }
 

@@ -29,6 +29,8 @@ use crate::camera::supervisor::{self, GstOpener, Timing};
 use crate::camera::{CameraShared, FrameQueue};
 use crate::config::{Config, Problems};
 use crate::infer::{Links, Worker, WorkerError};
+use crate::locate::Method;
+use crate::locate::motion::{MotionConfig, MotionLocator};
 use crate::matcher::Matcher;
 use crate::metrics::{self, Metrics};
 use crate::model::{Manifest, ModelError};
@@ -250,7 +252,7 @@ impl Daemon {
         }
         let (alerts, alerts_stop) =
             start_alerts(config, alert_file, shutdown.reload, inference.alert_updates, &output)?;
-        let cameras = start_cameras(&output.cameras, &inference.queue)?;
+        let cameras = start_cameras(&output.cameras, &inference.queue, config.locate.motion)?;
         drop(inference.queue);
         tracing::info!("watching {} camera(s)", cameras.len());
         // Cameras started, model warmed up: tell systemd, and keep telling it we are alive.
@@ -442,6 +444,13 @@ fn start_inference(
         metrics: Arc::clone(&output.metrics),
         hang,
         auto_batch,
+        locate: config.locate.clone(),
+        detector: config
+            .cameras
+            .iter()
+            .any(|c| c.enabled && c.locate == Method::Detector)
+            .then(|| config.detector.clone())
+            .flatten(),
     };
     let (models, device, precision, n) =
         (models.to_path_buf(), config.model.device, config.model.precision, config.model.threads);
@@ -506,15 +515,20 @@ fn start_alerts(
 }
 
 /// One `camera:<name>` thread per camera, each supervising its pipeline.
-fn start_cameras(cameras: &[Arc<CameraShared>], queue: &FrameQueue) -> Result<Vec<CameraThread>, WatchError> {
+fn start_cameras(
+    cameras: &[Arc<CameraShared>],
+    queue: &FrameQueue,
+    motion: MotionConfig,
+) -> Result<Vec<CameraThread>, WatchError> {
     let mut started = Vec::with_capacity(cameras.len());
     for cam in cameras {
         let (stop, stop_rx) = crossbeam_channel::bounded::<()>(1);
         let (c, q) = (Arc::clone(cam), queue.clone());
         let timing = Timing { stall_timeout: cam.camera.stall_timeout, ..Timing::default() };
         let opener = Box::new(GstOpener { teardown_limit: TEARDOWN_LIMIT });
+        let locator = (cam.camera.locate == Method::Motion).then(|| MotionLocator::new(motion));
         let handle = threads::spawn(format!("camera:{}", cam.name()), move || {
-            supervisor::run(c, q, stop_rx, opener, timing);
+            supervisor::run(c, q, stop_rx, opener, timing, locator);
         })
         .map_err(spawn_err(format!("camera:{}", cam.name())))?;
         tracing::info!(camera = %cam.name(), "camera {} watching {}", cam.name(), cam.camera.source.redacted);

@@ -26,6 +26,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
+use crate::locate::{Bounds, Method};
 use crate::model::Crop;
 use crate::values::{Credentials, Name, Secret};
 
@@ -69,6 +70,10 @@ pub struct CameraConfig {
     /// Skip regions where nothing moved since they were last analysed.
     #[serde(default)]
     pub motion: MotionConfig,
+    /// How vehicles are found: `motion`, `detector`, `regions` or `frame`. Unset:
+    /// `regions` when the camera has regions, else `motion`.
+    #[serde(default)]
+    pub locate: Option<Method>,
 }
 
 /// How a camera's video is decoded (`decode`).
@@ -330,6 +335,9 @@ pub struct Camera {
     pub stall_timeout: Duration,
     pub decode: DecodeMode,
     pub motion: MotionConfig,
+    /// How vehicles are found; with `motion` or `detector`, `regions` are masks: only
+    /// boxes whose centre lies in one of them count.
+    pub locate: Method,
 }
 
 impl Camera {
@@ -343,6 +351,14 @@ impl Camera {
         for (i, r) in c.regions.iter().enumerate() {
             r.check().map_err(|e| format!("regions[{i}]: {e}"))?;
         }
+        let locate = match c.locate {
+            Some(Method::Regions) if c.regions.is_empty() => {
+                return Err("locate = \"regions\" needs at least one entry in `regions`".into());
+            }
+            Some(m) => m,
+            None if c.regions.is_empty() => Method::Motion,
+            None => Method::Regions,
+        };
         Ok(Camera {
             name: c.name.clone(),
             source: Source::from_config(c)?,
@@ -354,7 +370,17 @@ impl Camera {
             stall_timeout: c.stall_timeout.max(Duration::from_millis(500)),
             decode: c.decode,
             motion: c.motion,
+            locate,
         })
+    }
+
+    /// Whether a box centred at (`x`, `y`) of a `width` x `height` frame is inside the
+    /// camera's regions (always, when it has none): regions as masks.
+    pub fn admits(&self, x: u32, y: u32, width: u32, height: u32) -> bool {
+        self.regions.is_empty()
+            || self.regions.iter().filter_map(|r| r.resolve(width, height).ok()).any(|c| {
+                x >= c.x && x < c.x + c.width && y >= c.y && y < c.y + c.height
+            })
     }
 
     /// The name of region `i` in hits.
@@ -416,8 +442,17 @@ pub struct CameraShared {
     pub reconnects: AtomicU64,
     /// Frames dropped before the decoder (`decode = "keyframes"`).
     pub skipped_decode: AtomicU64,
-    /// Regions not classified because nothing moved (`motion`).
+    /// Regions not classified because nothing moved (`motion`), and frames of a
+    /// `locate = "motion"` camera with nothing moving in them.
     pub motion_skipped: AtomicU64,
+    /// Located vehicles not classified: beyond `max_vehicles_per_frame`.
+    pub vehicles_skipped: AtomicU64,
+    /// Tracks ended early because `max_tracks` were alive.
+    pub tracks_evicted: AtomicU64,
+    /// Time spent locating by motion on the camera's thread, nanoseconds, and the
+    /// frames it took (`bench pipeline`'s `cpu_ms_per_frame_locate`).
+    pub locate_ns: AtomicU64,
+    pub located: AtomicU64,
     /// The decoder element GStreamer chose (e.g. `avdec_h264`, `nvh264dec`).
     pub decoder: Mutex<Option<String>>,
     pub state: Mutex<StateInfo>,
@@ -440,6 +475,10 @@ impl CameraShared {
             reconnects: AtomicU64::new(0),
             skipped_decode: AtomicU64::new(0),
             motion_skipped: AtomicU64::new(0),
+            vehicles_skipped: AtomicU64::new(0),
+            tracks_evicted: AtomicU64::new(0),
+            locate_ns: AtomicU64::new(0),
+            located: AtomicU64::new(0),
             decoder: Mutex::new(None),
             state: Mutex::new(StateInfo { state, since: SystemTime::now(), reason: None }),
             transitions: Mutex::new(Vec::new()),
@@ -514,6 +553,9 @@ pub struct Frame {
     pub width: u32,
     pub height: u32,
     pub rgb: Vec<u8>,
+    /// What the camera's motion locator proposed (largest first, inside the masks);
+    /// `None` where the camera does not locate by motion.
+    pub boxes: Option<Vec<Bounds>>,
 }
 
 impl fmt::Debug for Frame {
@@ -618,6 +660,7 @@ pub(crate) mod testing {
             width,
             height,
             rgb: vec![0; (width * height * 3) as usize],
+            boxes: None,
         }
     }
 }
@@ -690,6 +733,7 @@ mod tests {
                 width: 1,
                 height: 1,
                 rgb: vec![0; 3],
+                boxes: None,
             })
         };
         let (q, rx) = FrameQueue::bounded(2, u64::MAX);

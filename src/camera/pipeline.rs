@@ -274,7 +274,7 @@ impl Pipeline {
         for y in 0..height as usize {
             rgb.extend_from_slice(&data[y * stride..y * stride + row]);
         }
-        Some(Frame { camera: Arc::clone(&self.camera), captured_at, seen, pts, width, height, rgb })
+        Some(Frame { camera: Arc::clone(&self.camera), captured_at, seen, pts, width, height, rgb, boxes: None })
     }
 
     /// Errors and end-of-stream waiting on the bus.

@@ -16,6 +16,8 @@ use rand::RngExt;
 
 use super::pipeline::{BusEvent, Pipeline};
 use super::{CameraShared, Frame, FrameQueue, State};
+use crate::locate::Bounds;
+use crate::locate::motion::{Motion, MotionLocator};
 
 /// What a stream does next.
 pub enum Step {
@@ -125,8 +127,17 @@ impl Backoff {
     }
 }
 
-/// Runs `camera` until told to stop.
-pub fn run(camera: Arc<CameraShared>, queue: FrameQueue, stop: Receiver<()>, opener: Box<dyn Opener>, timing: Timing) {
+/// Runs `camera` until told to stop. With a `motion` locator (cameras with `locate =
+/// "motion"`), every frame is located here, on the camera's own thread, before it is
+/// queued.
+pub fn run(
+    camera: Arc<CameraShared>,
+    queue: FrameQueue,
+    stop: Receiver<()>,
+    opener: Box<dyn Opener>,
+    timing: Timing,
+    mut motion: Option<MotionLocator>,
+) {
     if !camera.camera.enabled {
         camera.set_state(State::Disabled, Some("enabled = false".into()));
         let _ = stop.recv();
@@ -165,6 +176,10 @@ pub fn run(camera: Arc<CameraShared>, queue: FrameQueue, stop: Receiver<()>, ope
                                 camera.set_state(State::Streaming, None);
                             }
                             camera.frames_in.fetch_add(1, Ordering::Relaxed);
+                            let mut frame = frame;
+                            if let Some(m) = motion.as_mut() {
+                                locate(m, &camera, &mut frame);
+                            }
                             queue.push(Arc::new(frame));
                         }
                         Step::Idle => {
@@ -193,6 +208,23 @@ pub fn run(camera: Arc<CameraShared>, queue: FrameQueue, stop: Receiver<()>, ope
             Err(RecvTimeoutError::Timeout) => {}
         }
     }
+}
+
+/// Motion boxes of `frame`, inside the camera's regions (masks), largest first.
+fn locate(motion: &mut MotionLocator, camera: &CameraShared, frame: &mut Frame) {
+    let t = Instant::now();
+    let boxes = match motion.observe(&frame.rgb, frame.width, frame.height) {
+        Motion::Boxes(b) => b,
+        Motion::Seeded | Motion::SceneChanged => Vec::new(),
+    };
+    let cam = &camera.camera;
+    let boxes: Vec<Bounds> = boxes
+        .into_iter()
+        .filter(|b| cam.admits(b.x + b.width / 2, b.y + b.height / 2, frame.width, frame.height))
+        .collect();
+    camera.locate_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    camera.located.fetch_add(1, Ordering::Relaxed);
+    frame.boxes = Some(boxes);
 }
 
 #[cfg(test)]
@@ -262,7 +294,7 @@ mod tests {
             backoff_max: Duration::from_millis(4),
         };
         let c = cam.clone();
-        let t = std::thread::spawn(move || run(c, queue, stop_rx, Box::new(script), timing));
+        let t = std::thread::spawn(move || run(c, queue, stop_rx, Box::new(script), timing, None));
         // Four frames arrive in all: one before the failure, three after.
         for _ in 0..4 {
             frames.receiver().recv_timeout(Duration::from_secs(5)).expect("frame");

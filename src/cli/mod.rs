@@ -353,6 +353,7 @@ pub fn main() -> ExitCode {
                     WatchError::Alerts(_)
                         | WatchError::Model(_)
                         | WatchError::Worker(WorkerError::Load(_))
+                        | WatchError::Worker(WorkerError::Detector(_))
                         | WatchError::StateDir(_)
                         | WatchError::BrokerConfig(_)
                 );

@@ -17,6 +17,8 @@ use crate::values;
 
 use crate::batcher::BatchConfig;
 use crate::camera::{Camera, CameraConfig};
+use crate::locate::detector::DetectorConfig;
+use crate::locate::{LocateConfig, Method};
 use crate::metrics::MetricsConfig;
 use crate::model::{DeviceChoice, PrecisionChoice};
 use crate::publish::Topics;
@@ -40,6 +42,10 @@ pub struct Config {
     pub alerts: PathBuf,
     pub model: ModelConfig,
     pub cameras: Vec<Camera>,
+    /// What happens to located boxes (tracks, crops) and how motion is found.
+    pub locate: LocateConfig,
+    /// The detector of `locate = "detector"` cameras.
+    pub detector: Option<DetectorConfig>,
     pub batch: BatchConfig,
     pub matcher: MatcherConfig,
     /// The broker to publish to; `None` starts the embedded one on `broker.listen`.
@@ -144,6 +150,8 @@ impl Config {
             "snapshots",
             "outbox",
             "metrics",
+            "locate",
+            "detector",
         ]);
         let state_dir = doc.section::<PathBuf>("state_dir").map(|s| s.into_inner());
         let alerts = doc.section::<PathBuf>("alerts").map(|s| s.into_inner());
@@ -155,8 +163,17 @@ impl Config {
         let snapshots = doc.section::<SnapshotConfig>("snapshots").map(|s| s.into_inner());
         let outbox = doc.section::<OutboxConfig>("outbox").map(|s| s.into_inner());
         let metrics = doc.section::<MetricsConfig>("metrics").map(|s| s.into_inner());
+        let locate = checked(&mut doc, "locate", LocateConfig::check);
+        let detector = checked(&mut doc, "detector", DetectorConfig::check);
 
         let (cameras, camera_secrets) = cameras(&mut doc);
+        if detector.is_none() && let Some(c) = cameras.iter().find(|c| c.locate == Method::Detector) {
+            let reason = format!(
+                "camera `{}` has locate = \"detector\", but there is no [detector] section naming the model file",
+                c.name
+            );
+            doc.push_problem(0..0, "detector", &reason);
+        }
         let (mqtt, topics, mqtt_secrets) = mqtt(&mut doc);
         let inline_secrets = camera_secrets || mqtt_secrets;
 
@@ -170,6 +187,8 @@ impl Config {
             alerts: alerts.unwrap_or_else(|| PathBuf::from("config/alerts.toml")),
             model: model.unwrap_or_default(),
             cameras,
+            locate: locate.unwrap_or_default(),
+            detector,
             batch: batch.unwrap_or_default(),
             matcher: matcher.unwrap_or_default(),
             mqtt,
@@ -181,6 +200,24 @@ impl Config {
             status_interval: status_interval.unwrap_or(Duration::from_secs(10)),
             inline_secrets,
         })
+    }
+}
+
+/// Section `key`, also checked by `check` (its problem reported at the section).
+fn checked<T: serde::de::DeserializeOwned>(
+    doc: &mut Document,
+    key: &str,
+    check: fn(&T) -> Result<(), String>,
+) -> Option<T> {
+    let section = doc.section::<T>(key)?;
+    let span = section.span();
+    let value = section.into_inner();
+    match check(&value) {
+        Ok(()) => Some(value),
+        Err(e) => {
+            doc.push_problem(span, key, &e);
+            None
+        }
     }
 }
 

@@ -18,9 +18,10 @@
 
 use super::Bounds;
 
-/// How motion is found. Defaults suit 720p street cameras analysed at a few frames a
-/// second.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// `[locate.motion]`: how motion is found. Defaults suit 720p street cameras analysed
+/// at a few frames a second.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MotionConfig {
     /// Width of the reduced frame the background is kept at.
     pub width: u32,
@@ -56,6 +57,31 @@ impl Default for MotionConfig {
             margin: 0.1,
             global_change: 0.4,
         }
+    }
+}
+
+impl MotionConfig {
+    /// Ranges serde cannot express.
+    pub fn check(&self) -> Result<(), String> {
+        let fraction = |name: &str, v: f32| {
+            if (0.0..=1.0).contains(&v) { Ok(()) } else { Err(format!("{name} must be between 0 and 1, found {v}")) }
+        };
+        if !(32..=1920).contains(&self.width) {
+            return Err(format!("width must be 32 to 1920 pixels, found {}", self.width));
+        }
+        fraction("learn", self.learn)?;
+        fraction("learn_moving", self.learn_moving)?;
+        fraction("min_area", self.min_area)?;
+        fraction("max_area", self.max_area)?;
+        fraction("margin", self.margin)?;
+        fraction("global_change", self.global_change)?;
+        if self.min_area >= self.max_area {
+            return Err(format!("min_area ({}) must be below max_area ({})", self.min_area, self.max_area));
+        }
+        if !(self.max_aspect.is_finite() && self.max_aspect >= 1.0) {
+            return Err(format!("max_aspect must be at least 1, found {}", self.max_aspect));
+        }
+        Ok(())
     }
 }
 

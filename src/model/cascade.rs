@@ -328,6 +328,77 @@ impl Prediction {
     }
 }
 
+/// One vehicle's predictions over its looks, averaged: the per-track decision rule is
+/// the mean probability of each leaf over every look (docs/mqtt.md). A mean keeps one
+/// poor look (the vehicle half out of frame, blurred, hidden) from vetoing a track the
+/// way a product of probabilities would, and it stays a probability, so an alert's
+/// `min_confidence` means the same for tracks as for frames.
+#[derive(Debug, Clone)]
+pub struct Average {
+    leaves: Arc<[Leaf]>,
+    sum: Vec<f64>,
+    looks: u32,
+}
+
+impl Average {
+    pub fn new(first: &Prediction) -> Average {
+        Average { leaves: Arc::clone(&first.leaves), sum: first.leaf_p.iter().map(|&p| p as f64).collect(), looks: 1 }
+    }
+
+    /// Adds one look (of the same cascade; another one's is ignored).
+    pub fn add(&mut self, p: &Prediction) {
+        if p.leaf_p.len() != self.sum.len() {
+            return;
+        }
+        for (s, &q) in self.sum.iter_mut().zip(&p.leaf_p) {
+            *s += q as f64;
+        }
+        self.looks += 1;
+    }
+
+    /// Looks averaged so far.
+    pub fn looks(&self) -> u32 {
+        self.looks
+    }
+
+    /// The mean as a prediction, with its own greedy path.
+    pub fn prediction(&self) -> Prediction {
+        let n = self.looks.max(1) as f64;
+        let leaf_p: Vec<f32> = self.sum.iter().map(|&s| (s / n) as f32).collect();
+        let path = greedy_path(&self.leaves, &leaf_p);
+        Prediction { path, leaves: Arc::clone(&self.leaves), leaf_p }
+    }
+}
+
+/// The most likely label level by level, each given the ones above it, from leaf
+/// probabilities alone.
+fn greedy_path(leaves: &[Leaf], leaf_p: &[f32]) -> Vec<Choice> {
+    let mut path: Vec<Choice> = Vec::with_capacity(Level::ALL.len());
+    let mut within: Vec<usize> = (0..leaves.len()).collect();
+    for level in Level::ALL {
+        let mass: f32 = within.iter().map(|&i| leaf_p[i]).sum();
+        let mut ranked: Vec<(Label, f32)> = Vec::new();
+        for &i in &within {
+            let l = leaves[i].label(level);
+            match ranked.iter_mut().find(|(o, _)| o == l) {
+                Some((_, q)) => *q += leaf_p[i],
+                None => ranked.push((l.clone(), leaf_p[i])),
+            }
+        }
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let Some((best, best_p)) = ranked.first().cloned() else { break };
+        let share = |q: f32| if mass > 0.0 { q / mass } else { 0.0 };
+        path.push(Choice {
+            level,
+            label: best.clone(),
+            p: share(best_p),
+            top: ranked.iter().take(3).map(|(l, q)| (l.to_string(), share(*q))).collect(),
+        });
+        within.retain(|&i| *leaves[i].label(level) == best);
+    }
+    path
+}
+
 /// Predictions built by hand, for tests of what consumes them.
 #[cfg(test)]
 pub(crate) mod testing {
@@ -514,5 +585,21 @@ mod tests {
         assert_eq!(labels, vec!["angled", "BMW", "x5"]);
         assert!((p.confidence() - 0.9 * 0.8 * 0.7).abs() < 1e-6);
         assert_eq!(p.path[0].top, vec![("angled".to_string(), 0.9), ("front".to_string(), 0.1)]);
+    }
+
+    #[test]
+    fn a_tracks_average_is_the_mean_of_its_looks_with_its_own_path() {
+        use super::testing::prediction;
+        let look = |bmw: f32| prediction(&[(("front", "bmw", "3-series"), bmw), (("front", "audi", "a4"), 1.0 - bmw)]);
+        // One poor look among good ones: the mean still says bmw.
+        let mut avg = Average::new(&look(0.9));
+        avg.add(&look(0.1));
+        avg.add(&look(0.8));
+        let mean = avg.prediction();
+        assert_eq!(avg.looks(), 3);
+        assert!((mean.probability(None, "bmw", Some("3-series")) - 0.6).abs() < 1e-6);
+        let labels: Vec<&str> = mean.path.iter().map(|c| c.label.as_str()).collect();
+        assert_eq!(labels, vec!["front", "bmw", "3-series"]);
+        assert!((mean.path[1].p - 0.6).abs() < 1e-6 && (mean.path[2].p - 1.0).abs() < 1e-6);
     }
 }

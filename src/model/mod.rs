@@ -32,7 +32,7 @@ use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
 pub use backbone::{Backbone, VggSpec};
-pub use cascade::{Cascade, Choice, Prediction};
+pub use cascade::{Average, Cascade, Choice, Prediction};
 pub use labels::{Label, Leaf, Level};
 pub use manifest::Manifest;
 pub use preprocess::{Crop, RgbImage};

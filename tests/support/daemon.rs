@@ -127,8 +127,11 @@ pub fn wanted(dir: &Path, (view, make, model): (&str, &str, &str), cooldown_s: u
     (rtsp, scenario)
 }
 
+/// A `[[camera]]` table; whole frames are classified (`locate = "frame"`, the vehicle
+/// of [`single`] fills the frame) unless `extra` says how to locate.
 pub fn camera(name: &str, url: &str, extra: &str) -> String {
-    format!("[[camera]]\nname = \"{name}\"\nurl = \"{url}\"\nfps = 4\n{extra}\n\n")
+    let locate = if extra.contains("locate") || extra.contains("regions") { "" } else { "locate = \"frame\"\n" };
+    format!("[[camera]]\nname = \"{name}\"\nurl = \"{url}\"\nfps = 4\n{locate}{extra}\n\n")
 }
 
 /// A running `carwatch watch`.
