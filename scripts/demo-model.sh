@@ -24,7 +24,7 @@ if [ ! -f "$demo/cascade.toml" ]; then
   } >&2
   mkdir -p "$demo" state
   "$bin" synth backbone --out "$demo/vgg19-random.safetensors" >&2
-  "$bin" synth dataset --out state/demo-photos --per-class 24 --seed 1 >&2
+  "$bin" synth dataset --out state/demo-photos --per-class 24 --seed 1 --size 224 >&2
   "$bin" train --data state/demo-photos --backbone "$demo/vgg19-random.safetensors" \
     --out "$demo" --cache-dir state/feature-cache --epochs 40 --int8 \
     --notice "SYNTHETIC DEMO MODEL: random VGG-19 backbone, heads trained on generated images; predictions mean nothing for real vehicles" >&2

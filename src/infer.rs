@@ -23,12 +23,12 @@ use crate::camera::Frame;
 use crate::locate::detector::{Detector, DetectorConfig, DetectorError};
 use crate::locate::{Bounds, LocateConfig, Method, square_crop};
 use crate::matcher::{Matcher, RegionPrediction};
-use crate::track::Vehicles;
 use crate::metrics::{Metrics, Stage};
 use crate::model::feed::{Feeder, Staged};
 use crate::model::sizing;
 use crate::model::{Crop, DeviceChoice, ModelError, PrecisionChoice, Prediction, Recognizer, RgbImage};
 use crate::publish::Event;
+use crate::track::Vehicles;
 
 /// A 32x32 grey sample of a region, for motion gating: cheap to take and to compare,
 /// coarse enough that sensor noise and compression do not count as motion.
@@ -463,10 +463,8 @@ impl Worker {
                     per_frame[item.frame].push(RegionPrediction { index: ri, name, crop: item.crop, prediction });
                 }
                 Target::Vehicle { track } => {
-                    let vehicle = self
-                        .vehicles
-                        .get_mut(frame.camera.name())
-                        .and_then(|v| v.classified(track, &prediction));
+                    let vehicle =
+                        self.vehicles.get_mut(frame.camera.name()).and_then(|v| v.classified(track, &prediction));
                     if let Some(vehicle) = vehicle {
                         hits.extend(self.matcher.observe_vehicle(frame, vehicle, wall));
                     }

@@ -30,9 +30,9 @@ use uuid::Uuid;
 use crate::alerts::{Alert, AlertSet};
 use crate::camera::{CameraShared, Frame};
 use crate::locate::Bounds;
-use crate::track::Vehicle;
 use crate::model::Leaf;
 use crate::model::{Crop, Level, Prediction};
+use crate::track::Vehicle;
 use crate::values::{Name, later};
 
 /// One classified region of a frame.
@@ -394,19 +394,15 @@ mod tests {
 
     /// A vehicle of `gate` whose looks said bmw 3-series with these probabilities.
     fn vehicle(gate: &Arc<CameraShared>, track: u64, looks: &[f32]) -> (Arc<Frame>, Vehicle) {
-        let f = frame(gate);
-        let mut v = Vehicle {
-            track,
-            first_seen: f.captured_at,
-            bounds: crate::locate::Bounds { x: 1, y: 1, width: 2, height: 2 },
-            average: None,
-            best: None,
-        };
+        let f = Arc::new(crate::camera::testing::frame(gate, 64, 48));
+        let bounds = crate::locate::Bounds { x: 10, y: 10, width: 20, height: 10 };
         let mut vehicles = crate::track::Vehicles::new(crate::track::TrackerConfig::default());
-        let (ids, _) = vehicles.locate(&f, &[v.bounds]);
+        let (ids, _) = vehicles.locate(&f, &[bounds]);
+        let mut v = None;
         for &p in looks {
-            v = vehicles.classified(ids[0], &regions(p)[0].prediction).unwrap().clone();
+            v = Some(vehicles.classified(ids[0], &regions(p)[0].prediction).unwrap().clone());
         }
+        let mut v = v.unwrap();
         v.track = track;
         (f, v)
     }

@@ -161,8 +161,13 @@ pub struct Vehicle {
     pub first_seen: SystemTime,
     /// Its box in the latest located frame.
     pub bounds: Bounds,
-    /// The mean of its classified looks (none until the first is classified).
+    /// The mean of its classified looks (none until the first is classified): of its
+    /// whole looks once it has one, of its cut ones (box at the frame's edge) until then.
     pub average: Option<Average>,
+    /// Whether `average` is of whole looks.
+    whole: bool,
+    /// Whether the latest located box touches the frame's edge.
+    cut: bool,
     /// The look its snapshot shows.
     pub best: Option<Look>,
 }
@@ -175,6 +180,12 @@ pub struct Look {
     /// Larger is better: the box's area, halved when it touches the frame's edge (the
     /// vehicle is probably cut).
     score: u64,
+}
+
+/// Whether `b` touches the edge of a `width` x `height` frame: the vehicle in it is
+/// probably cut, and a cut vehicle is often taken for another model.
+pub fn at_edge(b: &Bounds, width: u32, height: u32) -> bool {
+    b.x <= 1 || b.y <= 1 || b.x + b.width + 1 >= width || b.y + b.height + 1 >= height
 }
 
 impl Vehicle {
@@ -209,10 +220,13 @@ impl Vehicles {
                 first_seen: frame.captured_at,
                 bounds: b,
                 average: None,
+                whole: false,
+                cut: false,
                 best: None,
             });
             v.bounds = b;
-            let edge = b.x == 0 || b.y == 0 || b.x + b.width >= frame.width || b.y + b.height >= frame.height;
+            let edge = at_edge(&b, frame.width, frame.height);
+            v.cut = edge;
             let score = if edge { b.area() / 2 } else { b.area() };
             if v.best.as_ref().is_none_or(|l| score > l.score) {
                 v.best = Some(Look { frame: Arc::clone(frame), bounds: b, score });
@@ -221,13 +235,18 @@ impl Vehicles {
         (ids, ended)
     }
 
-    /// Adds a classified look to track `id`; the vehicle, unless its track has ended
-    /// since it was located.
+    /// Adds a classified look (of its latest located box) to track `id`; the vehicle,
+    /// unless its track has ended since it was located. Looks of a cut vehicle count
+    /// only until the first whole look, which starts the average afresh.
     pub fn classified(&mut self, id: u64, p: &Prediction) -> Option<&Vehicle> {
         let v = self.vehicles.get_mut(&id)?;
-        match v.average.as_mut() {
-            Some(a) => a.add(p),
-            None => v.average = Some(Average::new(p)),
+        match (v.average.as_mut(), v.whole, v.cut) {
+            (Some(_), true, true) => {}
+            (Some(a), whole, cut) if whole || cut => a.add(p),
+            _ => {
+                v.average = Some(Average::new(p));
+                v.whole = !v.cut;
+            }
         }
         Some(v)
     }

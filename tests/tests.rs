@@ -9,3 +9,4 @@ mod operations;
 mod performance;
 mod train_classify;
 mod watch;
+mod wide;

@@ -378,9 +378,11 @@ impl Camera {
     /// camera's regions (always, when it has none): regions as masks.
     pub fn admits(&self, x: u32, y: u32, width: u32, height: u32) -> bool {
         self.regions.is_empty()
-            || self.regions.iter().filter_map(|r| r.resolve(width, height).ok()).any(|c| {
-                x >= c.x && x < c.x + c.width && y >= c.y && y < c.y + c.height
-            })
+            || self
+                .regions
+                .iter()
+                .filter_map(|r| r.resolve(width, height).ok())
+                .any(|c| x >= c.x && x < c.x + c.width && y >= c.y && y < c.y + c.height)
     }
 
     /// The name of region `i` in hits.

@@ -7,6 +7,7 @@ pub(super) fn bench_cmd(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Model(a) => model(a),
         BenchCommand::Pipeline(a) => pipeline(a),
+        BenchCommand::Accuracy(a) => accuracy(a),
         BenchCommand::Locate { frames, resolution, json } => {
             let (width, height) = resolution.size();
             let r = carwatch::bench::locate(frames, width, height);
@@ -23,6 +24,60 @@ pub(super) fn bench_cmd(cmd: BenchCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `models`, else `models/demo` when no trained models are installed.
+fn models_or_demo(models: Option<PathBuf>) -> PathBuf {
+    models.unwrap_or_else(|| {
+        if PathBuf::from("models/cascade.toml").exists() {
+            PathBuf::from("models")
+        } else {
+            PathBuf::from("models/demo")
+        }
+    })
+}
+
+fn accuracy(a: BenchAccuracyArgs) -> Result<ExitCode> {
+    let (make, model) =
+        a.wanted.split_once('/').ok_or_else(|| anyhow::anyhow!("--wanted takes MAKE/MODEL, not `{}`", a.wanted))?;
+    let (width, height) = a.resolution.size();
+    let opts = carwatch::bench::accuracy::AccuracyOptions {
+        models: models_or_demo(a.models),
+        device: a.device,
+        precision: a.precision,
+        wanted: (make.to_string(), model.to_string()),
+        passages: a.passages,
+        width,
+        height,
+        fps: a.fps,
+        seed: a.seed,
+        confirm_frames: a.confirm_frames,
+        min_confidence: a.min_confidence,
+    };
+    let r = carwatch::bench::accuracy::accuracy(&opts).map_err(anyhow::Error::msg)?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string(&r)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let pct = |x: f64| format!("{:.1}%", 100.0 * x);
+    writeln!(
+        out,
+        "wide view {} at {} analysed frames/s, {} frames, wanted {}",
+        r.resolution, a.fps, r.frames, r.wanted
+    )?;
+    let mut table = Table::new(&[("measure", Align::Left), ("value", Align::Right), ("of", Align::Right)]);
+    table.row(vec!["locating: recall (IoU >= 0.5)".into(), pct(r.locate_recall), r.truth_boxes.to_string()]);
+    table.row(vec!["locating: precision".into(), pct(r.locate_precision), r.located_boxes.to_string()]);
+    table.row(vec!["make+model per crop".into(), pct(r.crop_accuracy), r.crops.to_string()]);
+    table.row(vec!["make+model per track".into(), pct(r.track_accuracy), r.tracks.to_string()]);
+    table.row(vec!["wanted passages hit".into(), r.hit.to_string(), r.wanted_passages.to_string()]);
+    table.row(vec!["wanted passages missed".into(), r.missed.to_string(), r.wanted_passages.to_string()]);
+    table.row(vec!["hits on other vehicles".into(), r.wrong.to_string(), String::new()]);
+    table.row(vec!["repeated hits on one passage".into(), r.repeated.to_string(), String::new()]);
+    table.row(vec!["motion ms per frame".into(), format!("{:.2}", r.cpu_ms_per_frame_locate), String::new()]);
+    table.write(&mut out)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn model(a: BenchModelArgs) -> Result<ExitCode> {

@@ -43,6 +43,14 @@ pub(super) fn check_cmd(a: CheckArgs) -> Result<ExitCode> {
     } else {
         println!("alerts {}: not checked (they are checked against the models' labels)", config.alerts.display());
     }
+    let detecting = config.cameras.iter().filter(|c| c.locate == carwatch::locate::Method::Detector).count();
+    if let (Some(d), true) = (&config.detector, detecting > 0) {
+        // Loaded and run once, as `watch` does at start-up: a bad file fails here.
+        match carwatch::locate::detector::check_file(d) {
+            Ok(()) => println!("detector {}: ok ({detecting} camera(s))", d.file.display()),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
     println!("{} camera(s)", config.cameras.len());
     if problems.is_empty() {
         println!("{}: ok", config.file.display());

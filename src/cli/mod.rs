@@ -73,6 +73,8 @@ enum BenchCommand {
     Model(BenchModelArgs),
     /// The whole watch path with N synthetic RTSP cameras.
     Pipeline(BenchPipelineArgs),
+    /// Wide views located, tracked and decided against generated truth.
+    Accuracy(BenchAccuracyArgs),
     /// The motion locator alone, per frame, on a generated street (one thread).
     Locate {
         #[arg(long, default_value_t = 200)]
@@ -150,6 +152,38 @@ struct BenchPipelineArgs {
     /// Turn on motion gating on every camera.
     #[arg(long)]
     motion: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BenchAccuracyArgs {
+    /// Models directory [default: models, else models/demo].
+    #[arg(long)]
+    models: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    #[arg(long, default_value = "auto")]
+    precision: PrecisionChoice,
+    /// The wanted vehicle, MAKE/MODEL of the synthetic catalogue.
+    #[arg(long, default_value = "bmw/3-series")]
+    wanted: String,
+    /// Vehicles crossing the street (every third is the wanted one).
+    #[arg(long, default_value_t = 24)]
+    passages: usize,
+    #[arg(long, value_enum, default_value_t = Resolution::R720p)]
+    resolution: Resolution,
+    /// Analysed frames per second.
+    #[arg(long, default_value_t = 4)]
+    fps: u32,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The alert's confirm_frames (looks a track needs).
+    #[arg(long, default_value_t = 2)]
+    confirm_frames: u32,
+    /// The alert's min_confidence.
+    #[arg(long, default_value_t = 0.5)]
+    min_confidence: f32,
     #[arg(long)]
     json: bool,
 }

@@ -167,7 +167,9 @@ impl Config {
         let detector = checked(&mut doc, "detector", DetectorConfig::check);
 
         let (cameras, camera_secrets) = cameras(&mut doc);
-        if detector.is_none() && let Some(c) = cameras.iter().find(|c| c.locate == Method::Detector) {
+        if detector.is_none()
+            && let Some(c) = cameras.iter().find(|c| c.locate == Method::Detector)
+        {
             let reason = format!(
                 "camera `{}` has locate = \"detector\", but there is no [detector] section naming the model file",
                 c.name

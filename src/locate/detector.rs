@@ -59,7 +59,7 @@ fn default_nms_iou() -> f32 {
 impl DetectorConfig {
     /// Ranges serde cannot express.
     pub fn check(&self) -> Result<(), String> {
-        if !(32..=2048).contains(&self.input) || self.input % 32 != 0 {
+        if !(32..=2048).contains(&self.input) || !self.input.is_multiple_of(32) {
             return Err(format!("input must be a multiple of 32 from 32 to 2048, found {}", self.input));
         }
         if self.classes.is_empty() {
@@ -115,7 +115,7 @@ impl Letterbox {
         let y0 = ((cy - h / 2.0 - self.pad_y) / self.scale).clamp(0.0, height as f32);
         let x1 = ((cx + w / 2.0 - self.pad_x) / self.scale).clamp(0.0, width as f32);
         let y1 = ((cy + h / 2.0 - self.pad_y) / self.scale).clamp(0.0, height as f32);
-        (x1 - x0 >= 1.0 && y1 - y0 >= 1.0).then(|| Bounds {
+        (x1 - x0 >= 1.0 && y1 - y0 >= 1.0).then_some(Bounds {
             x: x0 as u32,
             y: y0 as u32,
             width: (x1 - x0) as u32,
@@ -273,7 +273,8 @@ pub fn decode(
             .map(|&k| (k, at(4 + k as usize)))
             .max_by(|x, y| x.1.total_cmp(&y.1));
         let Some((class, score)) = best else { continue };
-        if !(score >= config.min_score) {
+        // NaN scores are not kept either.
+        if score.is_nan() || score < config.min_score {
             continue;
         }
         if let Some(bounds) = lb.to_frame(at(0), at(1), at(2), at(3), width, height) {

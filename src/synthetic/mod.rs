@@ -97,14 +97,25 @@ pub fn photos(n: usize, seed: u64, width: u32, height: u32) -> Vec<RgbImage> {
     catalogue().iter().cycle().take(n).map(|c| render(c, &mut rng, width, height)).collect()
 }
 
-/// Fills `img` with a noisy grey scene: sky-ish top, darker road band at the bottom.
+/// Fills `img` with a grey scene: sky-ish top, darker road band at the bottom. Half the
+/// scenes are noisy and plain; the other half are flatter, with the wide bands of
+/// tarmac and blocks of building a street camera shows behind a vehicle, so that a
+/// model trained on these knows a vehicle cropped from a street.
 pub fn draw_background(img: &mut RgbImage, rng: &mut StdRng) {
     let base: i32 = rng.random_range(70..170);
     let road: i32 = base - rng.random_range(20..50);
     let horizon = img.height() * rng.random_range(55..75) / 100;
-    for (_, y, px) in img.enumerate_pixels_mut() {
-        let level = if y > horizon { road } else { base };
-        let n: i32 = rng.random_range(-12..=12);
+    let street = rng.random_bool(0.5);
+    let noise: i32 = if street { rng.random_range(2..=8) } else { 12 };
+    let band = rng.random_range(img.width() / 5..=img.width()).max(1);
+    let shift = rng.random_range(0..band);
+    for (x, y, px) in img.enumerate_pixels_mut() {
+        let mut level = if y > horizon { road } else { base };
+        if street {
+            let bx = (x + shift) / band;
+            level += if y > horizon { (bx % 2) as i32 * 12 } else { ((bx + y / band) % 3) as i32 * 20 - 20 };
+        }
+        let n: i32 = rng.random_range(-noise..=noise);
         let v = (level + n).clamp(0, 255) as u8;
         *px = Rgb([v, v, v.saturating_add(4)]);
     }

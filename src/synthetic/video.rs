@@ -65,6 +65,8 @@ pub struct Truth {
     pub vehicle: usize,
     /// Its box, clipped to the frame.
     pub bounds: Bounds,
+    /// The share of its box inside the frame (1: wholly in view).
+    pub visible: f32,
 }
 
 impl Scene {
@@ -187,7 +189,9 @@ impl Scene {
             let mut r = rng(self.segment_seed(si).wrapping_add(1 + vi as u64));
             let drawn = draw_vehicle(&mut img, area, &v.class, &mut r);
             if let Some(bounds) = clip(drawn, self.width, self.height) {
-                truth.push(Truth { class: v.class.clone(), vehicle: vi, bounds });
+                let whole = drawn.width() as f32 * drawn.height() as f32;
+                let visible = (bounds.area() as f32 / whole.max(1.0)).min(1.0);
+                truth.push(Truth { class: v.class.clone(), vehicle: vi, bounds, visible });
             }
         }
         if seg.gain != 1.0 {
@@ -219,6 +223,39 @@ impl Scene {
         }
         out
     }
+}
+
+/// A generated street camera: `passages` vehicles cross the frame one segment each
+/// (`seconds` long), at street-camera sizes (15-28% of the frame wide), left to right
+/// in the near lane, on a still street; every third passage is `wanted`, the others are
+/// other classes. Every fourth segment has a second vehicle crossing the other way in
+/// the far lane (the two overlap mid-frame), and a brighter empty second follows every fifth passage (the
+/// camera's exposure changing). The same `seed` gives the same street.
+pub fn wide_view(wanted: &Class, passages: usize, seconds: f32, size: (u32, u32), fps: u32, seed: u64) -> Scene {
+    let mut r = rng(seed);
+    let others: Vec<Class> = super::catalogue().into_iter().filter(|c| c.make != wanted.make).collect();
+    let (w, h) = (size.0 as f32, size.1 as f32);
+    let mut segments = Vec::new();
+    let crossing = |class: Class, r: &mut rand::rngs::StdRng, lane: f32, rightwards: bool| {
+        let fw: f32 = r.random_range(0.15..0.28);
+        let fh = (fw * w / h).min(0.5);
+        let y = lane - fh / 2.0;
+        let (from, to) = if rightwards { (-fw, 1.0) } else { (1.0, -fw) };
+        Placement { class, area: [from, y, fw, fh], to: Some([to, y]) }
+    };
+    for i in 0..passages {
+        let class = if i % 3 == 0 { wanted.clone() } else { others[r.random_range(0..others.len())].clone() };
+        let mut vehicles = vec![crossing(class, &mut r, 0.62, true)];
+        if i % 4 == 3 {
+            let other = others[r.random_range(0..others.len())].clone();
+            vehicles.push(crossing(other, &mut r, 0.45, false));
+        }
+        segments.push(Segment { duration: Duration::from_secs_f32(seconds), vehicles, gain: 1.0 });
+        if i % 5 == 4 {
+            segments.push(Segment { duration: Duration::from_secs(1), vehicles: vec![], gain: 1.35 });
+        }
+    }
+    Scene { width: size.0, height: size.1, fps, segments, seed, street: true }
 }
 
 /// `view/make/model[@x,y,w,h[>x2,y2]]`.

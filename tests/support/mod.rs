@@ -96,7 +96,7 @@ pub fn trained() -> &'static Trained {
         assert!(o.status.success(), "synth backbone: {}", stderr(&o));
 
         let data = root.join("photos");
-        carwatch::synthetic::write_dataset(&data, TRAIN_PER_CLASS, 1, 128).unwrap();
+        carwatch::synthetic::write_dataset(&data, TRAIN_PER_CLASS, 1, 224).unwrap();
         let models = root.join("models");
         let cache = root.join("cache");
         let mut cmd = carwatch();

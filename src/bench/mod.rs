@@ -11,7 +11,11 @@
 //!   frames per second, drops, capture-to-PUBACK latency, CPU time per analysed frame
 //!   split between decoding and inference (from per-thread CPU clocks), peak RSS.
 //!
+//! - [`accuracy`]: wide views located, tracked and decided, against generated truth.
+//!
 //! Results are plain structs; the CLI prints them as a table or as JSON.
+
+pub mod accuracy;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
