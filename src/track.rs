@@ -56,13 +56,25 @@ impl Track {
         (b.x as f32 + b.width as f32 / 2.0, b.y as f32 + b.height as f32 / 2.0)
     }
 
-    /// Where the box should be at `now`, moving as it did.
-    fn predicted(&self, now: Instant) -> Bounds {
+    /// Where the box should be at `now`, moving as it did: `[x0, y0, x1, y1]`, not cut
+    /// to the frame, so a track leaving the frame does not linger at its edge and take
+    /// the next vehicle coming in there.
+    fn predicted(&self, now: Instant) -> [f32; 4] {
         let dt = now.saturating_duration_since(self.last_seen).as_secs_f32();
         let x = self.bounds.x as f32 + self.velocity.0 * dt;
         let y = self.bounds.y as f32 + self.velocity.1 * dt;
-        Bounds { x: x.max(0.0) as u32, y: y.max(0.0) as u32, ..self.bounds }
+        [x, y, x + self.bounds.width as f32, y + self.bounds.height as f32]
     }
+}
+
+/// Intersection over union of a predicted box and a found one.
+fn overlap(p: [f32; 4], b: &Bounds) -> f32 {
+    let q = [b.x as f32, b.y as f32, (b.x + b.width) as f32, (b.y + b.height) as f32];
+    let w = (p[2].min(q[2]) - p[0].max(q[0])).max(0.0);
+    let h = (p[3].min(q[3]) - p[1].max(q[1])).max(0.0);
+    let inter = w * h;
+    let union = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - inter;
+    if union > 0.0 { inter / union } else { 0.0 }
 }
 
 /// One camera's tracks.
@@ -100,7 +112,7 @@ impl Tracker {
         for (ti, t) in self.tracks.iter().enumerate() {
             let p = t.predicted(now);
             for (bi, b) in boxes.iter().enumerate() {
-                let iou = p.iou(b);
+                let iou = overlap(p, b);
                 if iou >= self.config.min_iou {
                     pairs.push((iou, ti, bi));
                 }
@@ -283,6 +295,21 @@ mod tests {
             }
         }
         assert_eq!(tracker.tracks().len(), 2);
+    }
+
+    #[test]
+    fn a_vehicle_entering_where_another_left_is_a_new_track() {
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        let t0 = Instant::now();
+        let step = |i: u64| t0 + Duration::from_millis(250 * i);
+        // One leaves at the left edge, moving left 80 px a frame...
+        let (leaving, _) = tracker.update(&[Bounds { x: 160, y: 300, width: 200, height: 100 }], step(0));
+        tracker.update(&[Bounds { x: 80, y: 300, width: 200, height: 100 }], step(1));
+        tracker.update(&[Bounds { x: 0, y: 300, width: 200, height: 100 }], step(2));
+        tracker.update(&[Bounds { x: 0, y: 300, width: 120, height: 100 }], step(3));
+        // ...as another comes in there, moving right.
+        let (entering, _) = tracker.update(&[Bounds { x: 0, y: 320, width: 60, height: 100 }], step(4));
+        assert_ne!(entering, leaving);
     }
 
     #[test]

@@ -228,9 +228,10 @@ impl Scene {
 /// A generated street camera: `passages` vehicles cross the frame one segment each
 /// (`seconds` long), at street-camera sizes (15-28% of the frame wide), left to right
 /// in the near lane, on a still street; every third passage is `wanted`, the others are
-/// other classes. Every fourth segment has a second vehicle crossing the other way in
-/// the far lane (the two overlap mid-frame), and a brighter empty second follows every fifth passage (the
-/// camera's exposure changing). The same `seed` gives the same street.
+/// other classes. Every fourth passage has a second vehicle crossing the other way in
+/// the far lane (the two overlap mid-frame; an empty second follows it), and a brighter
+/// empty second follows every fifth passage (the camera's exposure changing). The same
+/// `seed` gives the same street.
 pub fn wide_view(wanted: &Class, passages: usize, seconds: f32, size: (u32, u32), fps: u32, seed: u64) -> Scene {
     let mut r = rng(seed);
     let others: Vec<Class> = super::catalogue().into_iter().filter(|c| c.make != wanted.make).collect();
@@ -245,12 +246,17 @@ pub fn wide_view(wanted: &Class, passages: usize, seconds: f32, size: (u32, u32)
     };
     for i in 0..passages {
         let class = if i % 3 == 0 { wanted.clone() } else { others[r.random_range(0..others.len())].clone() };
-        let mut vehicles = vec![crossing(class, &mut r, 0.62, true)];
-        if i % 4 == 3 {
+        let mut vehicles = vec![crossing(class, &mut r, 0.64, true)];
+        let pair = i % 4 == 3;
+        if pair {
             let other = others[r.random_range(0..others.len())].clone();
-            vehicles.push(crossing(other, &mut r, 0.45, false));
+            vehicles.push(crossing(other, &mut r, 0.42, false));
         }
         segments.push(Segment { duration: Duration::from_secs_f32(seconds), vehicles, gain: 1.0 });
+        if pair {
+            // The far lane's vehicle leaves on the left as the next one would come in.
+            segments.push(Segment { duration: Duration::from_secs(1), vehicles: vec![], gain: 1.0 });
+        }
         if i % 5 == 4 {
             segments.push(Segment { duration: Duration::from_secs(1), vehicles: vec![], gain: 1.35 });
         }
