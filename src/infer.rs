@@ -22,7 +22,7 @@ use crate::batcher::{Batcher, Next};
 use crate::camera::Frame;
 use crate::locate::detector::{Detector, DetectorConfig, DetectorError};
 use crate::locate::{Bounds, LocateConfig, Method, square_crop};
-use crate::matcher::{Matcher, RegionPrediction};
+use crate::matcher::{Hit, Matcher, RegionPrediction};
 use crate::metrics::{Metrics, Stage};
 use crate::model::feed::{Feeder, Staged};
 use crate::model::sizing;
@@ -140,6 +140,8 @@ struct InFlight {
     features: Option<tch::Tensor>,
     /// Time spent staging, reported with the rest of preprocessing.
     preprocess: Duration,
+    /// Hits on vehicles whose tracks ended while the batch was prepared.
+    gone: Vec<Hit>,
 }
 
 /// Why the worker stopped.
@@ -307,6 +309,8 @@ impl Worker {
     fn prepare(&mut self, frames: Vec<Arc<Frame>>) -> Result<InFlight, WorkerError> {
         let located = self.locate_all(&frames)?;
         let mut items: Vec<Item> = Vec::new();
+        // Hits on vehicles whose tracks ended, decided as they go.
+        let mut gone = Vec::new();
         for (fi, frame) in frames.iter().enumerate() {
             let cam = &frame.camera.camera;
             match cam.locate {
@@ -328,7 +332,7 @@ impl Worker {
                 }
                 Method::Motion | Method::Detector => {
                     let boxes = located[fi].as_deref().unwrap_or_default();
-                    self.track(fi, frame, boxes, &mut items);
+                    self.track(fi, frame, boxes, &mut items, &mut gone);
                 }
             }
         }
@@ -367,7 +371,7 @@ impl Worker {
             }
             Some(self.feeder.stage(&views)?)
         };
-        Ok(InFlight { frames, items, predictions, thumbs, todo, staged, features: None, preprocess: t.elapsed() })
+        Ok(InFlight { frames, items, predictions, thumbs, todo, staged, features: None, preprocess: t.elapsed(), gone })
     }
 
     /// The boxes of every frame of a locating camera: motion boxes came with the frame;
@@ -401,7 +405,7 @@ impl Worker {
 
     /// The boxes of one frame of a tracking camera become tracks and crops: the largest
     /// `max_vehicles_per_frame`, the rest counted.
-    fn track(&mut self, fi: usize, frame: &Arc<Frame>, boxes: &[Bounds], items: &mut Vec<Item>) {
+    fn track(&mut self, fi: usize, frame: &Arc<Frame>, boxes: &[Bounds], items: &mut Vec<Item>, hits: &mut Vec<Hit>) {
         let cam = &frame.camera;
         let max = self.locate.max_vehicles_per_frame as usize;
         if boxes.len() > max {
@@ -416,7 +420,10 @@ impl Worker {
         let before = vehicles.evicted();
         let (ids, ended) = vehicles.locate(frame, boxes);
         cam.tracks_evicted.fetch_add(vehicles.evicted() - before, Ordering::Relaxed);
-        self.matcher.forget_tracks(cam.name(), &ended);
+        let wall = Timestamp::now();
+        for gone in &ended {
+            hits.extend(self.matcher.vehicle_gone(frame, gone, wall));
+        }
         for (&track, &b) in ids.iter().zip(boxes) {
             let crop = square_crop(b, frame.width, frame.height, self.locate.crop_margin);
             items.push(Item { frame: fi, target: Target::Vehicle { track }, crop });
@@ -438,7 +445,7 @@ impl Worker {
     /// The heads on a launched batch (on CUDA this waits for its backbone), then the
     /// matcher and the hits.
     fn complete(&mut self, flight: InFlight) -> Result<(), WorkerError> {
-        let InFlight { frames, items, mut predictions, mut thumbs, todo, features, .. } = flight;
+        let InFlight { frames, items, mut predictions, mut thumbs, todo, features, gone, .. } = flight;
         if let Some(features) = features {
             let t = Instant::now();
             let computed = self.recognizer.cascade.run(&features)?;
@@ -453,7 +460,7 @@ impl Worker {
         let matching = Instant::now();
         let wall = Timestamp::now();
         let mut per_frame: Vec<Vec<RegionPrediction>> = vec![Vec::new(); frames.len()];
-        let mut hits = Vec::new();
+        let mut hits = gone;
         for (item, prediction) in items.iter().zip(predictions) {
             let Some(prediction) = prediction else { continue };
             let frame = &frames[item.frame];

@@ -6,8 +6,10 @@
 //!   prediction over its classified looks ([`crate::model::Average`]) is tested. An
 //!   alert hits a track once the mean probability of its description reaches
 //!   `min_confidence` after at least `confirm_frames` looks, and never again for that
-//!   track: exactly one hit per (alert, vehicle). Cooldown and the confirmation window
-//!   do not apply; a vehicle that comes back later is a new track.
+//!   track: exactly one hit per (alert, vehicle). Only looks of the vehicle whole (clear
+//!   of the frame's edge) count while it is in view; a vehicle cut by the edge for its
+//!   whole passage is decided on its cut looks when its track ends. Cooldown and the
+//!   confirmation window do not apply; a vehicle that comes back later is a new track.
 //! - **Frames and regions** (below).
 //!
 //! A frame matches an alert when, in one of its regions, the marginal probability of
@@ -130,6 +132,21 @@ impl Matcher {
     /// Looks at a tracked vehicle that has just been classified once more, in `frame`
     /// (seen when the wall clock read `wall`): the hits it earns now.
     pub fn observe_vehicle(&mut self, frame: &Arc<Frame>, vehicle: &Vehicle, wall: Timestamp) -> Vec<Hit> {
+        if !vehicle.seen_whole() {
+            return Vec::new();
+        }
+        self.decide(frame, vehicle, wall)
+    }
+
+    /// A vehicle whose track ended (`frame`: the frame that ended it): one never seen
+    /// whole is decided now, on its cut looks. Its hits are forgotten.
+    pub fn vehicle_gone(&mut self, frame: &Arc<Frame>, vehicle: &Vehicle, wall: Timestamp) -> Vec<Hit> {
+        let hits = if vehicle.seen_whole() { Vec::new() } else { self.decide(frame, vehicle, wall) };
+        self.forget_tracks(frame.camera.name(), &[vehicle.track]);
+        hits
+    }
+
+    fn decide(&mut self, frame: &Arc<Frame>, vehicle: &Vehicle, wall: Timestamp) -> Vec<Hit> {
         let camera = &frame.camera;
         let (Some(average), Some(best)) = (vehicle.average.as_ref(), vehicle.best.as_ref()) else {
             return Vec::new();
@@ -179,7 +196,7 @@ impl Matcher {
     }
 
     /// Tracks of `camera` that ended: their vehicles can no longer be hit.
-    pub fn forget_tracks(&mut self, camera: &str, tracks: &[u64]) {
+    fn forget_tracks(&mut self, camera: &str, tracks: &[u64]) {
         if !tracks.is_empty() {
             self.hit.retain(|k| k.camera.as_str() != camera || !tracks.contains(&k.track));
         }
@@ -430,7 +447,27 @@ mod tests {
         let (f, low) = vehicle(&gate, 9, &[0.9, 0.1, 0.1]);
         assert!(m.observe_vehicle(&f, &low, wall).is_empty());
         // Once track 7 has ended its id could come back only as a new vehicle.
-        m.forget_tracks("gate", &[7]);
+        assert!(m.vehicle_gone(&f, &more, wall).is_empty(), "seen whole: decided while in view");
         assert_eq!(m.observe_vehicle(&f, &more, wall).len(), 1);
+    }
+
+    #[test]
+    fn a_vehicle_cut_by_the_edge_throughout_is_decided_when_its_track_ends() {
+        let mut m = matcher(BMW);
+        let gate = camera("gate");
+        let wall = Timestamp::now();
+        let f = Arc::new(crate::camera::testing::frame(&gate, 64, 48));
+        let mut vehicles = crate::track::Vehicles::new(crate::track::TrackerConfig::default());
+        let edge = crate::locate::Bounds { x: 0, y: 10, width: 20, height: 10 };
+        let (ids, _) = vehicles.locate(&f, &[edge]);
+        for _ in 0..3 {
+            let v = vehicles.classified(ids[0], &regions(0.9)[0].prediction).unwrap().clone();
+            assert!(!v.seen_whole());
+            assert!(m.observe_vehicle(&f, &v, wall).is_empty(), "cut looks do not decide while in view");
+        }
+        let v = vehicles.classified(ids[0], &regions(0.9)[0].prediction).unwrap().clone();
+        let hits = m.vehicle_gone(&f, &v, wall);
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].track.as_ref().unwrap().observations, 4);
     }
 }

@@ -201,9 +201,16 @@ pub fn at_edge(b: &Bounds, width: u32, height: u32) -> bool {
 }
 
 impl Vehicle {
-    /// Classified looks so far.
+    /// Classified looks so far (of those the average is of).
     pub fn looks(&self) -> u32 {
         self.average.as_ref().map_or(0, Average::looks)
+    }
+
+    /// Whether it has been seen whole (its box clear of the frame's edge) at least once:
+    /// only then is it decided while its track lives; a vehicle cut by the edge for its
+    /// whole passage is decided when its track ends.
+    pub fn seen_whole(&self) -> bool {
+        self.whole
     }
 }
 
@@ -219,13 +226,10 @@ impl Vehicles {
     }
 
     /// Takes the boxes of one located frame: the track of each box (same order), and the
-    /// tracks that ended.
-    pub fn locate(&mut self, frame: &Arc<Frame>, boxes: &[Bounds]) -> (Vec<u64>, Vec<u64>) {
+    /// vehicles whose tracks ended.
+    pub fn locate(&mut self, frame: &Arc<Frame>, boxes: &[Bounds]) -> (Vec<u64>, Vec<Vehicle>) {
         let (ids, ended) = self.tracker.update(boxes, frame.seen);
-        let ended: Vec<u64> = ended.into_iter().map(|t| t.id).collect();
-        for id in &ended {
-            self.vehicles.remove(id);
-        }
+        let ended: Vec<Vehicle> = ended.into_iter().filter_map(|t| self.vehicles.remove(&t.id)).collect();
         for (&id, &b) in ids.iter().zip(boxes) {
             let v = self.vehicles.entry(id).or_insert_with(|| Vehicle {
                 track: id,
@@ -307,8 +311,8 @@ mod tests {
         tracker.update(&[Bounds { x: 80, y: 300, width: 200, height: 100 }], step(1));
         tracker.update(&[Bounds { x: 0, y: 300, width: 200, height: 100 }], step(2));
         tracker.update(&[Bounds { x: 0, y: 300, width: 120, height: 100 }], step(3));
-        // ...as another comes in there, moving right.
-        let (entering, _) = tracker.update(&[Bounds { x: 0, y: 320, width: 60, height: 100 }], step(4));
+        // ...and a frame later another comes in there, moving right.
+        let (entering, _) = tracker.update(&[Bounds { x: 0, y: 320, width: 60, height: 100 }], step(5));
         assert_ne!(entering, leaving);
     }
 

@@ -144,7 +144,10 @@ pub fn accuracy(opts: &AccuracyOptions) -> Result<AccuracyResult, String> {
         let owner = assign(&boxes, &visible);
         matched_boxes += owner.iter().filter(|o| o.is_some()).count();
         matched_truth += visible.iter().filter(|t| owner.iter().flatten().any(|o| o == &(t.vehicle))).count();
-        let (ids, _) = vehicles.locate(&frame, &boxes);
+        let (ids, gone) = vehicles.locate(&frame, &boxes);
+        for v in &gone {
+            hits.extend(matcher.vehicle_gone(&frame, v, jiff::Timestamp::now()).iter().map(|_| v.track));
+        }
         let segment = scene.position(n).0;
         let views: Vec<(RgbImage, crate::model::Crop)> = boxes
             .iter()
@@ -179,7 +182,15 @@ pub fn accuracy(opts: &AccuracyOptions) -> Result<AccuracyResult, String> {
         judged += 1;
         right += usize::from(same_make_model(&avg.prediction(), truth.make, truth.model));
         if std::env::var("CW_DEBUG").is_ok() {
-            eprintln!("track truth {}/{}/{} looks {} votes {:?} mean {:?}", truth.view, truth.make, truth.model, avg.looks(), t.votes, &avg.prediction().make_models()[..2]);
+            eprintln!(
+                "track truth {}/{}/{} looks {} votes {:?} mean {:?}",
+                truth.view,
+                truth.make,
+                truth.model,
+                avg.looks(),
+                t.votes,
+                &avg.prediction().make_models()[..2]
+            );
         }
     }
     let mut per_passage: HashMap<VehicleKey, usize> = HashMap::new();
