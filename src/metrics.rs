@@ -149,7 +149,7 @@ const STATES: [State; 6] =
 impl Collector for Cameras {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         type Read = fn(&CameraShared) -> u64;
-        let counters: [(&str, &str, Read); 6] = [
+        let counters: [(&str, &str, Read); 8] = [
             ("carwatch_camera_frames_in", "Frames delivered by the camera's pipeline (after rate limiting).", |c| {
                 c.frames_in.load(Ordering::Relaxed)
             }),
@@ -167,8 +167,18 @@ impl Collector for Cameras {
             }),
             (
                 "carwatch_camera_regions_motionless",
-                "Regions not classified because nothing moved (motion gating).",
+                "Regions (or, with locate = motion, frames) not classified because nothing moved.",
                 |c| c.motion_skipped.load(Ordering::Relaxed),
+            ),
+            (
+                "carwatch_camera_vehicles_skipped",
+                "Located vehicles not classified: beyond locate.max_vehicles_per_frame.",
+                |c| c.vehicles_skipped.load(Ordering::Relaxed),
+            ),
+            (
+                "carwatch_camera_tracks_evicted",
+                "Tracks ended early because locate.max_tracks were alive.",
+                |c| c.tracks_evicted.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, read) in counters {

@@ -116,8 +116,9 @@ pub fn accuracy(opts: &AccuracyOptions) -> Result<AccuracyResult, String> {
     let t0 = Instant::now();
     let step = (scene_fps / opts.fps.max(1)).max(1) as u64;
     let frames: Vec<u64> = (0..scene.frames()).step_by(step as usize).collect();
+    let painter = crate::synthetic::video::Painter::new(&scene);
     for (i, &n) in frames.iter().enumerate() {
-        let (image, truth) = scene.frame(n);
+        let (image, truth) = painter.frame(n);
         let (w, h) = (opts.width, opts.height);
         let seen = t0 + Duration::from_millis(1000 * i as u64 / opts.fps.max(1) as u64);
         let frame = Arc::new(Frame {

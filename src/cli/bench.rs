@@ -175,6 +175,9 @@ fn pipeline(a: BenchPipelineArgs) -> Result<ExitCode> {
         threads: a.threads,
         scene: a.scene,
         motion: a.motion,
+        locate: toml::Value::String(a.locate.clone())
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("--locate takes frame, motion, regions or detector, not `{}`", a.locate))?,
     };
     let r = carwatch::bench::pipeline(&opts).map_err(anyhow::Error::msg)?;
     let mut out = std::io::stdout().lock();
@@ -183,13 +186,14 @@ fn pipeline(a: BenchPipelineArgs) -> Result<ExitCode> {
     } else {
         writeln!(
             out,
-            "{} cameras x {} fps at {} ({}, batch {}, {}): {:.2} frames/s analysed, {} dropped, {} answered by motion gating; latency p50/p95/p99 {:.0}/{:.0}/{:.0} ms; CPU per frame {:.1} ms decode + {:.1} ms inference; peak RSS {:.0} MB",
+            "{} cameras x {} fps at {} ({}, batch {}, {}, locate {}): {:.2} frames/s analysed, {} dropped, {} answered by motion gating; latency p50/p95/p99 {:.0}/{:.0}/{:.0} ms; CPU per frame {:.1} ms decode + {:.1} ms locate + {:.1} ms inference; peak RSS {:.0} MB",
             r.cameras,
             r.fps,
             r.resolution,
             r.model,
             r.batch_max,
             r.decoder,
+            r.locate,
             r.analysed_fps,
             r.dropped,
             r.motion_skipped,
@@ -197,6 +201,7 @@ fn pipeline(a: BenchPipelineArgs) -> Result<ExitCode> {
             r.latency_ms_p95,
             r.latency_ms_p99,
             r.cpu_ms_per_frame_decode,
+            r.cpu_ms_per_frame_locate,
             r.cpu_ms_per_frame_infer,
             r.peak_rss_mb
         )?;

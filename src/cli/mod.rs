@@ -152,6 +152,10 @@ struct BenchPipelineArgs {
     /// Turn on motion gating on every camera.
     #[arg(long)]
     motion: bool,
+    /// How every camera locates vehicles: frame | motion | regions | detector. For wide
+    /// views: --locate motion --scene wide:angled/bmw/3-series
+    #[arg(long, default_value = "frame")]
+    locate: String,
     #[arg(long)]
     json: bool,
 }

@@ -17,7 +17,7 @@ use gstreamer_app as gst_app;
 use gstreamer_rtsp_server as rtsp;
 use gstreamer_rtsp_server::prelude::*;
 
-use super::video::{Scene, encode_segments};
+use super::video::{Encoded, Scene, encode_segments};
 
 /// A running server; stops when dropped.
 pub struct RtspServer {
@@ -43,6 +43,22 @@ impl RtspServer {
         credentials: Option<Credentials>,
     ) -> Result<RtspServer, String> {
         gst::init().map_err(|e| e.to_string())?;
+        // Each distinct scene is encoded once, however many mounts show it.
+        let mut encoded: Vec<(String, Arc<Encoded>)> = Vec::new();
+        let mut mounts_encoded = Vec::with_capacity(mounts.len());
+        for (path, scene) in mounts {
+            let key = format!("{scene:?}");
+            let e = match encoded.iter().find(|(k, _)| *k == key) {
+                Some((_, e)) => Arc::clone(e),
+                None => {
+                    let e = Arc::new(encode_segments(&scene)?);
+                    encoded.push((key, Arc::clone(&e)));
+                    e
+                }
+            };
+            mounts_encoded.push((path, scene, e));
+        }
+        let mounts = mounts_encoded;
         let context = glib::MainContext::new();
         let main_loop = glib::MainLoop::new(Some(&context), false);
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<u16, String>>(1);
@@ -56,8 +72,8 @@ impl RtspServer {
                     server.set_address("127.0.0.1");
                     server.set_service(&port.to_string());
                     let Some(points) = server.mount_points() else { return Err("no mount points".to_string()) };
-                    for (path, scene) in mounts {
-                        points.add_factory(&path, factory(scene, credentials.as_ref())?);
+                    for (path, scene, encoded) in mounts {
+                        points.add_factory(&path, factory(scene, encoded, credentials.as_ref()));
                     }
                     if let Some(c) = &credentials {
                         let auth = rtsp::RTSPAuth::new();
@@ -125,7 +141,7 @@ impl Drop for RtspServer {
     }
 }
 
-fn factory(scene: Scene, credentials: Option<&Credentials>) -> Result<rtsp::RTSPMediaFactory, String> {
+fn factory(scene: Scene, encoded: Arc<Encoded>, credentials: Option<&Credentials>) -> rtsp::RTSPMediaFactory {
     let f = rtsp::RTSPMediaFactory::new();
     // Encoded once here, served from memory: the cameras cost the machine next to nothing.
     f.set_launch(
@@ -140,7 +156,6 @@ fn factory(scene: Scene, credentials: Option<&Credentials>) -> Result<rtsp::RTSP
                 .build(),
         );
     }
-    let encoded = Arc::new(encode_segments(&scene)?);
     let scene = Arc::new(scene);
     f.connect_media_configure(move |_, media| {
         let Some(bin) = media.element().downcast::<gst::Bin>().ok() else { return };
@@ -175,5 +190,5 @@ fn factory(scene: Scene, credentials: Option<&Credentials>) -> Result<rtsp::RTSP
                 .build(),
         );
     });
-    Ok(f)
+    f
 }

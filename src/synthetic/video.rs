@@ -93,7 +93,15 @@ impl Scene {
     /// street behind everything.
     /// Examples: `4:front/bmw/3-series;4:angled/audi/q7@0,0,0.5,1+rear/volvo/xc90@0.5,0,0.5,1;2:`
     /// and `street;5:angled/bmw/3-series@-0.25,0.5,0.25,0.3>1,0.5;2*1.4:`.
+    /// `wide:VIEW/MAKE/MODEL` is a generated street ([`wide_view`]): twelve vehicles
+    /// crossing, every third of that class.
     pub fn parse(text: &str, width: u32, height: u32, fps: u32) -> Result<Scene, String> {
+        if let Some(name) = text.trim().strip_prefix("wide:") {
+            let parts: Vec<&str> = name.trim().split('/').collect();
+            let [view, make, model] = parts[..] else { return Err(format!("`{name}`: expected view/make/model")) };
+            let class = class(view, make, model).ok_or_else(|| format!("`{name}` is not a synthetic class"))?;
+            return Ok(wide_view(&class, 12, 5.0, (width, height), fps, 1));
+        }
         let mut segments = Vec::new();
         let mut street = false;
         for seg in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
@@ -161,52 +169,10 @@ impl Scene {
         self.position(n).0
     }
 
-    /// Frame `n` (the scene loops) and the vehicles in it.
+    /// Frame `n` (the scene loops) and the vehicles in it. For many frames, a
+    /// [`Painter`] is quicker.
     pub fn frame(&self, n: u64) -> (RgbImage, Vec<Truth>) {
-        let (si, k) = self.position(n);
-        let seg = &self.segments[si];
-        // Where the moving vehicles are: the segment's progress, 0 at its first frame.
-        let t = k as f32 / self.segment_frames(seg).saturating_sub(1).max(1) as f32;
-        let mut img = if self.street {
-            RgbImage::from_raw(self.width, self.height, street(self.width, self.height)).unwrap_or_default()
-        } else {
-            let mut img = RgbImage::new(self.width, self.height);
-            draw_background(&mut img, &mut rng(self.segment_seed(si)));
-            img
-        };
-        let (fw, fh) = (self.width as f32, self.height as f32);
-        let mut truth = Vec::new();
-        for (vi, v) in seg.vehicles.iter().enumerate() {
-            let [x, y, w, h] = v.area;
-            let (x, y) = match v.to {
-                Some([x2, y2]) => (x + (x2 - x) * t, y + (y2 - y) * t),
-                None => (x, y),
-            };
-            let area =
-                Rect::at((x * fw) as i32, (y * fh) as i32).of_size(((w * fw) as u32).max(8), ((h * fh) as u32).max(8));
-            // The same draw of each vehicle in every frame of its segment: it moves,
-            // it does not change.
-            let mut r = rng(self.segment_seed(si).wrapping_add(1 + vi as u64));
-            let drawn = draw_vehicle(&mut img, area, &v.class, &mut r);
-            if let Some(bounds) = clip(drawn, self.width, self.height) {
-                let whole = drawn.width() as f32 * drawn.height() as f32;
-                let visible = (bounds.area() as f32 / whole.max(1.0)).min(1.0);
-                truth.push(Truth { class: v.class.clone(), vehicle: vi, bounds, visible });
-            }
-        }
-        if seg.gain != 1.0 {
-            for px in img.iter_mut() {
-                *px = (*px as f32 * seg.gain).min(255.0) as u8;
-            }
-        }
-        if self.street {
-            // Sensor noise, different in every frame.
-            let mut r = rng(self.seed.wrapping_mul(7919).wrapping_add(n));
-            for px in img.iter_mut() {
-                *px = (*px as i32 + r.random_range(-3..=3)).clamp(0, 255) as u8;
-            }
-        }
-        (img, truth)
+        Painter::new(self).frame(n)
     }
 
     fn segment_seed(&self, i: usize) -> u64 {
@@ -215,10 +181,11 @@ impl Scene {
 
     /// One image per segment (its first frame).
     pub fn render_segments(&self) -> Vec<RgbImage> {
+        let painter = Painter::new(self);
         let mut n = 0;
         let mut out = Vec::new();
         for s in &self.segments {
-            out.push(self.frame(n).0);
+            out.push(painter.frame(n).0);
             n += self.segment_frames(s);
         }
         out
@@ -262,6 +229,76 @@ pub fn wide_view(wanted: &Class, passages: usize, seconds: f32, size: (u32, u32)
         }
     }
     Scene { width: size.0, height: size.1, fps, segments, seed, street: true }
+}
+
+/// Paints a scene's frames, keeping what every frame shares: the street and a few
+/// planes of sensor noise (frames take them in turn).
+pub struct Painter<'a> {
+    scene: &'a Scene,
+    street: Option<Vec<u8>>,
+    noise: Vec<Vec<i8>>,
+}
+
+impl<'a> Painter<'a> {
+    pub fn new(scene: &'a Scene) -> Painter<'a> {
+        let len = (scene.width * scene.height * 3) as usize;
+        let (street, noise) = if scene.street {
+            let mut r = rng(scene.seed.wrapping_mul(7919));
+            let noise = (0..4).map(|_| (0..len).map(|_| r.random_range(-3i8..=3)).collect()).collect();
+            (Some(street(scene.width, scene.height)), noise)
+        } else {
+            (None, Vec::new())
+        };
+        Painter { scene, street, noise }
+    }
+
+    /// Frame `n` (the scene loops) and the vehicles in it.
+    pub fn frame(&self, n: u64) -> (RgbImage, Vec<Truth>) {
+        let scene = self.scene;
+        let (si, k) = scene.position(n);
+        let seg = &scene.segments[si];
+        // Where the moving vehicles are: the segment's progress, 0 at its first frame.
+        let t = k as f32 / scene.segment_frames(seg).saturating_sub(1).max(1) as f32;
+        let mut img = match &self.street {
+            Some(street) => RgbImage::from_raw(scene.width, scene.height, street.clone()).unwrap_or_default(),
+            None => {
+                let mut img = RgbImage::new(scene.width, scene.height);
+                draw_background(&mut img, &mut rng(scene.segment_seed(si)));
+                img
+            }
+        };
+        let (fw, fh) = (scene.width as f32, scene.height as f32);
+        let mut truth = Vec::new();
+        for (vi, v) in seg.vehicles.iter().enumerate() {
+            let [x, y, w, h] = v.area;
+            let (x, y) = match v.to {
+                Some([x2, y2]) => (x + (x2 - x) * t, y + (y2 - y) * t),
+                None => (x, y),
+            };
+            let area =
+                Rect::at((x * fw) as i32, (y * fh) as i32).of_size(((w * fw) as u32).max(8), ((h * fh) as u32).max(8));
+            // The same draw of each vehicle in every frame of its segment: it moves,
+            // it does not change.
+            let mut r = rng(scene.segment_seed(si).wrapping_add(1 + vi as u64));
+            let drawn = draw_vehicle(&mut img, area, &v.class, &mut r);
+            if let Some(bounds) = clip(drawn, scene.width, scene.height) {
+                let whole = drawn.width() as f32 * drawn.height() as f32;
+                let visible = (bounds.area() as f32 / whole.max(1.0)).min(1.0);
+                truth.push(Truth { class: v.class.clone(), vehicle: vi, bounds, visible });
+            }
+        }
+        if seg.gain != 1.0 {
+            for px in img.iter_mut() {
+                *px = (*px as f32 * seg.gain).min(255.0) as u8;
+            }
+        }
+        if let Some(noise) = self.noise.get(n as usize % self.noise.len().max(1)) {
+            for (px, d) in img.iter_mut().zip(noise) {
+                *px = px.saturating_add_signed(*d);
+            }
+        }
+        (img, truth)
+    }
 }
 
 /// `view/make/model[@x,y,w,h[>x2,y2]]`.
@@ -345,11 +382,12 @@ pub fn write_clip(scene: &Scene, path: &Path) -> Result<(), String> {
     sink.set_property("location", path.to_string_lossy().to_string());
     pipeline.set_state(gst::State::Playing).map_err(|e| format!("clip pipeline: {e}"))?;
     let still = scene.render_segments();
+    let painter = Painter::new(scene);
     let frame_ns = 1_000_000_000 / scene.fps.max(1) as u64;
     for n in 0..scene.frames() {
         let (si, _) = scene.position(n);
         if scene.segments[si].moves() || scene.street {
-            push_frame(&src, &scene.frame(n).0, n, frame_ns)?;
+            push_frame(&src, &painter.frame(n).0, n, frame_ns)?;
         } else {
             push_frame(&src, &still[si], n, frame_ns)?;
         }
@@ -391,6 +429,7 @@ pub fn encode_segments(scene: &Scene) -> Result<Encoded, String> {
     let mut chunks = Vec::with_capacity(scene.segments.len());
     let mut caps = None;
     let mut first = 0u64;
+    let painter = Painter::new(scene);
     for (si, seg) in scene.segments.iter().enumerate() {
         let frames = scene.segment_frames(seg);
         let tail = "h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au ! appsink name=sink sync=false";
@@ -400,11 +439,11 @@ pub fn encode_segments(scene: &Scene) -> Result<Encoded, String> {
         pipeline.set_state(gst::State::Playing).map_err(|e| format!("encoder pipeline: {e}"))?;
         let moving = seg.moves() || scene.street;
         let count = if moving { frames } else { gop };
-        let still = if moving { None } else { Some(scene.frame(first).0) };
+        let still = if moving { None } else { Some(painter.frame(first).0) };
         for k in 0..count {
             match &still {
                 Some(image) => push_frame(&src, image, k, frame_ns)?,
-                None => push_frame(&src, &scene.frame(first + k).0, k, frame_ns)?,
+                None => push_frame(&src, &painter.frame(first + k).0, k, frame_ns)?,
             }
         }
         src.end_of_stream().map_err(|e| format!("ending the encode: {e:?}"))?;
@@ -467,6 +506,8 @@ mod tests {
         assert_eq!(s.render_segments().len(), 3);
         assert!(Scene::parse("2:front/tesla/x", 64, 48, 10).is_err());
         assert!(Scene::parse("1e400:", 64, 48, 10).is_err());
+        let wide = Scene::parse("wide:angled/bmw/3-series", 64, 48, 10).unwrap();
+        assert!(wide.street && wide.segments.len() >= 12);
         assert!(Scene::parse("2*0:", 64, 48, 10).is_err());
         assert!(Scene::parse("front/bmw/x5", 64, 48, 10).is_err());
     }
