@@ -36,4 +36,11 @@ for mode in auto keyframes; do
   echo "bench: pipeline 1080p, decode=$mode" >&2
   "$bin" bench pipeline --cameras 2 --fps 2 --resolution 1080p --decode "$mode" --duration "$duration" --models "$models" --json > "$out/decode-$mode.json"
 done
+echo "bench: wide views located, tracked and decided against generated truth" >&2
+"$bin" bench accuracy --models "$models" --passages 48 --seed 5 --json > "$out/accuracy.json"
+for locate in frame motion; do
+  echo "bench: pipeline, 4 wide-view cameras, locate=$locate" >&2
+  "$bin" bench pipeline --cameras 4 --fps 4 --source-fps 10 --duration "$duration" --locate "$locate" \
+    --scene wide:angled/bmw/3-series --models "$models" --json > "$out/wide-$locate.json"
+done
 echo "bench: results in $out" >&2

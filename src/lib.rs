@@ -7,21 +7,24 @@
 //! - [`camera`]: one GStreamer pipeline per camera on its own thread (decode, drop to the
 //!   analysis rate, RGB), supervised with backoff; frames go into one bounded queue that
 //!   drops the oldest (counted) rather than block a camera.
+//! - [`locate`]: where the vehicles are. [`locate::motion`] boxes what moves, on the
+//!   camera's thread before the frame is queued; [`locate::detector`] runs an exported
+//!   TorchScript detector in the worker; `regions` and `frame` cameras classify fixed
+//!   crops.
 //! - [`batcher`] groups queued frames by size or deadline.
-//! - [`infer`] is the one thread that owns the model: it crops regions and runs
+//! - [`infer`] is the one thread that owns the model: it turns frames into crops (one
+//!   square per located vehicle, followed across frames by [`track`], or the regions, or
+//!   the whole frame) and runs
 //!   [`model::Recognizer`] — [`model::preprocess`] (crop, resize, ImageNet normalisation),
 //!   [`model::backbone`] (VGG-19's frozen convolutions, CPU or CUDA) and
 //!   [`model::cascade`] (heads for view -> make -> model, with marginals). Batches reach
 //!   the device through [`model::feed`] (on CUDA: pinned memory, a side stream, one batch
 //!   in flight), at a batch size [`model::sizing`] measured at start-up.
-//! - [`matcher`] compares predictions with the active [`alerts`], confirms over several
-//!   frames and applies cooldowns ([`rule`]), producing hits.
+//! - [`matcher`] compares predictions with the active [`alerts`]: per tracked vehicle on
+//!   the mean of its looks, one hit per (alert, vehicle); per region, confirming over
+//!   several frames with cooldowns ([`rule`]).
 //! - [`publish`] writes each hit's [`snapshot`] and publishes hits, camera status and the
 //!   active alerts over MQTT (to a configured broker, or an embedded one).
-//!
-//! Built ahead of their wiring into `watch` (issue 17): [`locate`] (motion proposals:
-//! where vehicles are in a wide view) and [`track`] (boxes across frames become
-//! vehicles).
 //!
 //! Around the flow: [`state_dir`] holds what an instance writes, locked against a second
 //! instance; [`threads`] names and supervises every long-lived thread. Small shared
@@ -31,8 +34,9 @@
 //!
 //! Beside the daemon: [`train`] builds a cascade from labelled photos (backbone features
 //! computed once and cached), [`input`] reads images for `classify`, and [`synthetic`]
-//! draws generated vehicles, clips and RTSP cameras: the test data and the demo, since
-//! no real weights or photos can be shipped.
+//! draws generated vehicles, streets, clips and RTSP cameras: the test data and the
+//! demo, since no real weights or photos can be shipped. [`bench`](mod@bench) measures throughput
+//! and, on generated streets with known truth, accuracy.
 //!
 //! The binary (`main.rs`, `cli/`, one file per subcommand) is thin: it parses
 //! arguments, installs signals, sets up logging and calls into this library, so tests
