@@ -28,7 +28,7 @@ use crate::model::feed::{Feeder, Staged};
 use crate::model::sizing;
 use crate::model::{Crop, DeviceChoice, ModelError, PrecisionChoice, Prediction, Recognizer, RgbImage};
 use crate::publish::Event;
-use crate::track::Vehicles;
+use crate::track::{TrackerConfig, Vehicles};
 
 /// A 32x32 grey sample of a region, for motion gating: cheap to take and to compare,
 /// coarse enough that sensor noise and compression do not count as motion.
@@ -415,7 +415,7 @@ impl Worker {
         if boxes.is_empty() && cam.camera.locate == Method::Motion {
             cam.motion_skipped.fetch_add(1, Ordering::Relaxed);
         }
-        let config = self.locate.tracker();
+        let config = TrackerConfig::from(&self.locate);
         let vehicles = self.vehicles.entry(cam.name().to_string()).or_insert_with(|| Vehicles::new(config));
         let before = vehicles.evicted();
         let (ids, ended) = vehicles.locate(frame, boxes);
@@ -425,7 +425,8 @@ impl Worker {
             hits.extend(self.matcher.vehicle_gone(frame, gone, wall));
         }
         for (&track, &b) in ids.iter().zip(boxes) {
-            let crop = square_crop(b, frame.width, frame.height, self.locate.crop_margin);
+            let c = square_crop(b, frame.width, frame.height, self.locate.crop_margin);
+            let crop = Crop { x: c.x, y: c.y, width: c.width, height: c.height };
             items.push(Item { frame: fi, target: Target::Vehicle { track }, crop });
         }
     }

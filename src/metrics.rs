@@ -23,7 +23,6 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
 use crate::camera::{CameraShared, State};
-use crate::publish::PublishError;
 
 /// `[metrics]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -175,11 +174,9 @@ impl Collector for Cameras {
                 "Located vehicles not classified: beyond locate.max_vehicles_per_frame.",
                 |c| c.vehicles_skipped.load(Ordering::Relaxed),
             ),
-            (
-                "carwatch_camera_tracks_evicted",
-                "Tracks ended early because locate.max_tracks were alive.",
-                |c| c.tracks_evicted.load(Ordering::Relaxed),
-            ),
+            ("carwatch_camera_tracks_evicted", "Tracks ended early because locate.max_tracks were alive.", |c| {
+                c.tracks_evicted.load(Ordering::Relaxed)
+            }),
         ];
         for (name, help, read) in counters {
             let sample = ConstCounter::new(0u64);
@@ -345,9 +342,17 @@ impl Metrics {
 /// [`MAX_CONNECTIONS`] at once (more are closed at once), and each has 2 seconds to send
 /// its request and read the answer: slow or many clients cannot make threads or memory
 /// grow, nor hold up a health check for long.
-pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>, stale: Duration) -> Result<(), PublishError> {
-    let server =
-        std::net::TcpListener::bind(listen).map_err(|source| PublishError::MetricsListen { listen, source })?;
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot serve metrics on {listen}: {source}; change or remove [metrics] listen")]
+    Listen { listen: SocketAddr, source: std::io::Error },
+    #[error("cannot start thread `metrics`: {source}")]
+    Spawn { source: std::io::Error },
+}
+
+pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>, stale: Duration) -> Result<(), MetricsError> {
+    let server = std::net::TcpListener::bind(listen).map_err(|source| MetricsError::Listen { listen, source })?;
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     crate::threads::spawn("metrics", move || {
         for stream in server.incoming() {
@@ -366,7 +371,7 @@ pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>, stale: Duration) -> Resu
             }
         }
     })
-    .map_err(|source| PublishError::Spawn { thread: "metrics", source })?;
+    .map_err(|source| MetricsError::Spawn { source })?;
     tracing::info!("metrics on http://{listen}/metrics");
     Ok(())
 }

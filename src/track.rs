@@ -32,6 +32,12 @@ pub struct TrackerConfig {
     pub min_iou: f32,
 }
 
+impl From<&crate::locate::LocateConfig> for TrackerConfig {
+    fn from(c: &crate::locate::LocateConfig) -> Self {
+        TrackerConfig { lost_after: c.track_lost, max_tracks: c.max_tracks as usize, ..TrackerConfig::default() }
+    }
+}
+
 impl Default for TrackerConfig {
     fn default() -> Self {
         TrackerConfig { lost_after: Duration::from_secs(3), max_tracks: 32, min_iou: 0.1 }

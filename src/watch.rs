@@ -118,6 +118,8 @@ pub enum WatchError {
     Publish(#[from] PublishError),
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
     #[error("[broker]: {0}")]
     BrokerConfig(String),
     #[error("cannot start thread `{thread}`: {source}")]

@@ -107,7 +107,7 @@ pub fn accuracy(opts: &AccuracyOptions) -> Result<AccuracyResult, String> {
     let mut matcher = Matcher::new(alert(&recognizer, &opts.wanted, opts.confirm_frames, opts.min_confidence)?);
     let locate = LocateConfig::default();
     let mut locator = MotionLocator::new(locate.motion);
-    let mut vehicles = Vehicles::new(locate.tracker());
+    let mut vehicles = Vehicles::new(crate::track::TrackerConfig::from(&locate));
     let mut tracks: HashMap<u64, TrackTruth> = HashMap::new();
     let mut hits: Vec<u64> = Vec::new();
     let (mut truth_boxes, mut located, mut matched_truth, mut matched_boxes) = (0usize, 0usize, 0usize, 0usize);
@@ -154,7 +154,8 @@ pub fn accuracy(opts: &AccuracyOptions) -> Result<AccuracyResult, String> {
             .iter()
             .map(|&b| {
                 let image = RgbImage::new(&frame.rgb, w, h, w as usize * 3).map_err(|e| e.to_string())?;
-                Ok((image, square_crop(b, w, h, locate.crop_margin)))
+                let c = square_crop(b, w, h, locate.crop_margin);
+                Ok((image, crate::model::Crop { x: c.x, y: c.y, width: c.width, height: c.height }))
             })
             .collect::<Result<_, String>>()?;
         let predictions = recognizer.classify(&views).map_err(|e| e.to_string())?;

@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::model::Crop;
 use crate::values::bounded;
 
 /// How a camera finds what to classify (`locate`).
@@ -123,29 +122,20 @@ impl LocateConfig {
         }
         self.motion.check().map_err(|e| format!("motion.{e}"))
     }
-
-    /// The tracker settings these give.
-    pub fn tracker(&self) -> crate::track::TrackerConfig {
-        crate::track::TrackerConfig {
-            lost_after: self.track_lost,
-            max_tracks: self.max_tracks as usize,
-            ..crate::track::TrackerConfig::default()
-        }
-    }
 }
 
 /// The square crop classified for `b` in a `width` x `height` frame: `b`'s longer side
 /// plus `margin` of it, centred on `b`, moved (not cut) to lie inside the frame; cut
 /// only where the frame is smaller than the square. Square because the cascade is
 /// trained on square photos: a stretched crop would look like another model.
-pub fn square_crop(b: Bounds, width: u32, height: u32, margin: f32) -> Crop {
+pub fn square_crop(b: Bounds, width: u32, height: u32, margin: f32) -> Bounds {
     let side = (b.width.max(b.height) as f32 * (1.0 + margin)).round() as u32;
     let (w, h) = (side.clamp(1, width.max(1)), side.clamp(1, height.max(1)));
     let centre = |at: u32, len: u32, span: u32, frame: u32| -> u32 {
         let c = at as i64 + len as i64 / 2 - span as i64 / 2;
         c.clamp(0, (frame - span) as i64) as u32
     };
-    Crop { x: centre(b.x, b.width, w, width), y: centre(b.y, b.height, h, height), width: w, height: h }
+    Bounds { x: centre(b.x, b.width, w, width), y: centre(b.y, b.height, h, height), width: w, height: h }
 }
 
 /// A box in frame pixels.
@@ -192,12 +182,12 @@ mod tests {
     #[test]
     fn crops_are_square_around_the_box_and_inside_the_frame() {
         let b = Bounds { x: 100, y: 100, width: 200, height: 100 };
-        assert_eq!(square_crop(b, 1280, 720, 0.1), Crop { x: 90, y: 40, width: 220, height: 220 });
+        assert_eq!(square_crop(b, 1280, 720, 0.1), Bounds { x: 90, y: 40, width: 220, height: 220 });
         // At the frame's corner the square moves in rather than being cut.
         let corner = Bounds { x: 0, y: 0, width: 100, height: 50 };
-        assert_eq!(square_crop(corner, 1280, 720, 0.2), Crop { x: 0, y: 0, width: 120, height: 120 });
+        assert_eq!(square_crop(corner, 1280, 720, 0.2), Bounds { x: 0, y: 0, width: 120, height: 120 });
         // Taller than the frame allows: cut to the frame.
         let huge = Bounds { x: 0, y: 0, width: 1000, height: 700 };
-        assert_eq!(square_crop(huge, 1280, 720, 0.1), Crop { x: 0, y: 0, width: 1100, height: 720 });
+        assert_eq!(square_crop(huge, 1280, 720, 0.1), Bounds { x: 0, y: 0, width: 1100, height: 720 });
     }
 }

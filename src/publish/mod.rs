@@ -58,8 +58,6 @@ pub enum PublishError {
     Broker(String),
     #[error("embedded MQTT broker did not answer on {0} within 5 s")]
     BrokerSilent(std::net::SocketAddr),
-    #[error("cannot serve metrics on {listen}: {source}")]
-    MetricsListen { listen: std::net::SocketAddr, source: std::io::Error },
     #[error("cannot start thread `{thread}`: {source}")]
     Spawn { thread: &'static str, source: std::io::Error },
 }
