@@ -38,7 +38,7 @@ fn every_head_reaches_ninety_percent_on_validation() {
 fn held_out_photos_are_classified_correctly() {
     let t = trained();
     let dir = support::tempdir();
-    let held = carwatch::synthetic::write_dataset(dir.path(), HELD_OUT_PER_CLASS, 4242, 128).unwrap();
+    let held = carwatch::synthetic::write_dataset(dir.path(), HELD_OUT_PER_CLASS, 4242, 224).unwrap();
     let mut cmd = carwatch();
     cmd.arg("classify").arg("--models").arg(&t.models).arg("--json");
     cmd.args(held.iter().map(|s| &s.path));

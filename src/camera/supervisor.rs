@@ -147,6 +147,7 @@ pub fn run(
     let mut backoff = Backoff::new(timing.backoff_min, timing.backoff_max);
     let poll = Duration::from_millis(100).min(timing.stall_timeout);
     let mut attempts: u64 = 0;
+    let mut masks_checked = false;
     loop {
         if attempts > 0 {
             camera.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -178,6 +179,10 @@ pub fn run(
                             camera.frames_in.fetch_add(1, Ordering::Relaxed);
                             let mut frame = frame;
                             if let Some(m) = motion.as_mut() {
+                                if !masks_checked {
+                                    masks_checked = true;
+                                    check_masks(&camera, frame.width, frame.height);
+                                }
                                 locate(m, &camera, &mut frame);
                             }
                             queue.push(Arc::new(frame));
@@ -206,6 +211,19 @@ pub fn run(
                 return;
             }
             Err(RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
+/// Regions that do not fit the camera's frames mask nothing: said once, at the first
+/// frame (regions in fractions are checked with the config; pixels need the frame size).
+fn check_masks(camera: &CameraShared, width: u32, height: u32) {
+    for (i, r) in camera.camera.regions.iter().enumerate() {
+        if let Err(e) = r.resolve(width, height) {
+            tracing::error!(
+                camera = %camera.name(),
+                "regions[{i}] as a mask: {e}; vehicles there are ignored. Fix the region for {width}x{height} frames"
+            );
         }
     }
 }

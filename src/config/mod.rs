@@ -166,16 +166,8 @@ impl Config {
         let locate = checked(&mut doc, "locate", LocateConfig::check);
         let detector = checked(&mut doc, "detector", DetectorConfig::check);
 
-        let (cameras, camera_secrets) = cameras(&mut doc);
-        if detector.is_none()
-            && let Some(c) = cameras.iter().find(|c| c.locate == Method::Detector)
-        {
-            let reason = format!(
-                "camera `{}` has locate = \"detector\", but there is no [detector] section naming the model file",
-                c.name
-            );
-            doc.push_problem(0..0, "detector", &reason);
-        }
+        let has_detector = doc.keys().iter().any(|(k, _)| k == "detector");
+        let (cameras, camera_secrets) = cameras(&mut doc, has_detector);
         let (mqtt, topics, mqtt_secrets) = mqtt(&mut doc);
         let inline_secrets = camera_secrets || mqtt_secrets;
 
@@ -224,7 +216,7 @@ fn checked<T: serde::de::DeserializeOwned>(
 }
 
 /// The `[[camera]]` entries, each checked on its own; whether any holds a password.
-fn cameras(doc: &mut Document) -> (Vec<Camera>, bool) {
+fn cameras(doc: &mut Document, has_detector: bool) -> (Vec<Camera>, bool) {
     let mut cameras = Vec::new();
     let mut names = HashSet::new();
     let mut inline_secrets = false;
@@ -237,6 +229,13 @@ fn cameras(doc: &mut Document) -> (Vec<Camera>, bool) {
             doc.push_problem(span.clone(), &key, &format!("camera name `{}` is used twice", c.name));
         }
         match Camera::from_config(&c) {
+            Ok(cam) if cam.locate == Method::Detector && !has_detector => {
+                let reason = format!(
+                    "camera `{}` has locate = \"detector\", but there is no [detector] section naming the model file",
+                    c.name
+                );
+                doc.push_problem(span, &key, &reason);
+            }
             Ok(cam) => cameras.push(cam),
             Err(e) => doc.push_problem(span, &key, &format!("camera `{}`: {e}", c.name)),
         }
@@ -384,6 +383,28 @@ mod tests {
         let ok = parse("[[camera]]\nname = \"gate\"\nurl = \"rtsp://cam/1\"\nregions = [{ x = 0, y = 0, width = 0.5, height = 1.0 }]\n").unwrap();
         assert_eq!(ok.cameras.len(), 1);
         assert_eq!(ok.cameras[0].fps, 2.0);
+    }
+
+    #[test]
+    fn each_camera_locates_as_told_or_by_default() {
+        let cam = |extra: &str| format!("[[camera]]\nname = \"c\"\nurl = \"rtsp://cam/1\"\n{extra}\n");
+        let region = "regions = [{ x = 0, y = 0, width = 0.5, height = 1.0 }]";
+        let locate = |text: &str| parse(text).map(|c| c.cameras[0].locate);
+        assert_eq!(locate(&cam("")).unwrap(), Method::Motion, "no regions: motion");
+        assert_eq!(locate(&cam(region)).unwrap(), Method::Regions, "regions: as before");
+        assert_eq!(locate(&cam(&format!("{region}\nlocate = \"motion\""))).unwrap(), Method::Motion);
+        assert_eq!(locate(&cam("locate = \"frame\"")).unwrap(), Method::Frame);
+        let e = locate(&cam("locate = \"regions\"")).unwrap_err().to_string();
+        assert!(e.contains("needs at least one entry in `regions`"), "{e}");
+        let e = locate(&cam("locate = \"detector\"")).unwrap_err().to_string();
+        assert!(e.contains("no [detector] section"), "{e}");
+        let with_detector = format!("{}\n[detector]\nfile = \"d.pt\"\ninput = 100\n", cam("locate = \"detector\""));
+        let e = parse(&with_detector).unwrap_err().to_string();
+        assert!(e.contains("multiple of 32") && e.contains(":6:") && !e.contains("no [detector]"), "at its line: {e}");
+        let e = parse("[locate.motion]\nmin_area = 0.5\nmax_area = 0.1\n").unwrap_err().to_string();
+        assert!(e.contains("min_area (0.5) must be below max_area (0.1)"), "{e}");
+        let e = parse("[locate]\nmax_vehicles_per_frame = 0\n").unwrap_err().to_string();
+        assert!(e.contains(":2:") && e.contains("from 1 to 64"), "{e}");
     }
 
     #[test]
