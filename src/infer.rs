@@ -28,6 +28,7 @@ use crate::model::feed::{Feeder, Staged};
 use crate::model::sizing;
 use crate::model::{Crop, DeviceChoice, ModelError, PrecisionChoice, Prediction, Recognizer, RgbImage};
 use crate::publish::Event;
+use crate::sightings::{Ended, Recorder};
 use crate::track::{TrackerConfig, Vehicles};
 
 /// A 32x32 grey sample of a region, for motion gating: cheap to take and to compare,
@@ -81,6 +82,8 @@ pub struct Links {
     pub locate: LocateConfig,
     /// Loaded with the model when some camera has `locate = "detector"`.
     pub detector: Option<DetectorConfig>,
+    /// Where vehicles whose tracks ended go to be remembered.
+    pub sightings: Option<Recorder>,
 }
 
 /// The worker's state.
@@ -105,6 +108,7 @@ pub struct Worker {
     detector: Option<Detector>,
     /// Per tracking camera: its vehicles.
     vehicles: HashMap<String, Vehicles>,
+    sightings: Option<Recorder>,
 }
 
 /// What a crop shows.
@@ -166,7 +170,18 @@ impl Worker {
         precision: PrecisionChoice,
         links: Links,
     ) -> Result<Worker, WorkerError> {
-        let Links { mut batcher, matcher, events, alert_updates, metrics, hang, auto_batch, locate, detector } = links;
+        let Links {
+            mut batcher,
+            matcher,
+            events,
+            alert_updates,
+            metrics,
+            hang,
+            auto_batch,
+            locate,
+            detector,
+            sightings,
+        } = links;
         let recognizer = Recognizer::load_choosing(models, device, precision)?;
         let placement = recognizer.backbone.placement();
         let detector = match detector {
@@ -222,6 +237,7 @@ impl Worker {
             locate,
             detector,
             vehicles: HashMap::new(),
+            sightings,
         })
     }
 
@@ -258,6 +274,7 @@ impl Worker {
                     if let Some(f) = flight.take() {
                         self.finish(f, &mut failures)?;
                     }
+                    self.remember_all();
                     return Ok(());
                 }
                 Next::Idle => match flight.take() {
@@ -421,8 +438,11 @@ impl Worker {
         let (ids, ended) = vehicles.locate(frame, boxes);
         cam.tracks_evicted.fetch_add(vehicles.evicted() - before, Ordering::Relaxed);
         let wall = Timestamp::now();
-        for gone in &ended {
-            hits.extend(self.matcher.vehicle_gone(frame, gone, wall));
+        for gone in ended {
+            hits.extend(self.matcher.vehicle_gone(frame, &gone, wall));
+            if let Some(r) = &self.sightings {
+                r.record(Ended { camera: cam.name().to_string(), vehicle: gone });
+            }
         }
         for (&track, &b) in ids.iter().zip(boxes) {
             let c = square_crop(b, frame.width, frame.height, self.locate.crop_margin);
@@ -492,6 +512,16 @@ impl Worker {
         self.metrics.observe_stage(Stage::matcher, matching.elapsed());
         self.metrics.batch_size.observe(frames.len() as f64);
         self.announce_alerts(false)
+    }
+
+    /// At shutdown: every live vehicle goes to the sightings store, as if its track ended.
+    fn remember_all(&mut self) {
+        let Some(r) = &self.sightings else { return };
+        for (camera, vehicles) in &mut self.vehicles {
+            for vehicle in vehicles.drain() {
+                r.record(Ended { camera: camera.clone(), vehicle });
+            }
+        }
     }
 
     /// Sends the active alert list when it changed (or always, with `force`).

@@ -23,6 +23,8 @@
 //! - [`matcher`] compares predictions with the active [`alerts`]: per tracked vehicle on
 //!   the mean of its looks, one hit per (alert, vehicle); per region, confirming over
 //!   several frames with cooldowns ([`rule`]).
+//! - [`sightings`] remembers every tracked vehicle when its track ends (SQLite in the
+//!   state directory, its own thread), for `carwatch search`.
 //! - [`publish`] writes each hit's [`snapshot`] and publishes hits, camera status and the
 //!   active alerts over MQTT (to a configured broker, or an embedded one).
 //!
@@ -63,6 +65,7 @@ pub mod model;
 pub mod notify;
 pub mod publish;
 pub mod rule;
+pub mod sightings;
 pub mod snapshot;
 pub mod state_dir;
 pub mod synthetic;

@@ -175,8 +175,9 @@ impl Tracker {
 #[derive(Debug, Clone)]
 pub struct Vehicle {
     pub track: u64,
-    /// When its first box was captured.
+    /// When its first and its latest box were captured.
     pub first_seen: SystemTime,
+    pub last_seen: SystemTime,
     /// Its box in the latest located frame.
     pub bounds: Bounds,
     /// The mean of its classified looks (none until the first is classified): of its
@@ -240,6 +241,7 @@ impl Vehicles {
             let v = self.vehicles.entry(id).or_insert_with(|| Vehicle {
                 track: id,
                 first_seen: frame.captured_at,
+                last_seen: frame.captured_at,
                 bounds: b,
                 average: None,
                 whole: false,
@@ -247,6 +249,7 @@ impl Vehicles {
                 best: None,
             });
             v.bounds = b;
+            v.last_seen = frame.captured_at;
             let edge = at_edge(&b, frame.width, frame.height);
             v.cut = edge;
             let score = if edge { b.area() / 2 } else { b.area() };
@@ -276,6 +279,11 @@ impl Vehicles {
     /// Tracks ended early because `max_tracks` were alive (since start).
     pub fn evicted(&self) -> u64 {
         self.tracker.evicted
+    }
+
+    /// Every live vehicle, taken out (at shutdown).
+    pub fn drain(&mut self) -> Vec<Vehicle> {
+        self.vehicles.drain().map(|(_, v)| v).collect()
     }
 }
 

@@ -38,6 +38,7 @@ use crate::notify;
 use crate::publish::mqtt::{Mqtt, MqttSettings};
 use crate::publish::outbox::{Outbox, OutboxError};
 use crate::publish::{Event, HitCallback, PublishError, Publisher, PublisherConfig, broker};
+use crate::sightings::{self, Recorder};
 use crate::snapshot;
 use crate::state_dir::{self, StateDirError, StateLock};
 use crate::threads::{self, Ended};
@@ -180,6 +181,8 @@ pub struct Daemon {
     notify: JoinHandle<()>,
     notify_stop: Sender<()>,
     publisher: JoinHandle<()>,
+    /// Ends once the worker (its only sender) has: then it has stored what it was given.
+    sightings: Option<JoinHandle<()>>,
     _state_lock: StateLock,
 }
 
@@ -226,7 +229,8 @@ impl Daemon {
         let Checked { models, alerts: alert_file, state_lock } = check(config, models)?;
         let output = start_output(config, on_hit)?;
         let matcher = Matcher::new(alert_file.set.clone());
-        let inference = start_inference(config, &models, matcher, &output, seam.hang_inference)?;
+        let (recorder, sightings) = start_sightings(config)?;
+        let inference = start_inference(config, &models, matcher, &output, seam.hang_inference, recorder)?;
         // Wait for the model, still answering SIGTERM: loading can take minutes on a slow
         // disk. A model that fails to load ends the process at once (exit 2, as for any
         // problem the operator must fix in files), after the publisher has said `offline`.
@@ -285,6 +289,7 @@ impl Daemon {
             notify,
             notify_stop,
             publisher: output.publisher,
+            sightings,
             _state_lock: state_lock,
         }))
     }
@@ -318,6 +323,9 @@ impl Daemon {
         };
         drop((self.infer_stop, self.alerts_stop));
         join_within("infer", self.infer, Duration::from_millis(500));
+        if let Some(s) = self.sightings {
+            join_within("sightings", s, Duration::from_secs(2));
+        }
         join_within("alerts", self.alerts, Duration::from_millis(500));
         join_within("notify", self.notify, Duration::from_millis(500));
         // The publisher stores what the worker handed over, delivers for up to 1.5 s,
@@ -429,6 +437,7 @@ fn start_inference(
     matcher: Matcher,
     output: &Output,
     hang: bool,
+    sightings: Option<Recorder>,
 ) -> Result<Inference, WatchError> {
     let gpu = config.model.device.resolve().map(|d| d.is_cuda()).unwrap_or(false);
     let (queue, frames) = FrameQueue::bounded(config.batch.queue_len(gpu), config.batch.queue_bytes);
@@ -447,6 +456,7 @@ fn start_inference(
         hang,
         auto_batch,
         locate: config.locate.clone(),
+        sightings,
         detector: config
             .cameras
             .iter()
@@ -514,6 +524,21 @@ fn start_alerts(
     })
     .map_err(spawn_err("alert-errors"))?;
     Ok((handle, stop))
+}
+
+/// The `sightings` thread, when `[sightings]` is enabled and some camera tracks
+/// vehicles; the worker's end of its channel.
+fn start_sightings(config: &Config) -> Result<(Option<Recorder>, Option<JoinHandle<()>>), WatchError> {
+    let tracking = config.cameras.iter().any(|c| c.enabled && c.locate.tracks());
+    if !config.sightings.enabled || !tracking {
+        return Ok((None, None));
+    }
+    let (recorder, rx) = sightings::channel();
+    let path = config.sightings.path(&config.state_dir);
+    let (c, counters) = (config.sightings.clone(), Arc::new(sightings::Counters::default()));
+    let handle =
+        threads::spawn("sightings", move || sightings::run(c, path, rx, counters)).map_err(spawn_err("sightings"))?;
+    Ok((Some(recorder), Some(handle)))
 }
 
 /// One `camera:<name>` thread per camera, each supervising its pipeline.

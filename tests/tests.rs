@@ -7,6 +7,7 @@ mod check;
 mod faults;
 mod operations;
 mod performance;
+mod sightings;
 mod train_classify;
 mod watch;
 mod wide;

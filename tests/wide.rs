@@ -13,13 +13,13 @@ use crate::support::daemon::{Scenario, Watcher};
 use crate::support::mqtt::{Mosquitto, Subscriber, free_port};
 use crate::support::{self, carwatch, run, stdout};
 
-const WIDTH: u32 = 1280;
-const HEIGHT: u32 = 720;
+pub(crate) const WIDTH: u32 = 1280;
+pub(crate) const HEIGHT: u32 = 720;
 
 /// A street where the wanted BMW and then a Volvo cross, in turn, 12 s a pass.
-const STREET: &str = "street; 5:angled/bmw/3-series@-0.24,0.42,0.24,0.42>1,0.42; 1:; \
+pub(crate) const STREET: &str = "street; 5:angled/bmw/3-series@-0.24,0.42,0.24,0.42>1,0.42; 1:; \
                       5:angled/volvo/xc90@-0.24,0.42,0.24,0.42>1,0.42; 1:";
-const PERIOD: f64 = 12.0;
+pub(crate) const PERIOD: f64 = 12.0;
 
 /// The test detector (tests/support/make_detector.py), written with the project's venv.
 fn detector_file(dir: &Path, wrong_shape: bool) -> PathBuf {

@@ -28,6 +28,7 @@ const EXIT_CONFIG: u8 = 2;
 mod bench;
 mod check;
 mod classify;
+mod search;
 mod synth;
 mod table;
 mod train;
@@ -57,6 +58,8 @@ enum Command {
     Train(TrainArgs),
     /// Classify images (files or http(s) URLs) through backbone and cascade.
     Classify(ClassifyArgs),
+    /// Search the vehicles `watch` remembered (sightings), by description, camera and time.
+    Search(SearchArgs),
     /// Validate the config, the alert file and the models; list every problem.
     Check(CheckArgs),
     /// Generate synthetic data: labelled vehicle images or random backbone weights.
@@ -302,6 +305,34 @@ struct CheckArgs {
     config: PathBuf,
 }
 
+#[derive(Args)]
+struct SearchArgs {
+    #[arg(long, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    #[arg(long)]
+    make: Option<String>,
+    /// Needs --make.
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long)]
+    camera: Option<String>,
+    /// Seen at or after: a span back from now (2h, 30m, 90s, 1d) or an RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
+    /// Seen at or before: as --since.
+    #[arg(long)]
+    until: Option<String>,
+    /// Least probability of the make (and model) [default: 0.5].
+    #[arg(long)]
+    min_confidence: Option<f32>,
+    /// Most sightings shown, newest first (0: all).
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum SynthCommand {
     /// Write generated vehicle photos in the layout `train` reads.
@@ -373,6 +404,7 @@ pub fn main() -> ExitCode {
         Command::Train(a) => train::train_cmd(a),
         Command::Classify(a) => classify::classify_cmd(a),
         Command::Check(a) => check::check_cmd(a),
+        Command::Search(a) => search::search_cmd(a),
         Command::Synth(a) => synth::synth_cmd(a),
         Command::Bench(a) => bench::bench_cmd(a),
     };

@@ -25,6 +25,7 @@ use crate::publish::Topics;
 use crate::publish::broker::BrokerConfig;
 use crate::publish::mqtt::{MqttConfig, MqttSettings, default_prefix};
 use crate::rule::MatcherConfig;
+use crate::sightings::SightingsConfig;
 use crate::snapshot::SnapshotConfig;
 
 /// Where carwatch looks for its config when none is given.
@@ -46,6 +47,8 @@ pub struct Config {
     pub locate: LocateConfig,
     /// The detector of `locate = "detector"` cameras.
     pub detector: Option<DetectorConfig>,
+    /// Where tracked vehicles are remembered.
+    pub sightings: SightingsConfig,
     pub batch: BatchConfig,
     pub matcher: MatcherConfig,
     /// The broker to publish to; `None` starts the embedded one on `broker.listen`.
@@ -152,6 +155,7 @@ impl Config {
             "metrics",
             "locate",
             "detector",
+            "sightings",
         ]);
         let state_dir = doc.section::<PathBuf>("state_dir").map(|s| s.into_inner());
         let alerts = doc.section::<PathBuf>("alerts").map(|s| s.into_inner());
@@ -165,6 +169,7 @@ impl Config {
         let metrics = doc.section::<MetricsConfig>("metrics").map(|s| s.into_inner());
         let locate = checked(&mut doc, "locate", LocateConfig::check);
         let detector = checked(&mut doc, "detector", DetectorConfig::check);
+        let sightings = doc.section::<SightingsConfig>("sightings").map(|s| s.into_inner());
 
         let has_detector = doc.keys().iter().any(|(k, _)| k == "detector");
         let (cameras, camera_secrets) = cameras(&mut doc, has_detector);
@@ -183,6 +188,7 @@ impl Config {
             cameras,
             locate: locate.unwrap_or_default(),
             detector,
+            sightings: sightings.unwrap_or_default(),
             batch: batch.unwrap_or_default(),
             matcher: matcher.unwrap_or_default(),
             mqtt,

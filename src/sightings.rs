@@ -1,0 +1,719 @@
+//! Sightings: every vehicle carwatch tracked, remembered, so that it can be searched.
+//!
+//! An AMBER alert is issued after the car has gone; the question then is "did it pass
+//! one of our cameras in the last hour?". Every track of a `motion` or `detector`
+//! camera becomes one row of an embedded SQLite database in `state_dir` when the track
+//! ends: camera, track, first and last seen, best box, a thumbnail of its best look,
+//! and what the cascade made of it (the most likely view, and the top five makes and
+//! (make, model) pairs of the mean of its looks, with their probabilities).
+//!
+//! The worker hands ended vehicles to the `sightings` thread through a bounded channel
+//! (full: counted and dropped, never waited for); that thread writes thumbnails and
+//! inserts rows in batched transactions, and prunes rows (and their thumbnails) older
+//! than `retain_days` or beyond `max_rows`. A database that is locked, corrupt or on a
+//! full disk never stops live hits: the failure is logged and counted. `carwatch
+//! search` reads the same file from another process while `watch` writes it (WAL).
+//!
+//! The file carries its schema version (`PRAGMA user_version`); one written by a newer
+//! carwatch is refused with a message rather than misread.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use jiff::Timestamp;
+use rusqlite::{Connection, OpenFlags, params};
+use serde::{Deserialize, Serialize};
+
+use crate::locate::Bounds;
+use crate::model::Level;
+use crate::track::Vehicle;
+
+/// The schema this carwatch writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// `[sightings]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SightingsConfig {
+    /// Remember tracked vehicles at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The database file [default: `<state_dir>/sightings.db`]; thumbnails go beside it
+    /// in `thumbnails/`.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Rows older than this are removed, with their thumbnails.
+    #[serde(default = "default_retain", deserialize_with = "retain_days")]
+    pub retain_days: Duration,
+    /// Most rows kept; beyond it the oldest go first.
+    #[serde(default = "default_max_rows")]
+    pub max_rows: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_retain() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+
+fn default_max_rows() -> u64 {
+    1_000_000
+}
+
+fn retain_days<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let days = f64::deserialize(d)?;
+    if !(days.is_finite() && days > 0.0 && days <= 3650.0) {
+        return Err(serde::de::Error::custom(format!(
+            "expected a number of days above 0 and at most 3650, found {days}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(days * 86_400.0))
+}
+
+impl Default for SightingsConfig {
+    fn default() -> Self {
+        SightingsConfig { enabled: true, file: None, retain_days: default_retain(), max_rows: default_max_rows() }
+    }
+}
+
+impl SightingsConfig {
+    /// The database file, given the instance's `state_dir`.
+    pub fn path(&self, state_dir: &Path) -> PathBuf {
+        self.file.clone().unwrap_or_else(|| state_dir.join("sightings.db"))
+    }
+}
+
+/// Why the store cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SightingsError {
+    #[error("sightings database {}: {source}", path.display())]
+    Sqlite { path: PathBuf, source: rusqlite::Error },
+    #[error(
+        "sightings database {} has schema version {found}, written by a newer carwatch (this one writes {SCHEMA_VERSION}); upgrade carwatch, or move the file away to start a new one",
+        path.display()
+    )]
+    Newer { path: PathBuf, found: i64 },
+    #[error("sightings database {}: no such file (has `watch` run with [sightings] enabled?)", path.display())]
+    Missing { path: PathBuf },
+}
+
+/// A (label, probability) pair as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scored {
+    pub label: String,
+    pub p: f32,
+}
+
+/// One remembered vehicle.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sighting {
+    pub camera: String,
+    pub track_id: u64,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+    /// Its box in its best look, frame pixels.
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+    /// The most likely view.
+    pub view: String,
+    /// The most likely (make, model) and its probability.
+    pub make: String,
+    pub model: String,
+    pub confidence: f32,
+    /// Top five makes, and top five `make/model` pairs, most likely first.
+    pub makes: Vec<Scored>,
+    pub make_models: Vec<Scored>,
+    /// The JPEG of its best look, cropped to the vehicle.
+    pub thumbnail: Option<PathBuf>,
+}
+
+impl Sighting {
+    /// Marginal probability of `make` (and `model`) as far as the stored top five tell
+    /// (0 beyond them): the live rule's number, for the makes and models that matter.
+    pub fn probability(&self, make: &str, model: Option<&str>) -> f32 {
+        let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+        match model {
+            None => self.makes.iter().find(|s| eq(&s.label, make)).map_or(0.0, |s| s.p),
+            Some(m) => {
+                let want = format!("{make}/{m}");
+                self.make_models.iter().find(|s| eq(&s.label, &want)).map_or(0.0, |s| s.p)
+            }
+        }
+    }
+
+    /// A sighting of `vehicle` of `camera` (none before its first classified look).
+    pub fn of(camera: &str, vehicle: &Vehicle, last_seen: Timestamp) -> Option<Sighting> {
+        let mean = vehicle.average.as_ref()?.prediction();
+        let best = vehicle.best.as_ref()?;
+        let makes: Vec<Scored> =
+            mean.marginal(Level::Make).into_iter().take(5).map(|(l, p)| Scored { label: l.to_string(), p }).collect();
+        let pairs = mean.make_models();
+        let make_models: Vec<Scored> =
+            pairs.iter().take(5).map(|((m, o), p)| Scored { label: format!("{m}/{o}"), p: *p }).collect();
+        let ((make, model), confidence) =
+            pairs.first().map(|((m, o), p)| ((m.to_string(), o.to_string()), *p)).unwrap_or_default();
+        let b = best.bounds;
+        Some(Sighting {
+            camera: camera.to_string(),
+            track_id: vehicle.track,
+            first_seen: Timestamp::try_from(vehicle.first_seen).unwrap_or(last_seen),
+            last_seen,
+            x: b.x,
+            y: b.y,
+            width: b.width,
+            height: b.height,
+            view: mean.label(Level::View).to_string(),
+            make,
+            model,
+            confidence,
+            makes,
+            make_models,
+            thumbnail: None,
+        })
+    }
+}
+
+/// What `carwatch search` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub make: Option<String>,
+    pub model: Option<String>,
+    pub camera: Option<String>,
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+    /// Least probability of the make (and model) asked for [default 0.5].
+    pub min_confidence: Option<f32>,
+    pub limit: usize,
+}
+
+/// The database.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    fn err(&self) -> impl FnOnce(rusqlite::Error) -> SightingsError + '_ {
+        move |source| SightingsError::Sqlite { path: self.path.clone(), source }
+    }
+
+    /// Opens (creating it and its directory if needed) the database at `path` for
+    /// writing: WAL, so readers in other processes never block the writer.
+    pub fn open(path: &Path) -> Result<Store, SightingsError> {
+        let sql = |source| SightingsError::Sqlite { path: path.to_path_buf(), source };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path).map_err(sql)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(sql)?;
+        let _: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(sql)?;
+        conn.execute_batch("PRAGMA synchronous = NORMAL").map_err(sql)?;
+        let store = Store { conn, path: path.to_path_buf() };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Opens an existing database for reading (`carwatch search`).
+    pub fn open_read_only(path: &Path) -> Result<Store, SightingsError> {
+        if !path.is_file() {
+            return Err(SightingsError::Missing { path: path.to_path_buf() });
+        }
+        let sql = |source| SightingsError::Sqlite { path: path.to_path_buf(), source };
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sql)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(sql)?;
+        let store = Store { conn, path: path.to_path_buf() };
+        let version = store.version()?;
+        if version > SCHEMA_VERSION {
+            return Err(SightingsError::Newer { path: path.to_path_buf(), found: version });
+        }
+        Ok(store)
+    }
+
+    fn version(&self) -> Result<i64, SightingsError> {
+        self.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(self.err())
+    }
+
+    /// Brings an older schema up to this one; refuses a newer one.
+    fn migrate(&self) -> Result<(), SightingsError> {
+        let version = self.version()?;
+        if version > SCHEMA_VERSION {
+            return Err(SightingsError::Newer { path: self.path.clone(), found: version });
+        }
+        if version < 1 {
+            self.conn
+                .execute_batch(
+                    "BEGIN;
+                     CREATE TABLE IF NOT EXISTS sightings (
+                         id INTEGER PRIMARY KEY,
+                         camera TEXT NOT NULL,
+                         track INTEGER NOT NULL,
+                         first_seen INTEGER NOT NULL,
+                         last_seen INTEGER NOT NULL,
+                         x INTEGER NOT NULL, y INTEGER NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL,
+                         view TEXT NOT NULL,
+                         make TEXT NOT NULL COLLATE NOCASE,
+                         model TEXT NOT NULL COLLATE NOCASE,
+                         confidence REAL NOT NULL,
+                         makes TEXT NOT NULL,
+                         make_models TEXT NOT NULL,
+                         thumbnail TEXT
+                     );
+                     CREATE INDEX IF NOT EXISTS sightings_seen ON sightings (last_seen);
+                     CREATE INDEX IF NOT EXISTS sightings_make ON sightings (make, model, last_seen);
+                     PRAGMA user_version = 1;
+                     COMMIT;",
+                )
+                .map_err(self.err())?;
+        }
+        Ok(())
+    }
+
+    /// Inserts `rows` in one transaction.
+    pub fn insert(&mut self, rows: &[Sighting]) -> Result<(), SightingsError> {
+        let path = self.path.clone();
+        let sql = move |source| SightingsError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(sql.clone())?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO sightings (camera, track, first_seen, last_seen, x, y, width, height, view, make, model,
+                         confidence, makes, make_models, thumbnail)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                )
+                .map_err(sql.clone())?;
+            for s in rows {
+                insert
+                    .execute(params![
+                        s.camera,
+                        s.track_id as i64,
+                        s.first_seen.as_millisecond(),
+                        s.last_seen.as_millisecond(),
+                        s.x,
+                        s.y,
+                        s.width,
+                        s.height,
+                        s.view,
+                        s.make,
+                        s.model,
+                        s.confidence as f64,
+                        serde_json::to_string(&s.makes).unwrap_or_default(),
+                        serde_json::to_string(&s.make_models).unwrap_or_default(),
+                        s.thumbnail.as_ref().map(|p| p.to_string_lossy().into_owned()),
+                    ])
+                    .map_err(sql.clone())?;
+            }
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// Removes rows last seen before `before`, and the oldest beyond `max_rows`;
+    /// returns their thumbnails, for the caller to delete.
+    pub fn prune(&mut self, before: Timestamp, max_rows: u64) -> Result<Vec<PathBuf>, SightingsError> {
+        let path = self.path.clone();
+        let sql = move |source| SightingsError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(sql.clone())?;
+        let cutoff: i64 = {
+            let count: i64 = tx.query_row("SELECT count(*) FROM sightings", [], |r| r.get(0)).map_err(sql.clone())?;
+            let excess = count - max_rows.min(i64::MAX as u64) as i64;
+            let by_count: i64 = if excess > 0 {
+                tx.query_row(
+                    "SELECT last_seen FROM sightings ORDER BY last_seen, id LIMIT 1 OFFSET ?1",
+                    [excess - 1],
+                    |r| r.get(0),
+                )
+                .map_err(sql.clone())?
+            } else {
+                i64::MIN
+            };
+            // Strictly older than `before`; up to and including the by-count cutoff.
+            by_count.max(before.as_millisecond() - 1)
+        };
+        let thumbnails: Vec<PathBuf> = {
+            let mut q = tx
+                .prepare("SELECT thumbnail FROM sightings WHERE last_seen <= ?1 AND thumbnail IS NOT NULL")
+                .map_err(sql.clone())?;
+            q.query_map([cutoff], |r| r.get::<_, String>(0))
+                .map_err(sql.clone())?
+                .filter_map(Result::ok)
+                .map(PathBuf::from)
+                .collect()
+        };
+        tx.execute("DELETE FROM sightings WHERE last_seen <= ?1", [cutoff]).map_err(sql.clone())?;
+        tx.commit().map_err(sql)?;
+        Ok(thumbnails)
+    }
+
+    /// Rows matching `q`, most recent first.
+    pub fn search(&self, q: &Query) -> Result<Vec<Sighting>, SightingsError> {
+        let min = q.min_confidence.unwrap_or(0.5);
+        // A make (or pair) at 0.5 or more is the most likely one: the index finds it.
+        // Below that, any row may qualify and the stored top five decide.
+        let by_top = min >= 0.5;
+        let mut sql = String::from(
+            "SELECT camera, track, first_seen, last_seen, x, y, width, height, view, make, model, confidence,
+                    makes, make_models, thumbnail FROM sightings WHERE last_seen >= ?1 AND last_seen <= ?2",
+        );
+        let mut args: Vec<Box<dyn rusqlite::ToSql>> = vec![
+            Box::new(q.since.map_or(i64::MIN, |t| t.as_millisecond())),
+            Box::new(q.until.map_or(i64::MAX, |t| t.as_millisecond())),
+        ];
+        if let Some(c) = &q.camera {
+            args.push(Box::new(c.clone()));
+            sql.push_str(&format!(" AND camera = ?{}", args.len()));
+        }
+        if let (Some(m), true) = (&q.make, by_top) {
+            args.push(Box::new(m.clone()));
+            sql.push_str(&format!(" AND make = ?{}", args.len()));
+            if let Some(o) = &q.model {
+                args.push(Box::new(o.clone()));
+                sql.push_str(&format!(" AND model = ?{}", args.len()));
+            }
+        }
+        sql.push_str(" ORDER BY last_seen DESC, id DESC");
+        let mut stmt = self.conn.prepare(&sql).map_err(self.err())?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())), |r| {
+                Ok(Sighting {
+                    camera: r.get(0)?,
+                    track_id: r.get::<_, i64>(1)? as u64,
+                    first_seen: Timestamp::from_millisecond(r.get(2)?).unwrap_or(Timestamp::UNIX_EPOCH),
+                    last_seen: Timestamp::from_millisecond(r.get(3)?).unwrap_or(Timestamp::UNIX_EPOCH),
+                    x: r.get(4)?,
+                    y: r.get(5)?,
+                    width: r.get(6)?,
+                    height: r.get(7)?,
+                    view: r.get(8)?,
+                    make: r.get(9)?,
+                    model: r.get(10)?,
+                    confidence: r.get::<_, f64>(11)? as f32,
+                    makes: serde_json::from_str(&r.get::<_, String>(12)?).unwrap_or_default(),
+                    make_models: serde_json::from_str(&r.get::<_, String>(13)?).unwrap_or_default(),
+                    thumbnail: r.get::<_, Option<String>>(14)?.map(PathBuf::from),
+                })
+            })
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let s = row.map_err(self.err())?;
+            let p = match &q.make {
+                Some(m) => s.probability(m, q.model.as_deref()),
+                None => 1.0,
+            };
+            if p >= min {
+                out.push(s);
+                if q.limit > 0 && out.len() >= q.limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A vehicle whose track ended, for the `sightings` thread.
+pub struct Ended {
+    pub camera: String,
+    pub vehicle: Vehicle,
+}
+
+/// The worker's end: hands ended vehicles over without ever waiting.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: Sender<Ended>,
+    /// Vehicles not recorded: the thread was behind (or gone).
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl Recorder {
+    /// Queues `ended` for the store; counted and dropped when the queue is full.
+    pub fn record(&self, ended: Ended) {
+        match self.tx.try_send(ended) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Counters of the `sightings` thread.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub written: AtomicU64,
+    pub failed: AtomicU64,
+    pub pruned: AtomicU64,
+}
+
+/// A channel to the `sightings` thread: the worker's [`Recorder`] and the thread's end.
+pub fn channel() -> (Recorder, Receiver<Ended>) {
+    let (tx, rx) = crossbeam_channel::bounded(1024);
+    (Recorder { tx, dropped: Arc::new(AtomicU64::new(0)) }, rx)
+}
+
+/// Most rows per transaction, and longest a row waits for its batch.
+const BATCH: usize = 256;
+const BATCH_WAIT: Duration = Duration::from_secs(1);
+/// How often old rows are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// The `sightings` thread: thumbnails and rows, batched, until the channel closes.
+/// Failures are logged and counted; they never reach the frame path.
+pub fn run(config: SightingsConfig, path: PathBuf, rx: Receiver<Ended>, counters: Arc<Counters>) {
+    let thumbs = path.with_file_name("thumbnails");
+    let mut store = match Store::open(&path) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!("{e}; vehicles are not remembered until carwatch restarts (live hits go on)");
+            None
+        }
+    };
+    let mut pending: Vec<Sighting> = Vec::new();
+    let mut last_prune = Instant::now() - PRUNE_EVERY;
+    loop {
+        let first = match rx.recv_timeout(BATCH_WAIT) {
+            Ok(e) => Some(e),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                flush(&mut store, &mut pending, &counters);
+                return;
+            }
+        };
+        for ended in first.into_iter().chain(rx.try_iter().take(BATCH)) {
+            if store.is_none() {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let last_seen = Timestamp::try_from(ended.vehicle.last_seen).unwrap_or_else(|_| Timestamp::now());
+            if let Some(mut s) = Sighting::of(&ended.camera, &ended.vehicle, last_seen) {
+                s.thumbnail = thumbnail(&thumbs, &ended, &s);
+                pending.push(s);
+            }
+        }
+        if !pending.is_empty() {
+            flush(&mut store, &mut pending, &counters);
+        }
+        if last_prune.elapsed() >= PRUNE_EVERY
+            && let Some(st) = store.as_mut()
+        {
+            last_prune = Instant::now();
+            let before = Timestamp::now()
+                .checked_sub(jiff::SignedDuration::try_from(config.retain_days).unwrap_or(jiff::SignedDuration::MAX))
+                .unwrap_or(Timestamp::MIN);
+            match st.prune(before, config.max_rows) {
+                Ok(gone) => {
+                    for t in &gone {
+                        let _ = std::fs::remove_file(t);
+                    }
+                    counters.pruned.fetch_add(gone.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => tracing::error!("pruning sightings: {e}"),
+            }
+        }
+    }
+}
+
+fn flush(store: &mut Option<Store>, pending: &mut Vec<Sighting>, counters: &Counters) {
+    if pending.is_empty() {
+        return;
+    }
+    match store.as_mut().map(|s| s.insert(pending)) {
+        Some(Ok(())) => {
+            counters.written.fetch_add(pending.len() as u64, Ordering::Relaxed);
+        }
+        Some(Err(e)) => {
+            counters.failed.fetch_add(pending.len() as u64, Ordering::Relaxed);
+            tracing::error!("{e}; {} sighting(s) not remembered (live hits go on)", pending.len());
+            for t in pending.iter().filter_map(|s| s.thumbnail.as_ref()) {
+                let _ = std::fs::remove_file(t);
+            }
+        }
+        None => {
+            counters.failed.fetch_add(pending.len() as u64, Ordering::Relaxed);
+        }
+    }
+    pending.clear();
+}
+
+/// Writes the best look's crop as `thumbnails/<camera>/<date>/<track>-<ms>.jpg`.
+fn thumbnail(dir: &Path, ended: &Ended, s: &Sighting) -> Option<PathBuf> {
+    let best = ended.vehicle.best.as_ref()?;
+    let f = &best.frame;
+    let b: Bounds = best.bounds;
+    let img = image::RgbImage::from_raw(f.width, f.height, f.rgb.clone())?;
+    let crop = image::imageops::crop_imm(&img, b.x, b.y, b.width.max(1), b.height.max(1)).to_image();
+    let side = 160u32;
+    let scale = side as f32 / crop.width().max(crop.height()).max(1) as f32;
+    let small = if scale < 1.0 {
+        image::imageops::resize(
+            &crop,
+            ((crop.width() as f32 * scale) as u32).max(1),
+            ((crop.height() as f32 * scale) as u32).max(1),
+            image::imageops::FilterType::Triangle,
+        )
+    } else {
+        crop
+    };
+    let day = crate::time::rfc3339(s.last_seen);
+    let path =
+        dir.join(&s.camera).join(&day[..10]).join(format!("{}-{}.jpg", s.track_id, s.first_seen.as_millisecond()));
+    std::fs::create_dir_all(path.parent()?).ok()?;
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80).encode_image(&small).ok()?;
+    std::fs::write(&path, out).ok()?;
+    Some(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sighting(camera: &str, track: u64, at_ms: i64, make: &str, model: &str, p: f32) -> Sighting {
+        Sighting {
+            camera: camera.into(),
+            track_id: track,
+            first_seen: Timestamp::from_millisecond(at_ms - 3000).unwrap(),
+            last_seen: Timestamp::from_millisecond(at_ms).unwrap(),
+            x: 1,
+            y: 2,
+            width: 30,
+            height: 20,
+            view: "front".into(),
+            make: make.into(),
+            model: model.into(),
+            confidence: p,
+            makes: vec![Scored { label: make.into(), p }, Scored { label: "other".into(), p: 1.0 - p }],
+            make_models: vec![Scored { label: format!("{make}/{model}"), p }],
+            thumbnail: None,
+        }
+    }
+
+    #[test]
+    fn rows_are_written_searched_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut store = Store::open(&path).unwrap();
+        let t0 = 1_800_000_000_000i64;
+        let mut rows = vec![
+            sighting("gate", 1, t0, "bmw", "3-series", 0.9),
+            sighting("gate", 2, t0 + 1000, "audi", "a4", 0.8),
+            sighting("yard", 3, t0 + 2000, "BMW", "x5", 0.7),
+            sighting("yard", 4, t0 + 3000, "bmw", "3-series", 0.3),
+        ];
+        let thumb = dir.path().join("t.jpg");
+        std::fs::write(&thumb, b"jpeg").unwrap();
+        rows[0].thumbnail = Some(thumb.clone());
+        store.insert(&rows).unwrap();
+        // Another process may read while this one writes.
+        let reader = Store::open_read_only(&path).unwrap();
+        let q = |make: Option<&str>, model: Option<&str>| Query {
+            make: make.map(String::from),
+            model: model.map(String::from),
+            ..Query::default()
+        };
+        let found = reader.search(&q(Some("bmw"), None)).unwrap();
+        assert_eq!(found.iter().map(|s| s.track_id).collect::<Vec<_>>(), vec![3, 1], "newest first; 0.3 is too low");
+        assert_eq!(found[1], rows[0]);
+        let found = reader.search(&q(Some("bmw"), Some("3-series"))).unwrap();
+        assert_eq!(found.len(), 1);
+        let low = Query { min_confidence: Some(0.25), ..q(Some("bmw"), Some("3-series")) };
+        assert_eq!(reader.search(&low).unwrap().len(), 2, "below 0.5 the stored top five decide");
+        let yard = Query { camera: Some("yard".into()), ..Query::default() };
+        assert_eq!(reader.search(&yard).unwrap().len(), 2);
+        let window = Query {
+            since: Timestamp::from_millisecond(t0 + 500).ok(),
+            until: Timestamp::from_millisecond(t0 + 2500).ok(),
+            ..Query::default()
+        };
+        assert_eq!(reader.search(&window).unwrap().iter().map(|s| s.track_id).collect::<Vec<_>>(), vec![3, 2]);
+        // Older than t0 + 1500 goes, with its thumbnail path; then at most one row is kept.
+        let gone = store.prune(Timestamp::from_millisecond(t0 + 1500).unwrap(), 100).unwrap();
+        assert_eq!(gone, vec![thumb]);
+        assert_eq!(reader.search(&Query::default()).unwrap().len(), 2);
+        store.prune(Timestamp::from_millisecond(0).unwrap(), 1).unwrap();
+        let left = reader.search(&Query::default()).unwrap();
+        assert_eq!(left.iter().map(|s| s.track_id).collect::<Vec<_>>(), vec![4], "the newest stays");
+    }
+
+    #[test]
+    fn a_database_from_a_newer_carwatch_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        drop(Store::open(&path).unwrap());
+        Connection::open(&path).unwrap().execute_batch("PRAGMA user_version = 9").unwrap();
+        let e = Store::open(&path).err().unwrap().to_string();
+        assert!(e.contains("schema version 9") && e.contains("newer carwatch"), "{e}");
+        assert!(Store::open_read_only(&path).is_err());
+        let e = Store::open_read_only(&dir.path().join("none.db")).err().unwrap().to_string();
+        assert!(e.contains("no such file"), "{e}");
+    }
+
+    /// A vehicle of camera `gate`, seen and classified twice.
+    fn ended() -> Ended {
+        let cam = crate::camera::testing::camera("gate");
+        let frame = Arc::new(crate::camera::testing::frame(&cam, 64, 48));
+        let mut vehicles = crate::track::Vehicles::new(crate::track::TrackerConfig::default());
+        let (ids, _) = vehicles.locate(&frame, &[Bounds { x: 10, y: 10, width: 20, height: 12 }]);
+        let p = crate::model::cascade::testing::prediction(&[
+            (("front", "bmw", "3-series"), 0.8),
+            (("front", "audi", "a4"), 0.2),
+        ]);
+        vehicles.classified(ids[0], &p);
+        let vehicle = vehicles.classified(ids[0], &p).unwrap().clone();
+        Ended { camera: "gate".into(), vehicle }
+    }
+
+    #[test]
+    fn the_thread_stores_what_it_is_given_with_a_thumbnail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let (recorder, rx) = channel();
+        let counters = Arc::new(Counters::default());
+        recorder.record(ended());
+        drop(recorder);
+        run(SightingsConfig::default(), path.clone(), rx, Arc::clone(&counters));
+        assert_eq!(counters.written.load(Ordering::Relaxed), 1);
+        let rows = Store::open_read_only(&path).unwrap().search(&Query::default()).unwrap();
+        assert_eq!(
+            (rows[0].make.as_str(), rows[0].model.as_str(), rows[0].view.as_str()),
+            ("bmw", "3-series", "front")
+        );
+        assert!((rows[0].probability("BMW", Some("3-series")) - 0.8).abs() < 1e-6);
+        assert_eq!((rows[0].x, rows[0].width), (10, 20));
+        let thumb = rows[0].thumbnail.clone().unwrap();
+        assert!(thumb.starts_with(dir.path().join("thumbnails/gate")), "{}", thumb.display());
+        assert_eq!(image::open(&thumb).unwrap().width(), 20);
+    }
+
+    #[test]
+    fn an_unusable_database_is_counted_and_never_stops_the_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let (recorder, rx) = channel();
+        let counters = Arc::new(Counters::default());
+        // More than the channel holds, with nobody reading yet: the sender never waits.
+        for _ in 0..1100 {
+            recorder.record(ended());
+        }
+        assert_eq!(recorder.dropped.load(Ordering::Relaxed), 1100 - 1024);
+        drop(recorder);
+        run(SightingsConfig::default(), path, rx, Arc::clone(&counters));
+        assert_eq!(counters.failed.load(Ordering::Relaxed), 1024);
+        assert_eq!(counters.written.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_corrupt_database_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        assert!(Store::open(&path).is_err());
+    }
+}

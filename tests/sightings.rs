@@ -1,0 +1,87 @@
+//! Sightings: tracked vehicles remembered in SQLite, and `carwatch search` reading them
+//! from another process while `watch` runs.
+
+use std::time::{Duration, Instant};
+
+use carwatch::synthetic::rtsp::RtspServer;
+use carwatch::synthetic::video::Scene;
+
+use crate::support::daemon::{Scenario, Watcher};
+use crate::support::mqtt::{Mosquitto, Subscriber};
+use crate::support::{self, carwatch, run, stdout};
+use crate::wide::{HEIGHT, STREET, WIDTH};
+
+#[test]
+fn vehicles_are_remembered_and_searched_while_watch_runs() {
+    let dir = support::tempdir();
+    let broker = Mosquitto::start();
+    let rtsp =
+        RtspServer::start(vec![("/street".into(), Scene::parse(STREET, WIDTH, HEIGHT, 10).unwrap())], 0, None).unwrap();
+    let config = Scenario::new(dir.path())
+        .mqtt(broker.port)
+        .cameras(&format!("[[camera]]\nname = \"street\"\nurl = \"{}\"\nfps = 4\n", rtsp.url("/street")))
+        .alerts("[[alert]]\nid = \"bmw3\"\nmake = \"bmw\"\nmodel = \"3-series\"\n")
+        .matcher("confirm_frames = 2")
+        .write();
+    let mut sub = Subscriber::connect(broker.port, "carwatch/#");
+    let watcher = Watcher::start(&config);
+    let hit = sub
+        .wait_for("carwatch/hits/bmw3", Duration::from_secs(120), |_| true)
+        .unwrap_or_else(|| panic!("no hit\n{}", watcher.logs()))
+        .json();
+    // The BMW's track ends a little after it leaves (track_lost_s); its row follows.
+    let search = |args: &[&str]| {
+        let mut cmd = carwatch();
+        cmd.arg("search").arg("--config").arg(&config).args(args);
+        run(cmd, Duration::from_secs(30))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rows: Vec<serde_json::Value> = loop {
+        let o = search(&["--make", "bmw", "--model", "3-series", "--since", "1h", "--json"]);
+        assert!(o.status.success(), "{}", support::stderr(&o));
+        let rows: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if rows.iter().any(|r| r["track_id"] == hit["track_id"]) {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "the hit's vehicle was never remembered: {rows:?}\n{}", watcher.logs());
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let row = rows.iter().find(|r| r["track_id"] == hit["track_id"]).unwrap();
+    assert_eq!(
+        (row["camera"].as_str(), row["make"].as_str(), row["model"].as_str()),
+        (Some("street"), Some("bmw"), Some("3-series"))
+    );
+    assert!(row["confidence"].as_f64().unwrap() >= 0.5, "{row}");
+    assert!(row["first_seen"].as_str().unwrap() <= hit["time"].as_str().unwrap(), "{row} {hit}");
+    assert!(row["time"].as_str().unwrap() >= hit["time"].as_str().unwrap(), "last seen after the hit: {row}");
+    let thumb = row["thumbnail"].as_str().expect("a thumbnail");
+    let img = image::open(thumb).unwrap_or_else(|e| panic!("thumbnail {thumb}: {e}"));
+    assert!(img.width() <= 160 && img.height() <= 160 && img.width() > 16, "{}x{}", img.width(), img.height());
+    // The Volvo, which passes next, is remembered too, and is not found as a BMW.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = search(&["--json", "--limit", "0"]);
+        let all: Vec<serde_json::Value> = stdout(&all).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if all.iter().any(|r| r["make"] == "volvo") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the Volvo was never remembered: {all:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let bmw = search(&["--make", "bmw", "--json", "--limit", "0"]);
+    assert!(stdout(&bmw).lines().all(|l| l.contains("\"make\":\"bmw\"")), "{}", stdout(&bmw));
+    // The table form.
+    let o = search(&["--make", "bmw"]);
+    let table = stdout(&o);
+    assert!(o.status.success() && table.contains("bmw 3-series") && table.contains("street"), "{table}");
+    // What is wrong with a search is said, with exit status 2.
+    for (args, says) in [
+        (vec!["--make", "tesla"], "unknown make `tesla`"),
+        (vec!["--since", "yesterday"], "--since"),
+        (vec!["--model", "x5"], "--model needs --make"),
+    ] {
+        let o = search(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(support::stderr(&o).contains(says), "{args:?}: {}", support::stderr(&o));
+    }
+}
