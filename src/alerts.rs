@@ -49,6 +49,9 @@ pub struct Alert {
     pub expires: Option<Timestamp>,
     pub note: Option<String>,
     pub rule: Rule,
+    /// How far back the sightings are searched when the alert appears (`lookback_s`);
+    /// `None`: `[sightings] lookback_s`.
+    pub lookback: Option<std::time::Duration>,
 }
 
 impl Alert {
@@ -143,6 +146,8 @@ struct Entry {
     confirm_window_s: Option<Duration>,
     #[serde(default, deserialize_with = "opt_seconds")]
     cooldown_s: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_seconds")]
+    lookback_s: Option<Duration>,
 }
 
 fn default_confidence() -> f32 {
@@ -299,6 +304,7 @@ impl EntryCheck<'_, '_> {
                 window: e.confirm_window_s.unwrap_or(defaults.confirm_window),
                 cooldown: e.cooldown_s.unwrap_or(defaults.cooldown),
             },
+            lookback: e.lookback_s,
         })
     }
 }

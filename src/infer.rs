@@ -249,6 +249,9 @@ impl Worker {
     /// batch is finished before the next is taken, as pipelining would gain nothing.
     pub fn run(mut self) -> Result<(), WorkerError> {
         self.announce_alerts(true)?;
+        if let Some(r) = &self.sightings {
+            r.alerts(self.matcher.alerts());
+        }
         let mut failures = 0;
         if self.hang {
             tracing::warn!("test fault: the inference loop stops here");
@@ -260,6 +263,9 @@ impl Worker {
         loop {
             self.metrics.heartbeat.beat();
             while let Ok(set) = self.alert_updates.try_recv() {
+                if let Some(r) = &self.sightings {
+                    r.alerts(&set);
+                }
                 self.matcher.set_alerts(set);
                 self.announce_alerts(true)?;
             }

@@ -22,11 +22,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use jiff::Timestamp;
 use rusqlite::{Connection, OpenFlags, params};
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::{Alert, AlertSet};
 use crate::locate::Bounds;
 use crate::model::Level;
 use crate::track::Vehicle;
@@ -51,6 +52,13 @@ pub struct SightingsConfig {
     /// Most rows kept; beyond it the oldest go first.
     #[serde(default = "default_max_rows")]
     pub max_rows: u64,
+    /// How far back a new alert is searched for (each alert may say `lookback_s`).
+    #[serde(default = "default_lookback", deserialize_with = "crate::values::seconds", rename = "lookback_s")]
+    pub lookback: Duration,
+}
+
+fn default_lookback() -> Duration {
+    Duration::from_secs(3600)
 }
 
 fn yes() -> bool {
@@ -77,7 +85,13 @@ fn retain_days<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Er
 
 impl Default for SightingsConfig {
     fn default() -> Self {
-        SightingsConfig { enabled: true, file: None, retain_days: default_retain(), max_rows: default_max_rows() }
+        SightingsConfig {
+            enabled: true,
+            file: None,
+            retain_days: default_retain(),
+            max_rows: default_max_rows(),
+            lookback: default_lookback(),
+        }
     }
 }
 
@@ -121,12 +135,15 @@ pub struct Sighting {
     pub y: u32,
     pub width: u32,
     pub height: u32,
-    /// The most likely view.
+    /// The most likely view, and its probability.
     pub view: String,
+    pub view_p: f32,
     /// The most likely (make, model) and its probability.
     pub make: String,
     pub model: String,
     pub confidence: f32,
+    /// Classified looks its description is the mean of.
+    pub looks: u32,
     /// Top five makes, and top five `make/model` pairs, most likely first.
     pub makes: Vec<Scored>,
     pub make_models: Vec<Scored>,
@@ -170,9 +187,11 @@ impl Sighting {
             width: b.width,
             height: b.height,
             view: mean.label(Level::View).to_string(),
+            view_p: mean.marginal(Level::View).first().map_or(0.0, |(_, p)| *p),
             make,
             model,
             confidence,
+            looks: vehicle.looks(),
             makes,
             make_models,
             thumbnail: None,
@@ -258,15 +277,26 @@ impl Store {
                          last_seen INTEGER NOT NULL,
                          x INTEGER NOT NULL, y INTEGER NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL,
                          view TEXT NOT NULL,
+                         view_p REAL NOT NULL,
                          make TEXT NOT NULL COLLATE NOCASE,
                          model TEXT NOT NULL COLLATE NOCASE,
                          confidence REAL NOT NULL,
+                         looks INTEGER NOT NULL,
                          makes TEXT NOT NULL,
                          make_models TEXT NOT NULL,
                          thumbnail TEXT
                      );
                      CREATE INDEX IF NOT EXISTS sightings_seen ON sightings (last_seen);
                      CREATE INDEX IF NOT EXISTS sightings_make ON sightings (make, model, last_seen);
+                     CREATE TABLE IF NOT EXISTS announced (
+                         alert TEXT NOT NULL,
+                         definition TEXT NOT NULL,
+                         camera TEXT NOT NULL,
+                         track INTEGER NOT NULL,
+                         first_seen INTEGER NOT NULL,
+                         at INTEGER NOT NULL,
+                         PRIMARY KEY (alert, definition, camera, track, first_seen)
+                     );
                      PRAGMA user_version = 1;
                      COMMIT;",
                 )
@@ -283,9 +313,9 @@ impl Store {
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO sightings (camera, track, first_seen, last_seen, x, y, width, height, view, make, model,
-                         confidence, makes, make_models, thumbnail)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                    "INSERT INTO sightings (camera, track, first_seen, last_seen, x, y, width, height, view, view_p,
+                         make, model, confidence, looks, makes, make_models, thumbnail)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                 )
                 .map_err(sql.clone())?;
             for s in rows {
@@ -300,9 +330,11 @@ impl Store {
                         s.width,
                         s.height,
                         s.view,
+                        s.view_p as f64,
                         s.make,
                         s.model,
                         s.confidence as f64,
+                        s.looks,
                         serde_json::to_string(&s.makes).unwrap_or_default(),
                         serde_json::to_string(&s.make_models).unwrap_or_default(),
                         s.thumbnail.as_ref().map(|p| p.to_string_lossy().into_owned()),
@@ -350,6 +382,27 @@ impl Store {
         Ok(thumbnails)
     }
 
+    /// Notes that `alert` (as defined by `definition`) was published for `s`; false if
+    /// it already was, so a retrospective hit goes out once, across restarts too.
+    pub fn announce(&mut self, alert: &str, definition: &str, s: &Sighting) -> Result<bool, SightingsError> {
+        let n = self
+            .conn
+            .execute(
+                "INSERT OR IGNORE INTO announced (alert, definition, camera, track, first_seen, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    alert,
+                    definition,
+                    s.camera,
+                    s.track_id as i64,
+                    s.first_seen.as_millisecond(),
+                    Timestamp::now().as_millisecond()
+                ],
+            )
+            .map_err(self.err())?;
+        Ok(n == 1)
+    }
+
     /// Rows matching `q`, most recent first.
     pub fn search(&self, q: &Query) -> Result<Vec<Sighting>, SightingsError> {
         let min = q.min_confidence.unwrap_or(0.5);
@@ -357,8 +410,8 @@ impl Store {
         // Below that, any row may qualify and the stored top five decide.
         let by_top = min >= 0.5;
         let mut sql = String::from(
-            "SELECT camera, track, first_seen, last_seen, x, y, width, height, view, make, model, confidence,
-                    makes, make_models, thumbnail FROM sightings WHERE last_seen >= ?1 AND last_seen <= ?2",
+            "SELECT camera, track, first_seen, last_seen, x, y, width, height, view, view_p, make, model, confidence,
+                    looks, makes, make_models, thumbnail FROM sightings WHERE last_seen >= ?1 AND last_seen <= ?2",
         );
         let mut args: Vec<Box<dyn rusqlite::ToSql>> = vec![
             Box::new(q.since.map_or(i64::MIN, |t| t.as_millisecond())),
@@ -390,12 +443,14 @@ impl Store {
                     width: r.get(6)?,
                     height: r.get(7)?,
                     view: r.get(8)?,
-                    make: r.get(9)?,
-                    model: r.get(10)?,
-                    confidence: r.get::<_, f64>(11)? as f32,
-                    makes: serde_json::from_str(&r.get::<_, String>(12)?).unwrap_or_default(),
-                    make_models: serde_json::from_str(&r.get::<_, String>(13)?).unwrap_or_default(),
-                    thumbnail: r.get::<_, Option<String>>(14)?.map(PathBuf::from),
+                    view_p: r.get::<_, f64>(9)? as f32,
+                    make: r.get(10)?,
+                    model: r.get(11)?,
+                    confidence: r.get::<_, f64>(12)? as f32,
+                    looks: r.get(13)?,
+                    makes: serde_json::from_str(&r.get::<_, String>(14)?).unwrap_or_default(),
+                    make_models: serde_json::from_str(&r.get::<_, String>(15)?).unwrap_or_default(),
+                    thumbnail: r.get::<_, Option<String>>(16)?.map(PathBuf::from),
                 })
             })
             .map_err(self.err())?;
@@ -423,15 +478,25 @@ pub struct Ended {
     pub vehicle: Vehicle,
 }
 
-/// The worker's end: hands ended vehicles over without ever waiting.
+/// The worker's end: hands ended vehicles (and each alert set it applies) over without
+/// ever waiting.
 #[derive(Clone)]
 pub struct Recorder {
     tx: Sender<Ended>,
+    alerts: Sender<AlertSet>,
     /// Vehicles not recorded: the thread was behind (or gone).
     pub dropped: Arc<AtomicU64>,
 }
 
 impl Recorder {
+    /// The alert set now in force: new and changed alerts are searched for in the
+    /// sightings (retrospective hits).
+    pub fn alerts(&self, set: &AlertSet) {
+        if self.alerts.try_send(set.clone()).is_err() {
+            tracing::warn!("the sightings thread is behind: an alert set was not searched for in the sightings");
+        }
+    }
+
     /// Queues `ended` for the store; counted and dropped when the queue is full.
     pub fn record(&self, ended: Ended) {
         match self.tx.try_send(ended) {
@@ -451,10 +516,86 @@ pub struct Counters {
     pub pruned: AtomicU64,
 }
 
+/// The `sightings` thread's end of its channels.
+pub struct Inbox {
+    ended: Receiver<Ended>,
+    alerts: Receiver<AlertSet>,
+}
+
 /// A channel to the `sightings` thread: the worker's [`Recorder`] and the thread's end.
-pub fn channel() -> (Recorder, Receiver<Ended>) {
-    let (tx, rx) = crossbeam_channel::bounded(1024);
-    (Recorder { tx, dropped: Arc::new(AtomicU64::new(0)) }, rx)
+pub fn channel() -> (Recorder, Inbox) {
+    let (tx, ended) = crossbeam_channel::bounded(1024);
+    let (alerts_tx, alerts) = crossbeam_channel::bounded(8);
+    (Recorder { tx, alerts: alerts_tx, dropped: Arc::new(AtomicU64::new(0)) }, Inbox { ended, alerts })
+}
+
+/// A hit found in the sightings when its alert appeared: the vehicle passed before
+/// anyone asked for it.
+#[derive(Debug, Clone)]
+pub struct Retrospective {
+    pub hit_id: uuid::Uuid,
+    pub alert: Arc<Alert>,
+    pub sighting: Sighting,
+    /// The live rule's number: probability of the alert's make (and model).
+    pub confidence: f32,
+}
+
+/// Retrospective matching: which alerts have been searched for already.
+struct Lookback {
+    known: Vec<Arc<Alert>>,
+    default: Duration,
+}
+
+impl Lookback {
+    /// The vehicles in `store` that alerts of `set` not seen before (new, or edited)
+    /// would have hit, within their lookback, by the live rule; each once.
+    fn search(&mut self, set: AlertSet, store: &mut Store, now: Timestamp) -> Vec<Retrospective> {
+        let fresh: Vec<Arc<Alert>> =
+            set.alerts.iter().filter(|a| !self.known.iter().any(|k| k == *a)).cloned().collect();
+        self.known = set.alerts;
+        let mut found = Vec::new();
+        for alert in fresh.into_iter().filter(|a| a.active_at(now)) {
+            let back = alert.lookback.unwrap_or(self.default);
+            let since = now.checked_sub(jiff::SignedDuration::try_from(back).unwrap_or(jiff::SignedDuration::MAX));
+            let query = Query {
+                make: Some(alert.make.to_string()),
+                model: alert.model.as_ref().map(|m| m.to_string()),
+                since: since.ok(),
+                min_confidence: Some(alert.min_confidence),
+                ..Query::default()
+            };
+            let rows = match store.search(&query) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(alert = %alert.id, "searching the sightings for alert {}: {e}", alert.id);
+                    continue;
+                }
+            };
+            let definition = format!("{alert:?}");
+            for s in rows {
+                let view_ok = alert.view.as_ref().is_none_or(|v| *v == s.view.as_str());
+                if !alert.watches(&s.camera) || !view_ok || s.looks < alert.rule.confirm_frames {
+                    continue;
+                }
+                match store.announce(alert.id.as_str(), &definition, &s) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::error!("{e}; retrospective hit not sent, to avoid repeating it");
+                        continue;
+                    }
+                }
+                let confidence = s.probability(&alert.make, alert.model.as_deref());
+                found.push(Retrospective {
+                    hit_id: uuid::Uuid::now_v7(),
+                    alert: Arc::clone(&alert),
+                    sighting: s,
+                    confidence,
+                });
+            }
+        }
+        found
+    }
 }
 
 /// Most rows per transaction, and longest a row waits for its batch.
@@ -463,9 +604,17 @@ const BATCH_WAIT: Duration = Duration::from_secs(1);
 /// How often old rows are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
-/// The `sightings` thread: thumbnails and rows, batched, until the channel closes.
-/// Failures are logged and counted; they never reach the frame path.
-pub fn run(config: SightingsConfig, path: PathBuf, rx: Receiver<Ended>, counters: Arc<Counters>) {
+/// The `sightings` thread: thumbnails and rows, batched, until the worker's end
+/// closes; and, for each new alert, the vehicles it would have hit, handed to `found`
+/// (retrospective hits). Failures are logged and counted; they never reach the frame
+/// path.
+pub fn run(
+    config: SightingsConfig,
+    path: PathBuf,
+    inbox: Inbox,
+    counters: Arc<Counters>,
+    mut found: impl FnMut(Retrospective) -> bool,
+) {
     let thumbs = path.with_file_name("thumbnails");
     let mut store = match Store::open(&path) {
         Ok(s) => Some(s),
@@ -474,30 +623,48 @@ pub fn run(config: SightingsConfig, path: PathBuf, rx: Receiver<Ended>, counters
             None
         }
     };
+    let mut lookback = Lookback { known: Vec::new(), default: config.lookback };
+    let mut alerts = inbox.alerts;
     let mut pending: Vec<Sighting> = Vec::new();
     let mut last_prune = Instant::now() - PRUNE_EVERY;
     loop {
-        let first = match rx.recv_timeout(BATCH_WAIT) {
-            Ok(e) => Some(e),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => {
-                flush(&mut store, &mut pending, &counters);
-                return;
-            }
-        };
-        for ended in first.into_iter().chain(rx.try_iter().take(BATCH)) {
-            if store.is_none() {
-                counters.failed.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            let last_seen = Timestamp::try_from(ended.vehicle.last_seen).unwrap_or_else(|_| Timestamp::now());
-            if let Some(mut s) = Sighting::of(&ended.camera, &ended.vehicle, last_seen) {
-                s.thumbnail = thumbnail(&thumbs, &ended, &s);
-                pending.push(s);
-            }
-        }
-        if !pending.is_empty() {
-            flush(&mut store, &mut pending, &counters);
+        crossbeam_channel::select! {
+            recv(inbox.ended) -> m => match m {
+                Ok(first) => {
+                    for ended in std::iter::once(first).chain(inbox.ended.try_iter().take(BATCH)) {
+                        if store.is_none() {
+                            counters.failed.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        let last_seen = Timestamp::try_from(ended.vehicle.last_seen).unwrap_or_else(|_| Timestamp::now());
+                        if let Some(mut s) = Sighting::of(&ended.camera, &ended.vehicle, last_seen) {
+                            s.thumbnail = thumbnail(&thumbs, &ended, &s);
+                            pending.push(s);
+                        }
+                    }
+                    flush(&mut store, &mut pending, &counters);
+                }
+                Err(_) => {
+                    flush(&mut store, &mut pending, &counters);
+                    return;
+                }
+            },
+            recv(alerts) -> m => match m {
+                Ok(set) => {
+                    if let Some(st) = store.as_mut() {
+                        for r in lookback.search(set, st, Timestamp::now()) {
+                            tracing::info!(alert = %r.alert.id, camera = %r.sighting.camera,
+                                "retrospective hit: {} passed {} at {}", r.alert.describe(), r.sighting.camera,
+                                crate::time::rfc3339(r.sighting.last_seen));
+                            if !found(r) {
+                                return;
+                            }
+                        }
+                    }
+                }
+                Err(_) => alerts = crossbeam_channel::never(),
+            },
+            default(BATCH_WAIT) => {}
         }
         if last_prune.elapsed() >= PRUNE_EVERY
             && let Some(st) = store.as_mut()
@@ -585,9 +752,11 @@ mod tests {
             width: 30,
             height: 20,
             view: "front".into(),
+            view_p: 0.9,
             make: make.into(),
             model: model.into(),
             confidence: p,
+            looks: 3,
             makes: vec![Scored { label: make.into(), p }, Scored { label: "other".into(), p: 1.0 - p }],
             make_models: vec![Scored { label: format!("{make}/{model}"), p }],
             thumbnail: None,
@@ -677,7 +846,7 @@ mod tests {
         let counters = Arc::new(Counters::default());
         recorder.record(ended());
         drop(recorder);
-        run(SightingsConfig::default(), path.clone(), rx, Arc::clone(&counters));
+        run(SightingsConfig::default(), path.clone(), rx, Arc::clone(&counters), |_| true);
         assert_eq!(counters.written.load(Ordering::Relaxed), 1);
         let rows = Store::open_read_only(&path).unwrap().search(&Query::default()).unwrap();
         assert_eq!(
@@ -704,9 +873,51 @@ mod tests {
         }
         assert_eq!(recorder.dropped.load(Ordering::Relaxed), 1100 - 1024);
         drop(recorder);
-        run(SightingsConfig::default(), path, rx, Arc::clone(&counters));
+        run(SightingsConfig::default(), path, rx, Arc::clone(&counters), |_| true);
         assert_eq!(counters.failed.load(Ordering::Relaxed), 1024);
         assert_eq!(counters.written.load(Ordering::Relaxed), 0);
+    }
+
+    fn alerts(text: &str) -> AlertSet {
+        let leaf = |v: &str, m: &str, o: &str| crate::model::Leaf { view: v.into(), make: m.into(), model: o.into() };
+        let vocab = crate::alerts::Vocabulary {
+            leaves: vec![leaf("front", "bmw", "3-series"), leaf("front", "audi", "a4")],
+            cameras: vec![crate::values::Name::new("gate").unwrap(), crate::values::Name::new("yard").unwrap()],
+        };
+        AlertSet::parse(Path::new("a.toml"), text, &vocab, &crate::rule::MatcherConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn a_new_alert_finds_what_passed_within_its_lookback_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let now = Timestamp::now();
+        let ago = |s: i64| now.as_millisecond() - s * 1000;
+        store
+            .insert(&[
+                sighting("gate", 1, ago(600), "bmw", "3-series", 0.9),
+                sighting("yard", 2, ago(300), "bmw", "3-series", 0.8),
+                sighting("gate", 3, ago(7200), "bmw", "3-series", 0.9),
+                sighting("gate", 4, ago(60), "audi", "a4", 0.9),
+                sighting("gate", 5, ago(30), "bmw", "3-series", 0.55),
+            ])
+            .unwrap();
+        let mut lookback = Lookback { known: Vec::new(), default: Duration::from_secs(3600) };
+        let bmw = "[[alert]]\nid = \"bmw\"\nmake = \"bmw\"\nmodel = \"3-series\"\ncameras = [\"gate\"]\n";
+        let found = lookback.search(alerts(bmw), &mut store, now);
+        let tracks: Vec<u64> = found.iter().map(|r| r.sighting.track_id).collect();
+        assert_eq!(tracks, vec![1], "gate only, within an hour, at min_confidence 0.6");
+        assert!((found[0].confidence - 0.9).abs() < 1e-6);
+        // The same alert again (a reload): nothing new. A restart: still nothing.
+        assert!(lookback.search(alerts(bmw), &mut store, now).is_empty());
+        let mut restarted = Lookback { known: Vec::new(), default: Duration::from_secs(3600) };
+        assert!(restarted.search(alerts(bmw), &mut store, now).is_empty(), "announced once, across restarts");
+        // An edited alert looks again, with its own lookback.
+        let wider = format!("{bmw}lookback_s = 10000\nmin_confidence = 0.5\n");
+        let found = lookback.search(alerts(&wider), &mut store, now);
+        let mut tracks: Vec<u64> = found.iter().map(|r| r.sighting.track_id).collect();
+        tracks.sort();
+        assert_eq!(tracks, vec![1, 3, 5]);
     }
 
     #[test]

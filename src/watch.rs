@@ -229,7 +229,7 @@ impl Daemon {
         let Checked { models, alerts: alert_file, state_lock } = check(config, models)?;
         let output = start_output(config, on_hit)?;
         let matcher = Matcher::new(alert_file.set.clone());
-        let (recorder, sightings) = start_sightings(config)?;
+        let (recorder, sightings) = start_sightings(config, &output)?;
         let inference = start_inference(config, &models, matcher, &output, seam.hang_inference, recorder)?;
         // Wait for the model, still answering SIGTERM: loading can take minutes on a slow
         // disk. A model that fails to load ends the process at once (exit 2, as for any
@@ -528,7 +528,7 @@ fn start_alerts(
 
 /// The `sightings` thread, when `[sightings]` is enabled and some camera tracks
 /// vehicles; the worker's end of its channel.
-fn start_sightings(config: &Config) -> Result<(Option<Recorder>, Option<JoinHandle<()>>), WatchError> {
+fn start_sightings(config: &Config, output: &Output) -> Result<(Option<Recorder>, Option<JoinHandle<()>>), WatchError> {
     let tracking = config.cameras.iter().any(|c| c.enabled && c.locate.tracks());
     if !config.sightings.enabled || !tracking {
         return Ok((None, None));
@@ -536,8 +536,10 @@ fn start_sightings(config: &Config) -> Result<(Option<Recorder>, Option<JoinHand
     let (recorder, rx) = sightings::channel();
     let path = config.sightings.path(&config.state_dir);
     let (c, counters) = (config.sightings.clone(), Arc::new(sightings::Counters::default()));
-    let handle =
-        threads::spawn("sightings", move || sightings::run(c, path, rx, counters)).map_err(spawn_err("sightings"))?;
+    let events = output.events.clone();
+    let found = move |r| events.send(Event::Retrospective(Box::new(r))).is_ok();
+    let handle = threads::spawn("sightings", move || sightings::run(c, path, rx, counters, found))
+        .map_err(spawn_err("sightings"))?;
     Ok((Some(recorder), Some(handle)))
 }
 

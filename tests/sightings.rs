@@ -85,3 +85,65 @@ fn vehicles_are_remembered_and_searched_while_watch_runs() {
         assert!(support::stderr(&o).contains(says), "{args:?}: {}", support::stderr(&o));
     }
 }
+
+#[test]
+fn an_alert_added_after_the_vehicle_passed_hits_it_retrospectively_once() {
+    let dir = support::tempdir();
+    let broker = Mosquitto::start();
+    let rtsp =
+        RtspServer::start(vec![("/street".into(), Scene::parse(STREET, WIDTH, HEIGHT, 10).unwrap())], 0, None).unwrap();
+    let audi = "[[alert]]\nid = \"audi\"\nmake = \"audi\"\n";
+    let config = Scenario::new(dir.path())
+        .mqtt(broker.port)
+        .cameras(&format!("[[camera]]\nname = \"street\"\nurl = \"{}\"\nfps = 4\n", rtsp.url("/street")))
+        .alerts(audi)
+        .write();
+    let mut sub = Subscriber::connect(broker.port, "carwatch/#");
+    let watcher = Watcher::start(&config);
+    let search = || {
+        let mut cmd = carwatch();
+        cmd.arg("search").arg("--config").arg(&config).args(["--make", "bmw", "--model", "3-series", "--json"]);
+        let o = run(cmd, Duration::from_secs(30));
+        stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<serde_json::Value>>()
+    };
+    // The BMW passes while no alert asks for it, and is remembered.
+    let deadline = Instant::now() + Duration::from_secs(150);
+    while search().is_empty() {
+        assert!(Instant::now() < deadline, "the BMW was never remembered\n{}", watcher.logs());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The camera goes away; then the alert is added.
+    rtsp.stop();
+    std::thread::sleep(Duration::from_secs(3)); // let the last track end and be stored
+    let passed = search();
+    let edited = jiff::Timestamp::now();
+    let alerts = dir.path().join("alerts.toml");
+    let tmp = dir.path().join("alerts.toml.tmp");
+    std::fs::write(&tmp, format!("{audi}\n[[alert]]\nid = \"bmw3\"\nmake = \"bmw\"\nmodel = \"3-series\"\n")).unwrap();
+    std::fs::rename(&tmp, &alerts).unwrap();
+    let first = sub
+        .wait_for("carwatch/hits/bmw3", Duration::from_secs(60), |_| true)
+        .unwrap_or_else(|| panic!("no retrospective hit\n{}", watcher.logs()))
+        .json();
+    sub.collect_for(Duration::from_secs(5));
+    let hits: Vec<serde_json::Value> = sub.on("carwatch/hits/bmw3").iter().map(|m| m.json()).collect();
+    assert_eq!(hits[0]["hit_id"], first["hit_id"]);
+    let mut tracks: Vec<u64> = hits.iter().map(|h| h["track_id"].as_u64().unwrap()).collect();
+    tracks.sort();
+    let mut expected: Vec<u64> = passed.iter().map(|r| r["track_id"].as_u64().unwrap()).collect();
+    expected.sort();
+    assert_eq!(tracks, expected, "each remembered BMW exactly once: {hits:#?}");
+    for h in &hits {
+        assert_eq!(h["retrospective"], true, "{h}");
+        assert_eq!(
+            (h["make"].as_str(), h["model"].as_str(), h["camera"].as_str()),
+            (Some("bmw"), Some("3-series"), Some("street"))
+        );
+        let seen: jiff::Timestamp = h["time"].as_str().unwrap().parse().unwrap();
+        assert!(seen < edited, "dated when it passed, before the alert: {h}");
+        assert!(h["confidence"].as_f64().unwrap() >= 0.6, "{h}");
+        let snapshot = h["snapshot"].as_str().expect("the thumbnail is the snapshot");
+        assert!(image::open(snapshot).is_ok(), "{snapshot}");
+    }
+    assert!(sub.on("carwatch/hits/audi").is_empty(), "the Volvo and the BMW are not Audis");
+}

@@ -41,6 +41,7 @@ use crate::document::Problems;
 use crate::matcher::Hit;
 use crate::metrics::{AlertLabel, Metrics};
 use crate::model::Level;
+use crate::sightings::Retrospective;
 use crate::snapshot;
 use crate::time::{rfc3339, rfc3339_system};
 use mqtt::{Mqtt, Report, Tag};
@@ -102,6 +103,8 @@ impl Topics {
 /// What the inference worker tells the publisher.
 pub enum Event {
     Hit(Box<Hit>),
+    /// A vehicle found in the sightings when its alert appeared.
+    Retrospective(Box<Retrospective>),
     /// The active alert set changed (or is being announced).
     AlertsActive(Vec<AlertSummary>),
     /// An input carwatch could not use (an alert file edit), for `{prefix}/errors`.
@@ -160,6 +163,52 @@ pub fn hit_payload(hit: &Hit, snapshot: Option<&str>, inline: Option<&[u8]>) -> 
         "frames": hit.frames,
         "snapshot": snapshot,
         "redelivered": false,
+        "retrospective": false,
+    });
+    if let Some(bytes) = inline {
+        v["snapshot_jpeg_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+    }
+    v
+}
+
+/// The JSON of a retrospective hit: the fields of a live hit, from what the sightings
+/// remember (no greedy path; the snapshot is the vehicle's thumbnail).
+pub fn retrospective_payload(r: &Retrospective, inline: Option<&[u8]>) -> Value {
+    let s = &r.sighting;
+    let make = r.alert.make.to_string();
+    let model = r.alert.model.as_ref().map(|m| m.to_string()).unwrap_or_else(|| {
+        let prefix = format!("{make}/");
+        s.make_models
+            .iter()
+            .find(|p| p.label.to_lowercase().starts_with(&prefix.to_lowercase()))
+            .map(|p| p.label[prefix.len()..].to_string())
+            .unwrap_or_default()
+    });
+    let view = r.alert.view.as_ref().map(|v| v.to_string()).unwrap_or_else(|| s.view.clone());
+    let make_p = s.probability(&make, None);
+    let model_p = if make_p > 0.0 { s.probability(&make, Some(&model)) / make_p } else { 0.0 };
+    let view_p = if view == s.view { s.view_p } else { 0.0 };
+    let mut v = json!({
+        "hit_id": r.hit_id.to_string(),
+        "alert_id": r.alert.id.as_str(),
+        "alert_note": r.alert.note,
+        "camera": s.camera,
+        "time": rfc3339(s.last_seen),
+        "make": make,
+        "model": model,
+        "view": view,
+        "confidence": r.confidence,
+        "probabilities": { "view": view_p, "make": make_p, "model": model_p },
+        "path": [],
+        "region": Value::Null,
+        "box": { "x": s.x, "y": s.y, "width": s.width, "height": s.height },
+        "track_id": s.track_id,
+        "observations": s.looks,
+        "first_seen": rfc3339(s.first_seen),
+        "frames": s.looks.max(1),
+        "snapshot": s.thumbnail.as_ref().map(|p| p.display().to_string()),
+        "redelivered": false,
+        "retrospective": true,
     });
     if let Some(bytes) = inline {
         v["snapshot_jpeg_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
@@ -268,6 +317,7 @@ impl Publisher {
             select! {
                 recv(events) -> ev => match ev {
                     Ok(Event::Hit(hit)) => self.hit(&hit),
+                    Ok(Event::Retrospective(r)) => self.retrospective(&r),
                     Ok(Event::AlertsActive(list)) => {
                         let body = serde_json::to_vec(&list).unwrap_or_default();
                         self.alerts = Some(body.clone());
@@ -422,18 +472,36 @@ impl Publisher {
             alert = %hit.alert.id, camera = %hit.camera.name(), hit = %id,
             "hit: {} on {} ({:.2}, {} frames)", hit.alert.describe(), hit.camera.name(), hit.confidence, hit.frames
         );
+        self.deliver(hit.alert.id.as_str(), &id, payload, Some(hit.frame.seen));
+    }
+
+    /// A retrospective hit: its snapshot is the sighting's thumbnail.
+    fn retrospective(&mut self, r: &Retrospective) {
+        let id = r.hit_id.to_string();
+        let inline = match (&r.sighting.thumbnail, self.config.snapshot_inline) {
+            (Some(t), true) => std::fs::read(t).ok(),
+            _ => None,
+        };
+        let payload = retrospective_payload(r, inline.as_deref());
+        self.deliver(r.alert.id.as_str(), &id, payload, None);
+    }
+
+    /// Counts, stores in the outbox and queues a hit's payload; `seen`: when its frame
+    /// was captured (for the latency metric), if it comes from a live frame.
+    fn deliver(&mut self, alert: &str, id: &str, payload: Value, seen: Option<Instant>) {
         if let Some(cb) = self.config.on_hit.as_mut() {
             cb(&payload);
         }
-        let alert = hit.alert.id.to_string();
-        *self.hit_counts.entry(alert.clone()).or_default() += 1;
-        self.config.metrics.hits.get_or_create(&AlertLabel { alert }).inc();
+        *self.hit_counts.entry(alert.to_string()).or_default() += 1;
+        self.config.metrics.hits.get_or_create(&AlertLabel { alert: alert.to_string() }).inc();
         self.config.metrics.hits_total.fetch_add(1, Ordering::Relaxed);
-        let topic = self.config.topics.hits(hit.alert.id.as_str());
+        let topic = self.config.topics.hits(alert);
         let body = serde_json::to_vec(&payload).unwrap_or_default();
         match self.outbox.append(&topic, &body) {
             Ok(seq) => {
-                self.seen.insert(seq, hit.frame.seen);
+                if let Some(seen) = seen {
+                    self.seen.insert(seq, seen);
+                }
                 self.unsent.push_back(seq);
             }
             Err(e) => {
