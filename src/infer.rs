@@ -60,6 +60,10 @@ impl Thumbnail {
     }
 }
 
+/// How long after a track's last box (beyond `track_lost_s`) it is ended without a
+/// frame of its camera to end it.
+const EXPIRY_GRACE: Duration = Duration::from_secs(5);
+
 /// Consecutive failed batches after which the worker gives up (and carwatch exits
 /// non-zero so the service manager restarts it).
 pub const MAX_CONSECUTIVE_FAILURES: u32 = 5;
@@ -260,8 +264,13 @@ impl Worker {
             }
         }
         let mut flight: Option<InFlight> = None;
+        let mut last_expiry = Instant::now();
         loop {
             self.metrics.heartbeat.beat();
+            if last_expiry.elapsed() >= Duration::from_secs(1) {
+                last_expiry = Instant::now();
+                self.expire_tracks()?;
+            }
             while let Ok(set) = self.alert_updates.try_recv() {
                 if let Some(r) = &self.sightings {
                     r.alerts(&set);
@@ -518,6 +527,30 @@ impl Worker {
         self.metrics.observe_stage(Stage::matcher, matching.elapsed());
         self.metrics.batch_size.observe(frames.len() as f64);
         self.announce_alerts(false)
+    }
+
+    /// With no frames coming (a camera gone, all quiet), tracks still end on time: their
+    /// vehicles are decided if they must be, and remembered.
+    fn expire_tracks(&mut self) -> Result<(), WorkerError> {
+        // Frames still queued may carry boxes for a track: only tracks lost well before
+        // the oldest frame the queue could hold are ended here.
+        let now = Instant::now().checked_sub(EXPIRY_GRACE).unwrap_or_else(Instant::now);
+        let wall = Timestamp::now();
+        let mut hits = Vec::new();
+        for (camera, vehicles) in &mut self.vehicles {
+            for gone in vehicles.expire(now) {
+                if let Some(frame) = gone.best.as_ref().map(|b| Arc::clone(&b.frame)) {
+                    hits.extend(self.matcher.vehicle_gone(&frame, &gone, wall));
+                }
+                if let Some(r) = &self.sightings {
+                    r.record(Ended { camera: camera.clone(), vehicle: gone });
+                }
+            }
+        }
+        for hit in hits {
+            self.events.send(Event::Hit(Box::new(hit))).map_err(|_| WorkerError::PublisherGone)?;
+        }
+        Ok(())
     }
 
     /// At shutdown: every live vehicle goes to the sightings store, as if its track ended.

@@ -52,6 +52,7 @@ pub mod alerts;
 pub mod batcher;
 pub mod bench;
 pub mod camera;
+pub mod colour;
 pub mod config;
 pub mod document;
 #[cfg(test)]

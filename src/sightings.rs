@@ -28,6 +28,7 @@ use rusqlite::{Connection, OpenFlags, params};
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::{Alert, AlertSet};
+use crate::colour::Colour;
 use crate::locate::Bounds;
 use crate::model::Level;
 use crate::track::Vehicle;
@@ -144,6 +145,9 @@ pub struct Sighting {
     pub confidence: f32,
     /// Classified looks its description is the mean of.
     pub looks: u32,
+    /// Its colour in its best look ([`crate::colour`]), and how sure.
+    pub colour: Colour,
+    pub colour_p: f32,
     /// Top five makes, and top five `make/model` pairs, most likely first.
     pub makes: Vec<Scored>,
     pub make_models: Vec<Scored>,
@@ -177,6 +181,7 @@ impl Sighting {
         let ((make, model), confidence) =
             pairs.first().map(|((m, o), p)| ((m.to_string(), o.to_string()), *p)).unwrap_or_default();
         let b = best.bounds;
+        let colour = crate::colour::estimate(&best.frame.rgb, best.frame.width, (b.x, b.y, b.width, b.height));
         Some(Sighting {
             camera: camera.to_string(),
             track_id: vehicle.track,
@@ -192,6 +197,8 @@ impl Sighting {
             model,
             confidence,
             looks: vehicle.looks(),
+            colour: colour.colour,
+            colour_p: colour.p,
             makes,
             make_models,
             thumbnail: None,
@@ -205,6 +212,7 @@ pub struct Query {
     pub make: Option<String>,
     pub model: Option<String>,
     pub camera: Option<String>,
+    pub colour: Option<Colour>,
     pub since: Option<Timestamp>,
     pub until: Option<Timestamp>,
     /// Least probability of the make (and model) asked for [default 0.5].
@@ -282,6 +290,8 @@ impl Store {
                          model TEXT NOT NULL COLLATE NOCASE,
                          confidence REAL NOT NULL,
                          looks INTEGER NOT NULL,
+                         colour TEXT NOT NULL,
+                         colour_p REAL NOT NULL,
                          makes TEXT NOT NULL,
                          make_models TEXT NOT NULL,
                          thumbnail TEXT
@@ -314,8 +324,8 @@ impl Store {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO sightings (camera, track, first_seen, last_seen, x, y, width, height, view, view_p,
-                         make, model, confidence, looks, makes, make_models, thumbnail)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                         make, model, confidence, looks, colour, colour_p, makes, make_models, thumbnail)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
                 )
                 .map_err(sql.clone())?;
             for s in rows {
@@ -335,6 +345,8 @@ impl Store {
                         s.model,
                         s.confidence as f64,
                         s.looks,
+                        s.colour.name(),
+                        s.colour_p as f64,
                         serde_json::to_string(&s.makes).unwrap_or_default(),
                         serde_json::to_string(&s.make_models).unwrap_or_default(),
                         s.thumbnail.as_ref().map(|p| p.to_string_lossy().into_owned()),
@@ -411,7 +423,8 @@ impl Store {
         let by_top = min >= 0.5;
         let mut sql = String::from(
             "SELECT camera, track, first_seen, last_seen, x, y, width, height, view, view_p, make, model, confidence,
-                    looks, makes, make_models, thumbnail FROM sightings WHERE last_seen >= ?1 AND last_seen <= ?2",
+                    looks, colour, colour_p, makes, make_models, thumbnail
+             FROM sightings WHERE last_seen >= ?1 AND last_seen <= ?2",
         );
         let mut args: Vec<Box<dyn rusqlite::ToSql>> = vec![
             Box::new(q.since.map_or(i64::MIN, |t| t.as_millisecond())),
@@ -420,6 +433,10 @@ impl Store {
         if let Some(c) = &q.camera {
             args.push(Box::new(c.clone()));
             sql.push_str(&format!(" AND camera = ?{}", args.len()));
+        }
+        if let Some(c) = q.colour {
+            args.push(Box::new(c.name()));
+            sql.push_str(&format!(" AND colour = ?{}", args.len()));
         }
         if let (Some(m), true) = (&q.make, by_top) {
             args.push(Box::new(m.clone()));
@@ -448,9 +465,11 @@ impl Store {
                     model: r.get(11)?,
                     confidence: r.get::<_, f64>(12)? as f32,
                     looks: r.get(13)?,
-                    makes: serde_json::from_str(&r.get::<_, String>(14)?).unwrap_or_default(),
-                    make_models: serde_json::from_str(&r.get::<_, String>(15)?).unwrap_or_default(),
-                    thumbnail: r.get::<_, Option<String>>(16)?.map(PathBuf::from),
+                    colour: Colour::parse(&r.get::<_, String>(14)?).unwrap_or(Colour::Unknown),
+                    colour_p: r.get::<_, f64>(15)? as f32,
+                    makes: serde_json::from_str(&r.get::<_, String>(16)?).unwrap_or_default(),
+                    make_models: serde_json::from_str(&r.get::<_, String>(17)?).unwrap_or_default(),
+                    thumbnail: r.get::<_, Option<String>>(18)?.map(PathBuf::from),
                 })
             })
             .map_err(self.err())?;
@@ -757,6 +776,8 @@ mod tests {
             model: model.into(),
             confidence: p,
             looks: 3,
+            colour: Colour::Blue,
+            colour_p: 0.8,
             makes: vec![Scored { label: make.into(), p }, Scored { label: "other".into(), p: 1.0 - p }],
             make_models: vec![Scored { label: format!("{make}/{model}"), p }],
             thumbnail: None,

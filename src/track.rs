@@ -281,6 +281,13 @@ impl Vehicles {
         self.tracker.evicted
     }
 
+    /// The vehicles whose tracks have had no box for `lost_after` by `now`, taken out
+    /// (when no frame of the camera comes to end them).
+    pub fn expire(&mut self, now: Instant) -> Vec<Vehicle> {
+        let (_, ended) = self.tracker.update(&[], now);
+        ended.into_iter().filter_map(|t| self.vehicles.remove(&t.id)).collect()
+    }
+
     /// Every live vehicle, taken out (at shutdown).
     pub fn drain(&mut self) -> Vec<Vehicle> {
         self.vehicles.drain().map(|(_, v)| v).collect()
@@ -357,5 +364,21 @@ mod tests {
         assert_eq!(ended.iter().map(|t| t.id).collect::<Vec<_>>(), a, "the track seen longest ago goes");
         assert_eq!(c[0], b[0]);
         assert_eq!(tracker.tracks().len(), 2);
+    }
+
+    #[test]
+    fn vehicles_expire_without_frames_and_drain_at_shutdown() {
+        let cam = crate::camera::testing::camera("gate");
+        let frame = Arc::new(crate::camera::testing::frame(&cam, 640, 480));
+        let config = TrackerConfig { lost_after: Duration::from_secs(2), ..TrackerConfig::default() };
+        let mut vehicles = Vehicles::new(config);
+        let (ids, _) = vehicles.locate(&frame, &[at(10, 10), at(300, 200)]);
+        assert!(vehicles.expire(frame.seen + Duration::from_secs(2)).is_empty());
+        let gone = vehicles.expire(frame.seen + Duration::from_millis(2100));
+        let mut gone_ids: Vec<u64> = gone.iter().map(|v| v.track).collect();
+        gone_ids.sort();
+        assert_eq!(gone_ids, ids);
+        vehicles.locate(&frame, &[at(10, 10)]);
+        assert_eq!(vehicles.drain().len(), 1);
     }
 }

@@ -52,6 +52,7 @@ fn vehicles_are_remembered_and_searched_while_watch_runs() {
         (Some("street"), Some("bmw"), Some("3-series"))
     );
     assert!(row["confidence"].as_f64().unwrap() >= 0.5, "{row}");
+    assert_eq!(row["colour"], "blue", "the synthetic BMW is painted blue: {row}");
     assert!(row["first_seen"].as_str().unwrap() <= hit["time"].as_str().unwrap(), "{row} {hit}");
     assert!(row["time"].as_str().unwrap() >= hit["time"].as_str().unwrap(), "last seen after the hit: {row}");
     let thumb = row["thumbnail"].as_str().expect("a thumbnail");
@@ -68,6 +69,13 @@ fn vehicles_are_remembered_and_searched_while_watch_runs() {
         assert!(Instant::now() < deadline, "the Volvo was never remembered: {all:?}");
         std::thread::sleep(Duration::from_millis(500));
     }
+    let yellow = search(&["--colour", "yellow", "--json", "--limit", "0"]);
+    assert!(
+        stdout(&yellow).lines().any(|l| l.contains("\"make\":\"volvo\"")),
+        "the Volvo is yellow: {}",
+        stdout(&yellow)
+    );
+    assert!(!stdout(&yellow).contains("\"make\":\"bmw\""));
     let bmw = search(&["--make", "bmw", "--json", "--limit", "0"]);
     assert!(stdout(&bmw).lines().all(|l| l.contains("\"make\":\"bmw\"")), "{}", stdout(&bmw));
     // The table form.
@@ -79,6 +87,7 @@ fn vehicles_are_remembered_and_searched_while_watch_runs() {
         (vec!["--make", "tesla"], "unknown make `tesla`"),
         (vec!["--since", "yesterday"], "--since"),
         (vec!["--model", "x5"], "--model needs --make"),
+        (vec!["--colour", "teal"], "unknown colour `teal`"),
     ] {
         let o = search(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
@@ -100,11 +109,18 @@ fn an_alert_added_after_the_vehicle_passed_hits_it_retrospectively_once() {
         .write();
     let mut sub = Subscriber::connect(broker.port, "carwatch/#");
     let watcher = Watcher::start(&config);
+    // What the alert will ask for: the live rule's min_confidence (0.6 by default) and
+    // confirm_frames (2) looks.
     let search = || {
         let mut cmd = carwatch();
-        cmd.arg("search").arg("--config").arg(&config).args(["--make", "bmw", "--model", "3-series", "--json"]);
+        cmd.arg("search").arg("--config").arg(&config);
+        cmd.args(["--make", "bmw", "--model", "3-series", "--min-confidence", "0.6", "--json"]);
         let o = run(cmd, Duration::from_secs(30));
-        stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<serde_json::Value>>()
+        stdout(&o)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|r: &serde_json::Value| r["observations"].as_u64().unwrap() >= 2)
+            .collect::<Vec<serde_json::Value>>()
     };
     // The BMW passes while no alert asks for it, and is remembered.
     let deadline = Instant::now() + Duration::from_secs(150);
@@ -122,8 +138,8 @@ fn an_alert_added_after_the_vehicle_passed_hits_it_retrospectively_once() {
     std::fs::write(&tmp, format!("{audi}\n[[alert]]\nid = \"bmw3\"\nmake = \"bmw\"\nmodel = \"3-series\"\n")).unwrap();
     std::fs::rename(&tmp, &alerts).unwrap();
     let first = sub
-        .wait_for("carwatch/hits/bmw3", Duration::from_secs(60), |_| true)
-        .unwrap_or_else(|| panic!("no retrospective hit\n{}", watcher.logs()))
+        .wait_for("carwatch/hits/bmw3", Duration::from_secs(90), |_| true)
+        .unwrap_or_else(|| panic!("no retrospective hit for {passed:?}\n{}", watcher.logs()))
         .json();
     sub.collect_for(Duration::from_secs(5));
     let hits: Vec<serde_json::Value> = sub.on("carwatch/hits/bmw3").iter().map(|m| m.json()).collect();

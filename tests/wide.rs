@@ -138,6 +138,7 @@ fn passages(extra: &str, sections: &str) {
     }
     for h in &hits {
         assert!(h["region"].is_null(), "{h}");
+        assert_eq!(h["colour"], "blue", "{h}");
         assert!(h["observations"].as_u64().unwrap() >= 2, "{h}");
         assert!(h["first_seen"].as_str().unwrap() <= h["time"].as_str().unwrap());
         let b = &h["box"];

@@ -316,6 +316,9 @@ struct SearchArgs {
     model: Option<String>,
     #[arg(long)]
     camera: Option<String>,
+    /// black, white, grey (silver), red, orange, yellow, green, blue, brown or purple.
+    #[arg(long)]
+    colour: Option<String>,
     /// Seen at or after: a span back from now (2h, 30m, 90s, 1d) or an RFC 3339 time.
     #[arg(long)]
     since: Option<String>,

@@ -52,7 +52,16 @@ pub(super) fn search_cmd(a: SearchArgs) -> Result<ExitCode> {
         Ok(s) => s,
         Err(e) => return refuse(e.to_string()),
     };
+    let colour = match a.colour.as_deref().map(|c| carwatch::colour::Colour::parse(c).ok_or(c)).transpose() {
+        Ok(c) => c,
+        Err(c) => {
+            return refuse(format!(
+                "unknown colour `{c}`; carwatch names black, white, grey (or silver), red, orange, yellow, green, blue, brown, purple"
+            ));
+        }
+    };
     let query = Query {
+        colour,
         make: a.make.clone(),
         model: a.model.clone(),
         camera: a.camera.clone(),
@@ -77,7 +86,9 @@ pub(super) fn search_cmd(a: SearchArgs) -> Result<ExitCode> {
                 "make": s.make,
                 "model": s.model,
                 "view": s.view,
-                "colour": serde_json::Value::Null,
+                "observations": s.looks,
+                "colour": s.colour,
+                "colour_probability": s.colour_p,
                 "confidence": confidence(s),
                 "makes": s.makes,
                 "make_models": s.make_models,
@@ -101,7 +112,7 @@ pub(super) fn search_cmd(a: SearchArgs) -> Result<ExitCode> {
             carwatch::time::rfc3339(s.last_seen),
             s.camera.clone(),
             s.track_id.to_string(),
-            format!("{} {} ({})", s.make, s.model, s.view),
+            format!("{} {} {} ({})", s.colour.name(), s.make, s.model, s.view),
             format!("{:.2}", confidence(s)),
             s.thumbnail.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         ]);

@@ -140,6 +140,7 @@ pub fn hit_payload(hit: &Hit, snapshot: Option<&str>, inline: Option<&[u8]>) -> 
     let model_p =
         if make_p > 0.0 { p.probability(None, &hit.leaf.make, Some(hit.leaf.model.as_str())) / make_p } else { 0.0 };
     let c = hit.region.crop;
+    let colour = crate::colour::estimate(&hit.frame.rgb, hit.frame.width, (c.x, c.y, c.width, c.height));
     let mut v = json!({
         "hit_id": hit.hit_id.to_string(),
         "alert_id": hit.alert.id.as_str(),
@@ -164,6 +165,8 @@ pub fn hit_payload(hit: &Hit, snapshot: Option<&str>, inline: Option<&[u8]>) -> 
         "snapshot": snapshot,
         "redelivered": false,
         "retrospective": false,
+        "colour": colour.colour,
+        "colour_probability": colour.p,
     });
     if let Some(bytes) = inline {
         v["snapshot_jpeg_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
@@ -209,6 +212,8 @@ pub fn retrospective_payload(r: &Retrospective, inline: Option<&[u8]>) -> Value 
         "snapshot": s.thumbnail.as_ref().map(|p| p.display().to_string()),
         "redelivered": false,
         "retrospective": true,
+        "colour": s.colour,
+        "colour_probability": s.colour_p,
     });
     if let Some(bytes) = inline {
         v["snapshot_jpeg_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));

@@ -139,6 +139,11 @@ pub fn street(width: u32, height: u32) -> Vec<u8> {
 /// Draws a vehicle of `class` inside `area` of `img`, with random placement and jitter;
 /// returns the box it covers (cabin, body, wheels), which may reach past the image.
 pub fn draw_vehicle(img: &mut RgbImage, area: Rect, class: &Class, rng: &mut StdRng) -> Rect {
+    draw_vehicle_painted(img, area, class, class.colour, rng)
+}
+
+/// [`draw_vehicle`] in another paint than its make's (the colour estimator's tests).
+pub fn draw_vehicle_painted(img: &mut RgbImage, area: Rect, class: &Class, paint: [u8; 3], rng: &mut StdRng) -> Rect {
     let (aw, ah) = (area.width() as f32, area.height() as f32);
     let (rel_w, rel_h) = match class.shape {
         Shape::Sedan => (0.86, 0.34),
@@ -156,7 +161,7 @@ pub fn draw_vehicle(img: &mut RgbImage, area: Rect, class: &Class, rng: &mut Std
     let x0 = area.left() as f32 + slack_x * rng.random_range(0.2..0.8);
     let y0 = area.top() as f32 + cabin + slack_y * rng.random_range(0.3..0.9);
     let jitter = |c: u8, r: &mut StdRng| (c as i32 + r.random_range(-18..=18)).clamp(0, 255) as u8;
-    let body = Rgb([jitter(class.colour[0], rng), jitter(class.colour[1], rng), jitter(class.colour[2], rng)]);
+    let body = Rgb([jitter(paint[0], rng), jitter(paint[1], rng), jitter(paint[2], rng)]);
     let sketch = Sketch { x0, y0, bw, bh, cabin, body };
     let (extra_w, below) = if class.view == "angled" { (bh * 0.45, bh * 1.32) } else { (0.0, bh * 1.15) };
     let extent = rect(x0, y0 - cabin, bw + extra_w, cabin + below);
