@@ -43,4 +43,6 @@ for locate in frame motion; do
   "$bin" bench pipeline --cameras 4 --fps 4 --source-fps 10 --duration "$duration" --locate "$locate" \
     --scene wide:angled/bmw/3-series --models "$models" --json > "$out/wide-$locate.json"
 done
+echo "bench: sightings store, 1,000,000 rows" >&2
+"$bin" bench sightings --rows 1000000 --json > "$out/sightings.json"
 echo "bench: results in $out" >&2

@@ -695,6 +695,15 @@ mod tests {
     }
 
     #[test]
+    fn bench_sightings_inserts_and_finds() {
+        let r = sightings(3000).unwrap();
+        assert_eq!(r.rows, 3000);
+        assert!(r.inserts_per_s > 0.0 && r.search_ms >= 0.0 && r.file_mb > 0.0);
+        // 1 in 27 rows is a bmw 3-series, 1 in 168 within the last hour, 4 in 7 above 0.6.
+        assert!(r.found <= 3000 / 27, "{}", r.found);
+    }
+
+    #[test]
     fn percentiles_and_roles() {
         let v = [0.001f32, 0.002, 0.003, 0.004, 0.100];
         assert!((percentile(&v, 0.5) - 3.0).abs() < 1e-3);
@@ -704,4 +713,88 @@ mod tests {
         assert_eq!(thread_role("avdec_h264-0"), Some("decode"));
         assert!(thread_cpu().iter().any(|(_, s)| *s >= 0.0));
     }
+}
+
+/// What `bench sightings` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct SightingsResult {
+    pub rows: usize,
+    /// Rows inserted per second, in transactions of 1,000.
+    pub inserts_per_s: f64,
+    /// A search by make, model and the last hour, over rows spread across a week.
+    pub search_ms: f64,
+    /// Rows that search returned.
+    pub found: usize,
+    /// The same search without a make: a camera's last hour.
+    pub search_recent_ms: f64,
+    pub file_mb: f64,
+}
+
+/// Runs `bench sightings`: `rows` generated sightings over the last week into a fresh
+/// database, then searches.
+pub fn sightings(rows: usize) -> Result<SightingsResult, String> {
+    use crate::sightings::{Query, Scored, Sighting, Store};
+    let dir = tempfile::Builder::new().prefix("carwatch-bench-sightings-").tempdir().map_err(err)?;
+    let path = dir.path().join("sightings.db");
+    let mut store = Store::open(&path).map_err(err)?;
+    let classes = crate::synthetic::catalogue();
+    let now = jiff::Timestamp::now().as_millisecond();
+    let week = 7 * 86_400_000i64;
+    let mut rng = crate::synthetic::rng(9);
+    use rand::RngExt;
+    let start = Instant::now();
+    let mut batch = Vec::with_capacity(1000);
+    for i in 0..rows {
+        let c = &classes[i % classes.len()];
+        let at = now - rng.random_range(0..week);
+        let p: f32 = rng.random_range(0.3..1.0);
+        batch.push(Sighting {
+            camera: format!("cam{}", i % 16),
+            track_id: i as u64,
+            first_seen: jiff::Timestamp::from_millisecond(at - 4000).map_err(err)?,
+            last_seen: jiff::Timestamp::from_millisecond(at).map_err(err)?,
+            x: 100,
+            y: 200,
+            width: 300,
+            height: 200,
+            view: c.view.into(),
+            view_p: 0.9,
+            make: c.make.into(),
+            model: c.model.into(),
+            confidence: p,
+            looks: 8,
+            colour: crate::colour::Colour::NAMED[i % 10],
+            colour_p: 0.8,
+            makes: vec![Scored { label: c.make.into(), p }],
+            make_models: vec![Scored { label: format!("{}/{}", c.make, c.model), p }],
+            thumbnail: Some(PathBuf::from(format!("/var/lib/carwatch/thumbnails/cam0/2026-11-30/{i}.jpg"))),
+        });
+        if batch.len() == 1000 || i + 1 == rows {
+            store.insert(&batch).map_err(err)?;
+            batch.clear();
+        }
+    }
+    let inserts_per_s = rows as f64 / start.elapsed().as_secs_f64();
+    let reader = Store::open_read_only(&path).map_err(err)?;
+    let hour_ago = jiff::Timestamp::from_millisecond(now - 3_600_000).map_err(err)?;
+    let timed = |q: &Query| -> Result<(f64, usize), String> {
+        reader.search(q).map_err(err)?; // warm the page cache
+        let t = Instant::now();
+        let mut found = 0;
+        for _ in 0..5 {
+            found = reader.search(q).map_err(err)?.len();
+        }
+        Ok((t.elapsed().as_secs_f64() * 1000.0 / 5.0, found))
+    };
+    let (search_ms, found) = timed(&Query {
+        make: Some("bmw".into()),
+        model: Some("3-series".into()),
+        since: Some(hour_ago),
+        min_confidence: Some(0.6),
+        ..Query::default()
+    })?;
+    let (search_recent_ms, _) =
+        timed(&Query { camera: Some("cam3".into()), since: Some(hour_ago), ..Query::default() })?;
+    let file_mb = std::fs::metadata(&path).map(|m| m.len() as f64 / 1e6).unwrap_or(0.0);
+    Ok(SightingsResult { rows, inserts_per_s, search_ms, found, search_recent_ms, file_mb })
 }

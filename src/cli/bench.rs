@@ -8,6 +8,20 @@ pub(super) fn bench_cmd(cmd: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Model(a) => model(a),
         BenchCommand::Pipeline(a) => pipeline(a),
         BenchCommand::Accuracy(a) => accuracy(a),
+        BenchCommand::Sightings { rows, json } => {
+            let r = carwatch::bench::sightings(rows).map_err(anyhow::Error::msg)?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&r)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "{} sightings: {:.0} inserts/s (transactions of 1,000); by make, model and last hour {:.1} ms ({} found); a camera's last hour {:.1} ms; file {:.0} MB",
+                    r.rows, r.inserts_per_s, r.search_ms, r.found, r.search_recent_ms, r.file_mb
+                )?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         BenchCommand::Locate { frames, resolution, json } => {
             let (width, height) = resolution.size();
             let r = carwatch::bench::locate(frames, width, height);

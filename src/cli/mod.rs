@@ -78,6 +78,13 @@ enum BenchCommand {
     Pipeline(BenchPipelineArgs),
     /// Wide views located, tracked and decided against generated truth.
     Accuracy(BenchAccuracyArgs),
+    /// The sightings store: inserts and searches over N generated rows.
+    Sightings {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// The motion locator alone, per frame, on a generated street (one thread).
     Locate {
         #[arg(long, default_value_t = 200)]
