@@ -53,6 +53,10 @@ pub struct SightingsConfig {
     /// Most rows kept; beyond it the oldest go first.
     #[serde(default = "default_max_rows")]
     pub max_rows: u64,
+    /// Also publish each sighting (no image) on `{prefix}/sightings/{camera}`, for one
+    /// consumer to keep a fleet's history.
+    #[serde(default)]
+    pub publish: bool,
     /// How far back a new alert is searched for (each alert may say `lookback_s`).
     #[serde(default = "default_lookback", deserialize_with = "crate::values::seconds", rename = "lookback_s")]
     pub lookback: Duration,
@@ -91,6 +95,7 @@ impl Default for SightingsConfig {
             file: None,
             retain_days: default_retain(),
             max_rows: default_max_rows(),
+            publish: false,
             lookback: default_lookback(),
         }
     }
@@ -548,6 +553,15 @@ pub fn channel() -> (Recorder, Inbox) {
     (Recorder { tx, alerts: alerts_tx, dropped: Arc::new(AtomicU64::new(0)) }, Inbox { ended, alerts })
 }
 
+/// What the `sightings` thread hands to the publisher.
+#[derive(Debug, Clone)]
+pub enum Found {
+    /// A vehicle that would have hit a new alert.
+    Retrospective(Retrospective),
+    /// A vehicle just stored, with `[sightings] publish = true`.
+    Sighting(Sighting),
+}
+
 /// A hit found in the sightings when its alert appeared: the vehicle passed before
 /// anyone asked for it.
 #[derive(Debug, Clone)]
@@ -632,7 +646,7 @@ pub fn run(
     path: PathBuf,
     inbox: Inbox,
     counters: Arc<Counters>,
-    mut found: impl FnMut(Retrospective) -> bool,
+    mut found: impl FnMut(Found) -> bool,
 ) {
     let thumbs = path.with_file_name("thumbnails");
     let mut store = match Store::open(&path) {
@@ -661,7 +675,14 @@ pub fn run(
                             pending.push(s);
                         }
                     }
-                    flush(&mut store, &mut pending, &counters);
+                    let published = if config.publish { pending.clone() } else { Vec::new() };
+                    if flush(&mut store, &mut pending, &counters) {
+                        for s in published {
+                            if !found(Found::Sighting(s)) {
+                                return;
+                            }
+                        }
+                    }
                 }
                 Err(_) => {
                     flush(&mut store, &mut pending, &counters);
@@ -675,7 +696,7 @@ pub fn run(
                             tracing::info!(alert = %r.alert.id, camera = %r.sighting.camera,
                                 "retrospective hit: {} passed {} at {}", r.alert.describe(), r.sighting.camera,
                                 crate::time::rfc3339(r.sighting.last_seen));
-                            if !found(r) {
+                            if !found(Found::Retrospective(r)) {
                                 return;
                             }
                         }
@@ -705,13 +726,15 @@ pub fn run(
     }
 }
 
-fn flush(store: &mut Option<Store>, pending: &mut Vec<Sighting>, counters: &Counters) {
+/// Stores `pending` (emptied); whether it was stored.
+fn flush(store: &mut Option<Store>, pending: &mut Vec<Sighting>, counters: &Counters) -> bool {
     if pending.is_empty() {
-        return;
+        return false;
     }
-    match store.as_mut().map(|s| s.insert(pending)) {
+    let stored = match store.as_mut().map(|s| s.insert(pending)) {
         Some(Ok(())) => {
             counters.written.fetch_add(pending.len() as u64, Ordering::Relaxed);
+            true
         }
         Some(Err(e)) => {
             counters.failed.fetch_add(pending.len() as u64, Ordering::Relaxed);
@@ -719,12 +742,15 @@ fn flush(store: &mut Option<Store>, pending: &mut Vec<Sighting>, counters: &Coun
             for t in pending.iter().filter_map(|s| s.thumbnail.as_ref()) {
                 let _ = std::fs::remove_file(t);
             }
+            false
         }
         None => {
             counters.failed.fetch_add(pending.len() as u64, Ordering::Relaxed);
+            false
         }
-    }
+    };
     pending.clear();
+    stored
 }
 
 /// Writes the best look's crop as `thumbnails/<camera>/<date>/<track>-<ms>.jpg`.

@@ -537,7 +537,13 @@ fn start_sightings(config: &Config, output: &Output) -> Result<(Option<Recorder>
     let path = config.sightings.path(&config.state_dir);
     let (c, counters) = (config.sightings.clone(), Arc::new(sightings::Counters::default()));
     let events = output.events.clone();
-    let found = move |r| events.send(Event::Retrospective(Box::new(r))).is_ok();
+    let found = move |f| {
+        let event = match f {
+            sightings::Found::Retrospective(r) => Event::Retrospective(Box::new(r)),
+            sightings::Found::Sighting(s) => Event::Sighting(Box::new(s)),
+        };
+        events.send(event).is_ok()
+    };
     let handle = threads::spawn("sightings", move || sightings::run(c, path, rx, counters, found))
         .map_err(spawn_err("sightings"))?;
     Ok((Some(recorder), Some(handle)))

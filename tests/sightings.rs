@@ -22,6 +22,7 @@ fn vehicles_are_remembered_and_searched_while_watch_runs() {
         .cameras(&format!("[[camera]]\nname = \"street\"\nurl = \"{}\"\nfps = 4\n", rtsp.url("/street")))
         .alerts("[[alert]]\nid = \"bmw3\"\nmake = \"bmw\"\nmodel = \"3-series\"\n")
         .matcher("confirm_frames = 2")
+        .section("[sightings]\npublish = true")
         .write();
     let mut sub = Subscriber::connect(broker.port, "carwatch/#");
     let watcher = Watcher::start(&config);
@@ -58,6 +59,13 @@ fn vehicles_are_remembered_and_searched_while_watch_runs() {
     let thumb = row["thumbnail"].as_str().expect("a thumbnail");
     let img = image::open(thumb).unwrap_or_else(|e| panic!("thumbnail {thumb}: {e}"));
     assert!(img.width() <= 160 && img.height() <= 160 && img.width() > 16, "{}x{}", img.width(), img.height());
+    // With publish = true each sighting also went to the broker, without its thumbnail.
+    let published = sub
+        .wait_for("carwatch/sightings/street", Duration::from_secs(30), |m| m.json()["track_id"] == hit["track_id"])
+        .expect("the BMW's sighting on carwatch/sightings/street")
+        .json();
+    assert_eq!((published["make"].as_str(), published["colour"].as_str()), (Some("bmw"), Some("blue")));
+    assert!(published.get("thumbnail").is_none(), "{published}");
     // The Volvo, which passes next, is remembered too, and is not found as a BMW.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

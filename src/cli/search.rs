@@ -78,23 +78,9 @@ pub(super) fn search_cmd(a: SearchArgs) -> Result<ExitCode> {
     };
     if a.json {
         for s in &found {
-            let v = serde_json::json!({
-                "time": carwatch::time::rfc3339(s.last_seen),
-                "first_seen": carwatch::time::rfc3339(s.first_seen),
-                "camera": s.camera,
-                "track_id": s.track_id,
-                "make": s.make,
-                "model": s.model,
-                "view": s.view,
-                "observations": s.looks,
-                "colour": s.colour,
-                "colour_probability": s.colour_p,
-                "confidence": confidence(s),
-                "makes": s.makes,
-                "make_models": s.make_models,
-                "box": { "x": s.x, "y": s.y, "width": s.width, "height": s.height },
-                "thumbnail": s.thumbnail,
-            });
+            let mut v = carwatch::publish::sighting_payload(s);
+            v["confidence"] = serde_json::json!(confidence(s));
+            v["thumbnail"] = serde_json::json!(s.thumbnail);
             writeln!(out, "{v}")?;
         }
         return Ok(ExitCode::SUCCESS);

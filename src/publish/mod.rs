@@ -41,7 +41,7 @@ use crate::document::Problems;
 use crate::matcher::Hit;
 use crate::metrics::{AlertLabel, Metrics};
 use crate::model::Level;
-use crate::sightings::Retrospective;
+use crate::sightings::{Retrospective, Sighting};
 use crate::snapshot;
 use crate::time::{rfc3339, rfc3339_system};
 use mqtt::{Mqtt, Report, Tag};
@@ -95,6 +95,9 @@ impl Topics {
     pub fn errors(&self) -> String {
         format!("{}/errors", self.prefix)
     }
+    pub fn sightings(&self, camera: &str) -> String {
+        format!("{}/sightings/{camera}", self.prefix)
+    }
     pub fn stats(&self) -> String {
         format!("{}/stats", self.prefix)
     }
@@ -105,6 +108,8 @@ pub enum Event {
     Hit(Box<Hit>),
     /// A vehicle found in the sightings when its alert appeared.
     Retrospective(Box<Retrospective>),
+    /// A vehicle just remembered (`[sightings] publish = true`).
+    Sighting(Box<Sighting>),
     /// The active alert set changed (or is being announced).
     AlertsActive(Vec<AlertSummary>),
     /// An input carwatch could not use (an alert file edit), for `{prefix}/errors`.
@@ -172,6 +177,27 @@ pub fn hit_payload(hit: &Hit, snapshot: Option<&str>, inline: Option<&[u8]>) -> 
         v["snapshot_jpeg_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
     }
     v
+}
+
+/// The JSON of a sighting on `{prefix}/sightings/{camera}` (the fields `carwatch
+/// search --json` prints, without the thumbnail, which stays on this host).
+pub fn sighting_payload(s: &Sighting) -> Value {
+    json!({
+        "time": rfc3339(s.last_seen),
+        "first_seen": rfc3339(s.first_seen),
+        "camera": s.camera,
+        "track_id": s.track_id,
+        "make": s.make,
+        "model": s.model,
+        "view": s.view,
+        "observations": s.looks,
+        "colour": s.colour,
+        "colour_probability": s.colour_p,
+        "confidence": s.confidence,
+        "makes": s.makes,
+        "make_models": s.make_models,
+        "box": { "x": s.x, "y": s.y, "width": s.width, "height": s.height },
+    })
 }
 
 /// The JSON of a retrospective hit: the fields of a live hit, from what the sightings
@@ -323,6 +349,14 @@ impl Publisher {
                 recv(events) -> ev => match ev {
                     Ok(Event::Hit(hit)) => self.hit(&hit),
                     Ok(Event::Retrospective(r)) => self.retrospective(&r),
+                    Ok(Event::Sighting(s)) => {
+                        // Superseded-state priority: dropped first when the link is slow.
+                        let body = serde_json::to_vec(&sighting_payload(&s)).unwrap_or_default();
+                        let topic = self.config.topics.sightings(&s.camera);
+                        if self.mqtt.publish(topic, false, body, Tag::State).is_err() {
+                            tracing::debug!("MQTT queue full: a sighting was not published");
+                        }
+                    }
                     Ok(Event::AlertsActive(list)) => {
                         let body = serde_json::to_vec(&list).unwrap_or_default();
                         self.alerts = Some(body.clone());
