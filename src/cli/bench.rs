@@ -10,34 +10,35 @@ pub(super) fn bench_cmd(cmd: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Accuracy(a) => accuracy(a),
         BenchCommand::Sightings { rows, json } => {
             let r = carwatch::bench::sightings(rows).map_err(anyhow::Error::msg)?;
-            let mut out = std::io::stdout().lock();
-            if json {
-                writeln!(out, "{}", serde_json::to_string(&r)?)?;
-            } else {
-                writeln!(
-                    out,
+            emit(json, &r, |r| {
+                format!(
                     "{} sightings: {:.0} inserts/s (transactions of 1,000); by make, model and last hour {:.1} ms ({} found); a camera's last hour {:.1} ms; file {:.0} MB",
                     r.rows, r.inserts_per_s, r.search_ms, r.found, r.search_recent_ms, r.file_mb
-                )?;
-            }
-            Ok(ExitCode::SUCCESS)
+                )
+            })
         }
         BenchCommand::Locate { frames, resolution, json } => {
             let (width, height) = resolution.size();
             let r = carwatch::bench::locate(frames, width, height);
-            let mut out = std::io::stdout().lock();
-            if json {
-                writeln!(out, "{}", serde_json::to_string(&r)?)?;
-            } else {
-                writeln!(
-                    out,
+            emit(json, &r, |r| {
+                format!(
                     "motion locator at {}: {:.2} ms per frame (one thread), vehicle boxed in {} of {} frames",
                     r.resolution, r.ms_per_frame, r.boxed, r.frames
-                )?;
-            }
-            Ok(ExitCode::SUCCESS)
+                )
+            })
         }
     }
+}
+
+/// One result as a JSON line, or as the sentence `text` makes of it.
+fn emit<T: serde::Serialize>(json: bool, r: &T, text: impl FnOnce(&T) -> String) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(r)?)?;
+    } else {
+        writeln!(out, "{}", text(r))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `models`, else `models/demo` when no trained models are installed.
@@ -56,9 +57,9 @@ fn accuracy(a: BenchAccuracyArgs) -> Result<ExitCode> {
         a.wanted.split_once('/').ok_or_else(|| anyhow::anyhow!("--wanted takes MAKE/MODEL, not `{}`", a.wanted))?;
     let (width, height) = a.resolution.size();
     let opts = carwatch::bench::accuracy::AccuracyOptions {
-        models: models_or_demo(a.models),
-        device: a.device,
-        precision: a.precision,
+        models: models_or_demo(a.model.models),
+        device: a.model.device,
+        precision: a.model.precision,
         wanted: (make.to_string(), model.to_string()),
         passages: a.passages,
         width,
@@ -167,13 +168,7 @@ fn pipeline(a: BenchPipelineArgs) -> Result<ExitCode> {
     let (width, height) = a.resolution.size();
     let decode: carwatch::camera::DecodeMode = serde_json::from_value(serde_json::Value::String(a.decode.clone()))
         .map_err(|_| anyhow::anyhow!("unknown --decode `{}`", a.decode))?;
-    let models = a.models.unwrap_or_else(|| {
-        if PathBuf::from("models/cascade.toml").exists() {
-            PathBuf::from("models")
-        } else {
-            PathBuf::from("models/demo")
-        }
-    });
+    let models = models_or_demo(a.model.models);
     let opts = carwatch::bench::PipelineOptions {
         cameras: a.cameras,
         fps: a.fps,
@@ -183,8 +178,8 @@ fn pipeline(a: BenchPipelineArgs) -> Result<ExitCode> {
         duration: std::time::Duration::from_secs_f64(a.duration),
         warmup: std::time::Duration::from_secs_f64(a.warmup),
         models,
-        device: a.device,
-        precision: a.precision,
+        device: a.model.device,
+        precision: a.model.precision,
         decode,
         threads: a.threads,
         scene: a.scene,

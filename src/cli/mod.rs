@@ -142,13 +142,8 @@ struct BenchPipelineArgs {
     /// Frame rate of the synthetic cameras (what is decoded).
     #[arg(long, default_value_t = 25)]
     source_fps: u32,
-    /// Models directory [default: models, else models/demo].
-    #[arg(long)]
-    models: Option<PathBuf>,
-    #[arg(long, default_value = "auto")]
-    device: DeviceChoice,
-    #[arg(long, default_value = "auto")]
-    precision: PrecisionChoice,
+    #[command(flatten)]
+    model: BenchModelChoice,
     /// auto | cpu | nvdec | keyframes
     #[arg(long, default_value = "auto")]
     decode: String,
@@ -170,8 +165,9 @@ struct BenchPipelineArgs {
     json: bool,
 }
 
+/// Which models a benchmark runs, and where.
 #[derive(Args)]
-struct BenchAccuracyArgs {
+struct BenchModelChoice {
     /// Models directory [default: models, else models/demo].
     #[arg(long)]
     models: Option<PathBuf>,
@@ -179,6 +175,12 @@ struct BenchAccuracyArgs {
     device: DeviceChoice,
     #[arg(long, default_value = "auto")]
     precision: PrecisionChoice,
+}
+
+#[derive(Args)]
+struct BenchAccuracyArgs {
+    #[command(flatten)]
+    model: BenchModelChoice,
     /// The wanted vehicle, MAKE/MODEL of the synthetic catalogue.
     #[arg(long, default_value = "bmw/3-series")]
     wanted: String,
