@@ -124,6 +124,8 @@ pub struct Metrics {
     pub heartbeat: Heartbeat,
     /// Where and how the model runs (`cpu/int8`), once loaded: for `bench` reports.
     pub model: std::sync::Mutex<Option<String>>,
+    /// What the sightings store wrote, failed to write, dropped and pruned.
+    pub sightings: Arc<crate::sightings::Counters>,
     registry: Registry,
 }
 
@@ -211,7 +213,7 @@ struct Gauges(Arc<Metrics>);
 impl Collector for Gauges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let m = &self.0;
-        let gauges: [(&str, &str, i64); 6] = [
+        let gauges: [(&str, &str, i64); 9] = [
             (
                 "carwatch_outbox_depth",
                 "Hits stored and not yet acknowledged by the broker.",
@@ -241,6 +243,21 @@ impl Collector for Gauges {
                 "carwatch_outbox_write_errors",
                 "Hits that could not be stored in the outbox (disk full?) and went out at most once (since start).",
                 m.outbox_write_errors.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "carwatch_sightings_written",
+                "Vehicles remembered in the sightings database (since start).",
+                m.sightings.written.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "carwatch_sightings_failed",
+                "Vehicles not remembered: the database could not be opened or written (since start).",
+                m.sightings.failed.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "carwatch_sightings_dropped",
+                "Vehicles not remembered: the sightings thread was behind (since start).",
+                m.sightings.dropped.load(Ordering::Relaxed) as i64,
             ),
         ];
         for (name, help, value) in gauges {
@@ -299,6 +316,7 @@ impl Metrics {
             outbox_dropped: AtomicU64::new(0),
             outbox_dead_letters: AtomicU64::new(0),
             outbox_write_errors: AtomicU64::new(0),
+            sightings: Arc::default(),
             mqtt_connected: AtomicBool::new(false),
             heartbeat: Heartbeat::new(),
             model: std::sync::Mutex::new(None),

@@ -508,8 +508,7 @@ pub struct Ended {
 pub struct Recorder {
     tx: Sender<Ended>,
     alerts: Sender<AlertSet>,
-    /// Vehicles not recorded: the thread was behind (or gone).
-    pub dropped: Arc<AtomicU64>,
+    counters: Arc<Counters>,
 }
 
 impl Recorder {
@@ -526,17 +525,20 @@ impl Recorder {
         match self.tx.try_send(ended) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 }
 
-/// Counters of the `sightings` thread.
+/// What happened to the vehicles handed over (in `/metrics` and `{prefix}/stats`).
 #[derive(Debug, Default)]
 pub struct Counters {
     pub written: AtomicU64,
+    /// Not stored: the database could not be opened or written.
     pub failed: AtomicU64,
+    /// Not handed over: the thread was behind (or gone).
+    pub dropped: AtomicU64,
     pub pruned: AtomicU64,
 }
 
@@ -547,10 +549,10 @@ pub struct Inbox {
 }
 
 /// A channel to the `sightings` thread: the worker's [`Recorder`] and the thread's end.
-pub fn channel() -> (Recorder, Inbox) {
+pub fn channel(counters: Arc<Counters>) -> (Recorder, Inbox) {
     let (tx, ended) = crossbeam_channel::bounded(1024);
     let (alerts_tx, alerts) = crossbeam_channel::bounded(8);
-    (Recorder { tx, alerts: alerts_tx, dropped: Arc::new(AtomicU64::new(0)) }, Inbox { ended, alerts })
+    (Recorder { tx, alerts: alerts_tx, counters }, Inbox { ended, alerts })
 }
 
 /// What the `sightings` thread hands to the publisher.
@@ -889,8 +891,8 @@ mod tests {
     fn the_thread_stores_what_it_is_given_with_a_thumbnail() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
-        let (recorder, rx) = channel();
         let counters = Arc::new(Counters::default());
+        let (recorder, rx) = channel(Arc::clone(&counters));
         recorder.record(ended());
         drop(recorder);
         run(SightingsConfig::default(), path.clone(), rx, Arc::clone(&counters), |_| true);
@@ -912,13 +914,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         std::fs::write(&path, vec![0x5a; 8192]).unwrap();
-        let (recorder, rx) = channel();
         let counters = Arc::new(Counters::default());
+        let (recorder, rx) = channel(Arc::clone(&counters));
         // More than the channel holds, with nobody reading yet: the sender never waits.
         for _ in 0..1100 {
             recorder.record(ended());
         }
-        assert_eq!(recorder.dropped.load(Ordering::Relaxed), 1100 - 1024);
+        assert_eq!(counters.dropped.load(Ordering::Relaxed), 1100 - 1024);
         drop(recorder);
         run(SightingsConfig::default(), path, rx, Arc::clone(&counters), |_| true);
         assert_eq!(counters.failed.load(Ordering::Relaxed), 1024);

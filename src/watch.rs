@@ -533,9 +533,10 @@ fn start_sightings(config: &Config, output: &Output) -> Result<(Option<Recorder>
     if !config.sightings.enabled || !tracking {
         return Ok((None, None));
     }
-    let (recorder, rx) = sightings::channel();
+    let counters = Arc::clone(&output.metrics.sightings);
+    let (recorder, rx) = sightings::channel(Arc::clone(&counters));
     let path = config.sightings.path(&config.state_dir);
-    let (c, counters) = (config.sightings.clone(), Arc::new(sightings::Counters::default()));
+    let c = config.sightings.clone();
     let events = output.events.clone();
     let found = move |f| {
         let event = match f {

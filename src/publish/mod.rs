@@ -624,6 +624,12 @@ impl Publisher {
             "outbox_dropped": self.outbox.dropped,
             "outbox_dead_letters": self.outbox.dead_letters,
             "outbox_write_errors": m.outbox_write_errors.load(Ordering::Relaxed),
+            "sightings": {
+                "written": m.sightings.written.load(Ordering::Relaxed),
+                "failed": m.sightings.failed.load(Ordering::Relaxed),
+                "dropped": m.sightings.dropped.load(Ordering::Relaxed),
+                "pruned": m.sightings.pruned.load(Ordering::Relaxed),
+            },
             "inference_errors": m.inference_errors.get(),
             "mqtt_connected": self.mqtt.is_connected(),
         })
