@@ -183,17 +183,6 @@ pub fn accuracy(opts: &AccuracyOptions) -> Result<AccuracyResult, String> {
         let truth = &scene.segments[seg].vehicles[vi].class;
         judged += 1;
         right += usize::from(same_make_model(&avg.prediction(), truth.make, truth.model));
-        if std::env::var("CW_DEBUG").is_ok() {
-            eprintln!(
-                "track truth {}/{}/{} looks {} votes {:?} mean {:?}",
-                truth.view,
-                truth.make,
-                truth.model,
-                avg.looks(),
-                t.votes,
-                &avg.prediction().make_models()[..2]
-            );
-        }
     }
     let mut per_passage: HashMap<VehicleKey, usize> = HashMap::new();
     let mut wrong = 0;
