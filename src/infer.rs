@@ -339,7 +339,7 @@ impl Worker {
     /// Crops of every frame (regions, whole frames, located vehicles), motion gating,
     /// and staging of the crops that need the model.
     fn prepare(&mut self, frames: Vec<Arc<Frame>>) -> Result<InFlight, WorkerError> {
-        let located = self.locate_all(&frames)?;
+        let detected = self.detect_all(&frames)?;
         let mut items: Vec<Item> = Vec::new();
         // Hits on vehicles whose tracks ended, decided as they go.
         let mut gone = Vec::new();
@@ -363,7 +363,7 @@ impl Worker {
                     }
                 }
                 Method::Motion | Method::Detector => {
-                    let boxes = located[fi].as_deref().unwrap_or_default();
+                    let boxes = detected[fi].as_deref().or(frame.boxes.as_deref()).unwrap_or_default();
                     self.track(fi, frame, boxes, &mut items, &mut gone);
                 }
             }
@@ -406,10 +406,10 @@ impl Worker {
         Ok(InFlight { frames, items, predictions, thumbs, todo, staged, features: None, preprocess: t.elapsed(), gone })
     }
 
-    /// The boxes of every frame of a locating camera: motion boxes came with the frame;
-    /// the detector runs here, on all detector cameras' frames of the batch at once.
-    fn locate_all(&mut self, frames: &[Arc<Frame>]) -> Result<Vec<Option<Vec<Bounds>>>, WorkerError> {
-        let mut located: Vec<Option<Vec<Bounds>>> = frames.iter().map(|f| f.boxes.clone()).collect();
+    /// The detector's boxes for the frames of detector cameras (`None` for the others:
+    /// motion boxes came with the frame), all detector frames of the batch at once.
+    fn detect_all(&mut self, frames: &[Arc<Frame>]) -> Result<Vec<Option<Vec<Bounds>>>, WorkerError> {
+        let mut located: Vec<Option<Vec<Bounds>>> = vec![None; frames.len()];
         let wanted: Vec<usize> =
             (0..frames.len()).filter(|&i| frames[i].camera.camera.locate == Method::Detector).collect();
         if wanted.is_empty() {
@@ -448,7 +448,11 @@ impl Worker {
             cam.motion_skipped.fetch_add(1, Ordering::Relaxed);
         }
         let config = TrackerConfig::from(&self.locate);
-        let vehicles = self.vehicles.entry(cam.name().to_string()).or_insert_with(|| Vehicles::new(config));
+        // Looked up by name first: the key is allocated once per camera, not per frame.
+        if !self.vehicles.contains_key(cam.name()) {
+            self.vehicles.insert(cam.name().to_string(), Vehicles::new(config));
+        }
+        let Some(vehicles) = self.vehicles.get_mut(cam.name()) else { return };
         let before = vehicles.evicted();
         let (ids, ended) = vehicles.locate(frame, boxes);
         cam.tracks_evicted.fetch_add(vehicles.evicted() - before, Ordering::Relaxed);

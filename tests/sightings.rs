@@ -11,15 +11,23 @@ use crate::support::mqtt::{Mosquitto, Subscriber};
 use crate::support::{self, carwatch, run, stdout};
 use crate::wide::{HEIGHT, STREET, WIDTH};
 
+/// The street of the wide-view tests on an RTSP server, and a `[[camera]]` (motion, 4
+/// fps) watching it.
+fn street() -> (RtspServer, String) {
+    let rtsp =
+        RtspServer::start(vec![("/street".into(), Scene::parse(STREET, WIDTH, HEIGHT, 10).unwrap())], 0, None).unwrap();
+    let camera = format!("[[camera]]\nname = \"street\"\nurl = \"{}\"\nfps = 4\n", rtsp.url("/street"));
+    (rtsp, camera)
+}
+
 #[test]
 fn vehicles_are_remembered_and_searched_while_watch_runs() {
     let dir = support::tempdir();
     let broker = Mosquitto::start();
-    let rtsp =
-        RtspServer::start(vec![("/street".into(), Scene::parse(STREET, WIDTH, HEIGHT, 10).unwrap())], 0, None).unwrap();
+    let (_rtsp, camera) = street();
     let config = Scenario::new(dir.path())
         .mqtt(broker.port)
-        .cameras(&format!("[[camera]]\nname = \"street\"\nurl = \"{}\"\nfps = 4\n", rtsp.url("/street")))
+        .cameras(&camera)
         .alerts("[[alert]]\nid = \"bmw3\"\nmake = \"bmw\"\nmodel = \"3-series\"\n")
         .matcher("confirm_frames = 2")
         .section("[sightings]\npublish = true")
@@ -107,14 +115,9 @@ fn vehicles_are_remembered_and_searched_while_watch_runs() {
 fn an_alert_added_after_the_vehicle_passed_hits_it_retrospectively_once() {
     let dir = support::tempdir();
     let broker = Mosquitto::start();
-    let rtsp =
-        RtspServer::start(vec![("/street".into(), Scene::parse(STREET, WIDTH, HEIGHT, 10).unwrap())], 0, None).unwrap();
+    let (rtsp, camera) = street();
     let audi = "[[alert]]\nid = \"audi\"\nmake = \"audi\"\n";
-    let config = Scenario::new(dir.path())
-        .mqtt(broker.port)
-        .cameras(&format!("[[camera]]\nname = \"street\"\nurl = \"{}\"\nfps = 4\n", rtsp.url("/street")))
-        .alerts(audi)
-        .write();
+    let config = Scenario::new(dir.path()).mqtt(broker.port).cameras(&camera).alerts(audi).write();
     let mut sub = Subscriber::connect(broker.port, "carwatch/#");
     let watcher = Watcher::start(&config);
     // What the alert will ask for: the live rule's min_confidence (0.6 by default) and
