@@ -6,8 +6,11 @@
 //! [[alert]]
 //! id = "amber-2291"            # unique; becomes the hit topic carwatch/hits/amber-2291
 //! make = "BMW"                 # compared case-insensitively with the cascade's labels
-//! model = "3-series"           # optional
+//! model = "3-series"           # optional (needs make)
 //! view = "front"               # optional
+//! colour = "blue"              # optional; "silver" is grey
+//! example = "suspect.jpg"      # optional photo(s) (path or URL): see below
+//! min_similarity = 0.8         # optional, with example
 //! cameras = ["gate-north"]     # optional; default every camera
 //! min_confidence = 0.6         # marginal probability of the description
 //! expires = 2026-12-01T00:00:00Z   # optional, RFC 3339 (TOML datetime or string)
@@ -17,9 +20,23 @@
 //! cooldown_s = 60
 //! ```
 //!
-//! Makes, models and views must be ones the loaded cascade knows, and cameras must be
-//! configured: a typo would otherwise be an alert that can never fire. Every problem is
-//! reported with file:line:column.
+//! An alert gives at least one of `make`, `colour` and `example`. Makes, models and
+//! views must be ones the loaded cascade knows, and cameras must be configured: a typo
+//! would otherwise be an alert that can never fire. Every problem is reported with
+//! file:line:column.
+//!
+//! **Example photos.** `example` (a path, relative to the alert file, or a URL; or a
+//! list) is a picture of the wanted car. The inference worker runs it through backbone
+//! and cascade when the alert arrives ([`crate::example`]) and fills in [`Derived`]:
+//! make, model and colour (and the view, shown but not required: the car may pass any
+//! way round), and its embedding. Fields written in the entry win over derived ones.
+//! With `min_similarity`, a vehicle must also look like the photo (cosine similarity of
+//! embeddings). A photo that cannot be read rejects that alert alone.
+//!
+//! **Which number is compared.** `min_confidence` is compared with the probability of
+//! the description (make, model, view: whatever is given or derived). An alert by
+//! colour alone has no such probability: the vehicle's estimated colour must be the
+//! alert's, and the hit's confidence is the colour estimate's.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -30,9 +47,11 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::document::{Document, Problems};
+use crate::colour::{Colour, Estimate};
+use crate::document::{Document, Problem, Problems};
+use crate::model::embedding::Embedding;
 use crate::model::labels::distinct;
-use crate::model::{Label, Leaf};
+use crate::model::{Label, Leaf, Prediction};
 use crate::rule::{MatcherConfig, Rule};
 use crate::values::{Name, positive, probability, seconds};
 
@@ -40,9 +59,14 @@ use crate::values::{Name, positive, probability, seconds};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Alert {
     pub id: Name,
-    pub make: Label,
+    /// As written (see [`Alert::make`] for what is matched).
+    pub make: Option<Label>,
     pub model: Option<Label>,
     pub view: Option<Label>,
+    pub colour: Option<Colour>,
+    pub example: Option<Example>,
+    /// Least cosine similarity to the example's embedding.
+    pub min_similarity: Option<f32>,
     /// None: every camera.
     pub cameras: Option<Vec<Name>>,
     pub min_confidence: f32,
@@ -54,6 +78,37 @@ pub struct Alert {
     pub lookback: Option<std::time::Duration>,
 }
 
+/// An alert's example photos, and what the model made of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    /// Paths (resolved against the alert file's directory) or URLs.
+    pub photos: Vec<String>,
+    /// Where `example` is written, for problems with the photos.
+    pub at: Problem,
+    /// `None` until the inference worker has seen the photos.
+    pub derived: Option<Derived>,
+}
+
+/// What the model made of an alert's example photos (the mean over them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Derived {
+    pub view: Label,
+    pub make: Label,
+    pub model: Label,
+    /// `None`: the photos show no colour (greyscale).
+    pub colour: Option<Colour>,
+    pub embedding: Embedding,
+}
+
+/// Why a vehicle matches an alert.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    /// The probability compared with `min_confidence` (see the module docs).
+    pub confidence: f32,
+    /// Cosine similarity to the example photos, for alerts that have them.
+    pub similarity: Option<f32>,
+}
+
 impl Alert {
     pub fn watches(&self, camera: &str) -> bool {
         self.cameras.as_ref().is_none_or(|c| c.iter().any(|n| n.as_str() == camera))
@@ -63,26 +118,125 @@ impl Alert {
         self.expires.is_none_or(|e| now < e)
     }
 
-    /// "bmw 3-series (front)" for logs.
+    fn derived(&self) -> Option<&Derived> {
+        self.example.as_ref().and_then(|e| e.derived.as_ref())
+    }
+
+    /// The make matched: as written, else derived from the example.
+    pub fn make(&self) -> Option<&Label> {
+        self.make.as_ref().or(self.derived().map(|d| &d.make))
+    }
+
+    /// The model matched: as written, else derived (when the make is the derived one).
+    pub fn model(&self) -> Option<&Label> {
+        match (&self.model, self.derived()) {
+            (Some(m), _) => Some(m),
+            (None, Some(d)) if self.make() == Some(&d.make) => Some(&d.model),
+            _ => None,
+        }
+    }
+
+    /// The colour matched: as written, else derived.
+    pub fn colour(&self) -> Option<Colour> {
+        self.colour.or(self.derived().and_then(|d| d.colour))
+    }
+
+    /// The example's embedding, once derived.
+    pub fn embedding(&self) -> Option<&Embedding> {
+        self.derived().map(|d| &d.embedding)
+    }
+
+    /// Whether an example still has to be run through the model.
+    pub fn underived(&self) -> bool {
+        self.example.as_ref().is_some_and(|e| e.derived.is_none())
+    }
+
+    /// Probability of the description (make, model, view) in `p`; `None` for an alert
+    /// that describes no make or view (colour alone).
+    pub fn probability(&self, p: &Prediction) -> Option<f32> {
+        let view = self.view.as_deref();
+        match self.make() {
+            Some(make) => Some(p.probability(view, make, self.model().map(|m| m.as_str()))),
+            None => view.map(|v| p.view_probability(v)),
+        }
+    }
+
+    /// Whether the vehicle `p` shows (whose colour `colour` estimates, asked only when
+    /// this alert has one) matches; with the numbers the hit reports.
+    pub fn verdict(&self, p: &Prediction, colour: impl FnOnce() -> Estimate) -> Option<Verdict> {
+        let described = self.probability(p);
+        if described.is_some_and(|c| c < self.min_confidence) {
+            return None;
+        }
+        let mut confidence = described.unwrap_or(1.0);
+        if let Some(want) = self.colour() {
+            let seen = colour();
+            if seen.colour != want {
+                return None;
+            }
+            if described.is_none() {
+                confidence = seen.p;
+            }
+        }
+        let similarity = self.embedding().map(|e| p.embedding.as_ref().map_or(0.0, |v| e.similarity(v)));
+        if let (Some(least), Some(s)) = (self.min_similarity, similarity)
+            && s < least
+        {
+            return None;
+        }
+        if self.underived() {
+            return None;
+        }
+        Some(Verdict { confidence, similarity })
+    }
+
+    /// "blue bmw 3-series (front)" for logs.
     pub fn describe(&self) -> String {
-        let mut s = self.make.to_string();
-        if let Some(m) = &self.model {
-            s.push(' ');
-            s.push_str(m);
+        let mut parts: Vec<String> = Vec::new();
+        if let Some(c) = self.colour() {
+            parts.push(c.name().to_string());
+        }
+        if let Some(m) = self.make() {
+            parts.push(m.to_string());
+        }
+        if let Some(m) = self.model() {
+            parts.push(m.to_string());
         }
         if let Some(v) = &self.view {
-            s.push_str(&format!(" ({v})"));
+            parts.push(format!("({v})"));
         }
-        s
+        if parts.is_empty() {
+            parts.push("a vehicle like the example".into());
+        }
+        parts.join(" ")
+    }
+
+    /// What identifies the definition compactly (retrospective hits are announced once
+    /// per definition): a hash of everything that decides a match.
+    pub fn definition(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        format!("{self:?}").hash(&mut h);
+        format!("{:016x}", h.finish())
     }
 
     /// The retained `alerts/active` entry.
     pub fn summary(&self) -> AlertSummary {
         AlertSummary {
             id: self.id.to_string(),
-            make: self.make.to_string(),
+            source: "file",
+            make: self.make.as_ref().map(Label::to_string),
             model: self.model.as_ref().map(Label::to_string),
             view: self.view.as_ref().map(Label::to_string),
+            colour: self.colour.map(|c| c.name()),
+            example: self.example.as_ref().map(|e| e.photos.clone()),
+            derived: self.derived().map(|d| DerivedSummary {
+                view: d.view.to_string(),
+                make: d.make.to_string(),
+                model: d.model.to_string(),
+                colour: d.colour.map(|c| c.name()),
+            }),
+            min_similarity: self.min_similarity,
             cameras: self.cameras.as_ref().map(|c| c.iter().map(|n| n.to_string()).collect()),
             min_confidence: self.min_confidence,
             expires: self.expires.map(crate::time::rfc3339),
@@ -95,13 +249,29 @@ impl Alert {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AlertSummary {
     pub id: String,
-    pub make: String,
+    /// Where the alert came from (`file`).
+    pub source: &'static str,
+    pub make: Option<String>,
     pub model: Option<String>,
     pub view: Option<String>,
+    pub colour: Option<&'static str>,
+    pub example: Option<Vec<String>>,
+    /// What the example photos were taken for.
+    pub derived: Option<DerivedSummary>,
+    pub min_similarity: Option<f32>,
     pub cameras: Option<Vec<String>>,
     pub min_confidence: f32,
     pub expires: Option<String>,
     pub note: Option<String>,
+}
+
+/// [`Derived`] as published.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DerivedSummary {
+    pub view: String,
+    pub make: String,
+    pub model: String,
+    pub colour: Option<&'static str>,
 }
 
 /// The labels alerts may use: what the loaded cascade can answer, and the cameras.
@@ -127,7 +297,14 @@ impl Vocabulary {
 #[serde(deny_unknown_fields)]
 struct Entry {
     id: Spanned<Name>,
-    make: Spanned<String>,
+    #[serde(default)]
+    make: Option<Spanned<String>>,
+    #[serde(default)]
+    colour: Option<Spanned<String>>,
+    #[serde(default)]
+    example: Option<Spanned<Photos>>,
+    #[serde(default, deserialize_with = "opt_probability")]
+    min_similarity: Option<f32>,
     #[serde(default)]
     model: Option<Spanned<String>>,
     #[serde(default)]
@@ -148,6 +325,18 @@ struct Entry {
     cooldown_s: Option<Duration>,
     #[serde(default, deserialize_with = "opt_seconds")]
     lookback_s: Option<Duration>,
+}
+
+/// `example`: one photo or a list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Photos {
+    One(String),
+    Many(Vec<String>),
+}
+
+fn opt_probability<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f32>, D::Error> {
+    probability(d).map(Some)
 }
 
 fn default_confidence() -> f32 {
@@ -220,13 +409,15 @@ impl AlertSet {
         let entries = doc.entries::<Entry>("alert");
         let mut seen = HashSet::new();
         let mut alerts = Vec::new();
+        let dir = path.parent().unwrap_or(Path::new("."));
         for (i, spanned) in entries.into_iter().enumerate() {
             let mut check = EntryCheck { doc: &mut doc, key: format!("alert[{i}]"), ok: true };
+            let span = spanned.span();
             let e = spanned.into_inner();
             if !seen.insert(e.id.get_ref().clone()) {
                 check.problem(e.id.span(), format!("alert id `{}` is used twice", e.id.get_ref()));
             }
-            if let Some(alert) = check.resolve(e, vocabulary, defaults) {
+            if let Some(alert) = check.resolve(e, span, vocabulary, defaults, dir) {
                 alerts.push(Arc::new(alert));
             }
         }
@@ -255,20 +446,35 @@ impl EntryCheck<'_, '_> {
     }
 
     /// The alert, with labels in the cascade's spelling; `None` if anything was wrong.
-    fn resolve(mut self, e: Entry, vocabulary: &Vocabulary, defaults: &MatcherConfig) -> Option<Alert> {
-        let make = match vocabulary.find(|l| &l.make, e.make.get_ref()) {
+    fn resolve(
+        mut self,
+        e: Entry,
+        entry_span: std::ops::Range<usize>,
+        vocabulary: &Vocabulary,
+        defaults: &MatcherConfig,
+        dir: &Path,
+    ) -> Option<Alert> {
+        if e.make.is_none() && e.colour.is_none() && e.example.is_none() {
+            let reason = "an alert needs at least one of `make`, `colour` and `example`".to_string();
+            self.problem(e.id.span(), reason);
+        }
+        let make = e.make.as_ref().map(|make| match vocabulary.find(|l| &l.make, make.get_ref()) {
             Some(m) => m.clone(),
             None => {
                 let known = vocabulary.known(|_| true, |l| &l.make);
-                let reason = format!("make `{}` is not one the models know ({known})", e.make.get_ref());
-                self.problem(e.make.span(), reason);
+                let reason = format!("make `{}` is not one the models know ({known})", make.get_ref());
+                self.problem(make.span(), reason);
                 Label::default()
             }
-        };
+        });
         let model = e.model.as_ref().and_then(|m| {
-            let found = vocabulary.leaves.iter().find(|l| l.make == make && l.model == m.get_ref().as_str());
+            let Some(make) = &make else {
+                self.problem(m.span(), format!("model `{}` needs a make (`make = ...`)", m.get_ref()));
+                return None;
+            };
+            let found = vocabulary.leaves.iter().find(|l| l.make == *make && l.model == m.get_ref().as_str());
             if found.is_none() && !make.is_empty() {
-                let known = vocabulary.known(|l| l.make == make, |l| &l.model);
+                let known = vocabulary.known(|l| l.make == *make, |l| &l.model);
                 let reason = format!("model `{}` is not a {make} model the models know ({known})", m.get_ref());
                 self.problem(m.span(), reason);
             }
@@ -290,11 +496,37 @@ impl EntryCheck<'_, '_> {
             }
             list.into_iter().map(|c| c.into_inner()).collect()
         });
+        let colour = e.colour.as_ref().and_then(|c| {
+            let found = Colour::parse(c.get_ref());
+            if found.is_none() {
+                let known = Colour::NAMED.map(Colour::name).join(", ");
+                self.problem(c.span(), format!("colour `{}` is not one carwatch names ({known}, silver)", c.get_ref()));
+            }
+            found
+        });
+        let example = e.example.map(|photos| {
+            let span = photos.span();
+            let list = match photos.into_inner() {
+                Photos::One(p) => vec![p],
+                Photos::Many(list) => list,
+            };
+            if list.is_empty() {
+                self.problem(span.clone(), "example lists no photo".into());
+            }
+            let photos = list.into_iter().map(|p| resolve_photo(dir, p)).collect();
+            Example { photos, at: self.doc.problem_at(span, &format!("{}.example", self.key), ""), derived: None }
+        });
+        if e.min_similarity.is_some() && example.is_none() {
+            self.problem(entry_span, "min_similarity compares vehicles with an example photo: add `example`".into());
+        }
         self.ok.then(|| Alert {
             id: e.id.into_inner(),
             make,
             model,
             view,
+            colour,
+            example,
+            min_similarity: e.min_similarity,
             cameras,
             min_confidence: e.min_confidence,
             expires: e.expires.map(|x| x.0),
@@ -307,6 +539,16 @@ impl EntryCheck<'_, '_> {
             lookback: e.lookback_s,
         })
     }
+}
+
+/// An example photo as written: URLs as they are, paths against the alert file's
+/// directory.
+fn resolve_photo(dir: &Path, photo: String) -> String {
+    if photo.starts_with("http://") || photo.starts_with("https://") {
+        return photo;
+    }
+    let path = Path::new(photo.strip_prefix("file://").unwrap_or(&photo));
+    if path.is_absolute() { photo } else { dir.join(path).to_string_lossy().into_owned() }
 }
 
 /// How bad a problem with an input file is, for `{prefix}/errors`.
@@ -541,7 +783,7 @@ mod tests {
     fn labels_resolve_case_insensitively_and_defaults_apply() {
         let set = parse("[[alert]]\nid = \"a1\"\nmake = \"bmw\"\nmodel = \"3-SERIES\"\nexpires = 2026-12-01T00:00:00Z\n\n[[alert]]\nid = \"a2\"\nmake = \"Audi\"\nview = \"ANGLED\"\ncameras = [\"yard\"]\ncooldown_s = 5\nexpires = \"2026-12-01T01:00:00+01:00\"\n").unwrap();
         let a = &set.alerts[0];
-        assert_eq!((a.make.as_str(), a.model.as_deref()), ("BMW", Some("3-series")));
+        assert_eq!((a.make.as_deref(), a.model.as_deref()), (Some("BMW"), Some("3-series")));
         assert_eq!(a.min_confidence, 0.6);
         assert_eq!(
             a.rule,
@@ -556,6 +798,50 @@ mod tests {
         let after: Timestamp = "2026-12-01T00:00:00Z".parse().unwrap();
         assert!(a.active_at(before) && !a.active_at(after));
         assert_eq!(set.active(after).len(), 0);
+    }
+
+    #[test]
+    fn colour_and_example_alerts_parse_and_their_mistakes_are_placed() {
+        let set = parse(
+            "[[alert]]\nid = \"c\"\ncolour = \"Silver\"\n\n[[alert]]\nid = \"e\"\nexample = [\"a.jpg\", \"/p/b.jpg\", \"https://x/c.jpg\"]\nmin_similarity = 0.8\nmake = \"audi\"\n",
+        )
+        .unwrap();
+        let (c, e) = (&set.alerts[0], &set.alerts[1]);
+        assert_eq!((c.colour(), c.make(), c.describe().as_str()), (Some(Colour::Grey), None, "grey"));
+        let photos = &e.example.as_ref().unwrap().photos;
+        assert_eq!(
+            photos,
+            &["a.jpg".to_string(), "/p/b.jpg".into(), "https://x/c.jpg".into()],
+            "relative to alerts.toml's dir"
+        );
+        assert!(e.underived() && e.make().is_some_and(|m| m == "audi"));
+        assert_eq!(e.example.as_ref().unwrap().at.line, 7);
+        let text = "[[alert]]\nid = \"none\"\nview = \"front\"\n\n[[alert]]\nid = \"m\"\nmodel = \"x5\"\ncolour = \"teal\"\n\n[[alert]]\nid = \"s\"\nmake = \"bmw\"\nmin_similarity = 0.5\n";
+        let problems = parse(text).unwrap_err().0;
+        let at: Vec<(usize, &str)> = problems.iter().map(|p| (p.line, p.reason.as_str())).collect();
+        assert!(at[0].0 == 2 && at[0].1.contains("at least one of `make`, `colour` and `example`"), "{at:?}");
+        assert!(at[1].0 == 7 && at[1].1.contains("needs a make"), "{at:?}");
+        assert!(at[2].0 == 8 && at[2].1.contains("colour `teal`"), "{at:?}");
+        assert!(at[3].0 >= 10 && at[3].1.contains("min_similarity"), "{at:?}");
+    }
+
+    #[test]
+    fn a_colour_alert_matches_on_colour_and_reports_the_estimate() {
+        use crate::model::cascade::testing::prediction;
+        let set = parse(
+            "[[alert]]\nid = \"c\"\ncolour = \"blue\"\n\n[[alert]]\nid = \"b\"\nmake = \"bmw\"\ncolour = \"red\"\n",
+        )
+        .unwrap();
+        let p = prediction(&[(("front", "BMW", "3-series"), 0.9), (("angled", "audi", "a4"), 0.1)]);
+        let blue = || Estimate { colour: Colour::Blue, p: 0.7 };
+        let red = || Estimate { colour: Colour::Red, p: 0.8 };
+        let v = set.alerts[0].verdict(&p, blue).unwrap();
+        assert_eq!((v.confidence, v.similarity), (0.7, None), "colour alone: the estimate's probability");
+        assert!(set.alerts[0].verdict(&p, red).is_none());
+        assert!(set.alerts[1].verdict(&p, blue).is_none(), "the right make in the wrong colour");
+        assert!((set.alerts[1].verdict(&p, red).unwrap().confidence - 0.9).abs() < 1e-6);
+        let unknown = || Estimate { colour: Colour::Unknown, p: 1.0 };
+        assert!(set.alerts[0].verdict(&p, unknown).is_none(), "a greyscale frame matches no colour");
     }
 
     #[test]

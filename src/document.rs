@@ -134,14 +134,15 @@ impl<'a> Document<'a> {
 
     /// Records a problem at byte span `span` of the source.
     pub fn push_problem(&mut self, span: Range<usize>, key: &str, reason: &str) {
+        let problem = self.problem_at(span, key, reason);
+        self.problems.push(problem);
+    }
+
+    /// A problem at byte span `span`, not recorded: for what is only found out later
+    /// (an alert's example photo that cannot be read when the model looks at it).
+    pub fn problem_at(&self, span: Range<usize>, key: &str, reason: &str) -> Problem {
         let (line, column) = line_column(self.source, span.start);
-        self.problems.push(Problem {
-            file: self.file.clone(),
-            line,
-            column,
-            key: key.to_string(),
-            reason: reason.to_string(),
-        });
+        Problem { file: self.file.clone(), line, column, key: key.to_string(), reason: reason.to_string() }
     }
 
     /// Rejects top-level keys that are not in `known`.

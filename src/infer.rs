@@ -29,7 +29,7 @@ use crate::model::sizing;
 use crate::model::{Crop, DeviceChoice, ModelError, PrecisionChoice, Prediction, Recognizer, RgbImage};
 use crate::publish::Event;
 use crate::sightings::{Ended, Recorder};
-use crate::track::{TrackerConfig, Vehicles};
+use crate::track::{Parked, TrackerConfig, Vehicles};
 
 /// A 32x32 grey sample of a region, for motion gating: cheap to take and to compare,
 /// coarse enough that sensor noise and compression do not count as motion.
@@ -112,6 +112,8 @@ pub struct Worker {
     detector: Option<Detector>,
     /// Per tracking camera: its vehicles.
     vehicles: HashMap<String, Vehicles>,
+    /// Per `frame` or `regions` camera: what stands in its regions (for the sightings).
+    parked: HashMap<String, Parked>,
     sightings: Option<Recorder>,
 }
 
@@ -241,6 +243,7 @@ impl Worker {
             locate,
             detector,
             vehicles: HashMap::new(),
+            parked: HashMap::new(),
             sightings,
         })
     }
@@ -252,10 +255,8 @@ impl Worker {
     /// one, and only then are the previous one's predictions read. Without a GPU each
     /// batch is finished before the next is taken, as pipelining would gain nothing.
     pub fn run(mut self) -> Result<(), WorkerError> {
-        self.announce_alerts(true)?;
-        if let Some(r) = &self.sightings {
-            r.alerts(self.matcher.alerts());
-        }
+        let initial = self.matcher.alerts().clone();
+        self.apply_alerts(initial, &AlertSet::default())?;
         let mut failures = 0;
         if self.hang {
             tracing::warn!("test fault: the inference loop stops here");
@@ -272,11 +273,8 @@ impl Worker {
                 self.expire_tracks()?;
             }
             while let Ok(set) = self.alert_updates.try_recv() {
-                if let Some(r) = &self.sightings {
-                    r.alerts(&set);
-                }
-                self.matcher.set_alerts(set);
-                self.announce_alerts(true)?;
+                let previous = self.matcher.alerts().clone();
+                self.apply_alerts(set, &previous)?;
             }
             // With a batch in flight, take only what is queued now: its predictions
             // should not wait for a batch deadline.
@@ -460,7 +458,7 @@ impl Worker {
         for gone in ended {
             hits.extend(self.matcher.vehicle_gone(frame, &gone, wall));
             if let Some(r) = &self.sightings {
-                r.record(Ended { camera: cam.name().to_string(), vehicle: gone });
+                r.record(Ended { camera: cam.name().to_string(), vehicle: gone, live: false });
             }
         }
         for (&track, &b) in ids.iter().zip(boxes) {
@@ -488,7 +486,7 @@ impl Worker {
         let InFlight { frames, items, mut predictions, mut thumbs, todo, features, gone, .. } = flight;
         if let Some(features) = features {
             let t = Instant::now();
-            let computed = self.recognizer.cascade.run(&features)?;
+            let computed = crate::model::with_embeddings(self.recognizer.cascade.run(&features)?, &features)?;
             self.metrics.observe_stage(Stage::heads, t.elapsed());
             for (&k, p) in todo.iter().zip(computed) {
                 if let (Some(thumb), Target::Region(ri)) = (thumbs[k].take(), items[k].target) {
@@ -506,6 +504,14 @@ impl Worker {
             let frame = &frames[item.frame];
             match item.target {
                 Target::Region(ri) => {
+                    if let Some(r) = &self.sightings {
+                        let parked = self.parked.entry(frame.camera.name().to_string()).or_default();
+                        let c = item.crop;
+                        let b = Bounds { x: c.x, y: c.y, width: c.width, height: c.height };
+                        if let Some(gone) = parked.look(ri, frame, b, &prediction) {
+                            r.record(Ended { camera: frame.camera.name().to_string(), vehicle: gone, live: false });
+                        }
+                    }
                     let name = frame.camera.camera.region_name(ri);
                     per_frame[item.frame].push(RegionPrediction { index: ri, name, crop: item.crop, prediction });
                 }
@@ -540,6 +546,7 @@ impl Worker {
         // the oldest frame the queue could hold are ended here.
         let now = Instant::now().checked_sub(EXPIRY_GRACE).unwrap_or_else(Instant::now);
         let wall = Timestamp::now();
+        let clock = std::time::SystemTime::now();
         let mut hits = Vec::new();
         for (camera, vehicles) in &mut self.vehicles {
             for gone in vehicles.expire(now) {
@@ -547,7 +554,23 @@ impl Worker {
                     hits.extend(self.matcher.vehicle_gone(&frame, &gone, wall));
                 }
                 if let Some(r) = &self.sightings {
-                    r.record(Ended { camera: camera.clone(), vehicle: gone });
+                    r.record(Ended { camera: camera.clone(), vehicle: gone, live: false });
+                }
+            }
+            if let Some(r) = &self.sightings {
+                for vehicle in vehicles.refresh_due(r.refresh, clock) {
+                    r.record(Ended { camera: camera.clone(), vehicle, live: true });
+                }
+            }
+        }
+        if let Some(r) = &self.sightings {
+            let quiet = now.checked_sub(self.locate.track_lost).unwrap_or(now);
+            for (camera, parked) in &mut self.parked {
+                for vehicle in parked.expire(quiet) {
+                    r.record(Ended { camera: camera.clone(), vehicle, live: false });
+                }
+                for vehicle in parked.refresh_due(r.refresh, clock) {
+                    r.record(Ended { camera: camera.clone(), vehicle, live: true });
                 }
             }
         }
@@ -562,9 +585,30 @@ impl Worker {
         let Some(r) = &self.sightings else { return };
         for (camera, vehicles) in &mut self.vehicles {
             for vehicle in vehicles.drain() {
-                r.record(Ended { camera: camera.clone(), vehicle });
+                r.record(Ended { camera: camera.clone(), vehicle, live: false });
             }
         }
+        for (camera, parked) in &mut self.parked {
+            for vehicle in parked.drain() {
+                r.record(Ended { camera: camera.clone(), vehicle, live: false });
+            }
+        }
+    }
+
+    /// Puts `set` in force: example photos derived ([`crate::example`]; an alert whose
+    /// photos fail is left out and reported), then matcher, sightings and announcement.
+    fn apply_alerts(&mut self, set: AlertSet, previous: &AlertSet) -> Result<(), WorkerError> {
+        let (set, problems) = crate::example::derive(set, previous, &self.recognizer);
+        if !problems.is_empty() {
+            let problems = crate::document::Problems(problems);
+            let error = Event::Error { source: "alerts", severity: crate::alerts::Severity::Error, problems };
+            self.events.send(error).map_err(|_| WorkerError::PublisherGone)?;
+        }
+        if let Some(r) = &self.sightings {
+            r.alerts(&set);
+        }
+        self.matcher.set_alerts(set);
+        self.announce_alerts(true)
     }
 
     /// Sends the active alert list when it changed (or always, with `force`).

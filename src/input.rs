@@ -28,8 +28,14 @@ pub enum InputError {
 
 /// Reads `input` (path, `file://` path or http(s) URL) as 8-bit RGB.
 pub fn load(input: &str) -> Result<image::RgbImage, InputError> {
+    load_within(input, FETCH_TIMEOUT)
+}
+
+/// [`load`], allowing a download `limit` in all (the inference worker, which must not
+/// stall long on a dead link).
+pub fn load_within(input: &str, limit: Duration) -> Result<image::RgbImage, InputError> {
     let bytes = if input.starts_with("http://") || input.starts_with("https://") {
-        fetch(input, FETCH_TIMEOUT)?
+        fetch(input, limit)?
     } else {
         read_file(input)?
     };

@@ -20,6 +20,8 @@
 //!   [`model::cascade`] (heads for view -> make -> model, with marginals). Batches reach
 //!   the device through [`model::feed`] (on CUDA: pinned memory, a side stream, one batch
 //!   in flight), at a batch size [`model::sizing`] measured at start-up.
+//! - [`example`]: alerts by photo; the worker runs an alert's example photos through the
+//!   model and fills in the description (and embedding) it derives.
 //! - [`matcher`] compares predictions with the active [`alerts`]: per tracked vehicle on
 //!   the mean of its looks, one hit per (alert, vehicle); per region, confirming over
 //!   several frames with cooldowns ([`rule`]).
@@ -55,6 +57,7 @@ pub mod camera;
 pub mod colour;
 pub mod config;
 pub mod document;
+pub mod example;
 #[cfg(test)]
 mod fuzz;
 pub mod infer;

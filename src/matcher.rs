@@ -59,8 +59,11 @@ pub struct Hit {
     /// The alert's description as the cascade spells it, with the most likely view and
     /// model filled in where the alert leaves them open.
     pub leaf: Leaf,
-    /// Marginal probability of the alert's description in the confirming region.
+    /// Marginal probability of the alert's description in the confirming region (for an
+    /// alert by colour alone: the colour estimate's).
     pub confidence: f32,
+    /// Cosine similarity to the alert's example photos, when it has them.
+    pub similarity: Option<f32>,
     /// Matching frames that confirmed it (for a tracked vehicle: its classified looks).
     pub frames: u32,
     /// The frame the snapshot shows (for a tracked vehicle: its best look).
@@ -163,12 +166,10 @@ impl Matcher {
                 continue;
             }
             let p = mean.get_or_insert_with(|| average.prediction());
-            let confidence = p.probability(alert.view.as_deref(), &alert.make, alert.model.as_deref());
-            if confidence < alert.min_confidence {
-                continue;
-            }
-            self.hit.insert(key);
             let b = best.bounds;
+            let colour = || crate::colour::estimate(&best.frame.rgb, best.frame.width, (b.x, b.y, b.width, b.height));
+            let Some(verdict) = alert.verdict(p, colour) else { continue };
+            self.hit.insert(key);
             hits.push(Hit {
                 hit_id: Uuid::now_v7(),
                 alert: Arc::clone(alert),
@@ -181,7 +182,8 @@ impl Matcher {
                     crop: Crop { x: b.x, y: b.y, width: b.width, height: b.height },
                     prediction: p.clone(),
                 },
-                confidence,
+                confidence: verdict.confidence,
+                similarity: verdict.similarity,
                 frames: looks,
                 frame: Arc::clone(&best.frame),
                 track: Some(TrackHit {
@@ -223,12 +225,13 @@ impl Matcher {
             }
             let best = regions
                 .iter()
-                .map(|r| (r, r.prediction.probability(alert.view.as_deref(), &alert.make, alert.model.as_deref())))
-                .max_by(|a, b| a.1.total_cmp(&b.1));
-            let Some((region, p)) = best else { continue };
-            if p < alert.min_confidence {
-                continue;
-            }
+                .filter_map(|r| {
+                    let c = r.crop;
+                    let colour = || crate::colour::estimate(&frame.rgb, frame.width, (c.x, c.y, c.width, c.height));
+                    alert.verdict(&r.prediction, colour).map(|v| (r, v))
+                })
+                .max_by(|a, b| a.1.confidence.total_cmp(&b.1.confidence));
+            let Some((region, verdict)) = best else { continue };
             let key = Pair { alert: alert.id.clone(), camera: frame.camera.camera.name.clone() };
             let pair = self.pairs.entry(key).or_default();
             if pair.quiet_until.is_some_and(|q| now < q) {
@@ -250,7 +253,8 @@ impl Matcher {
                     time: Timestamp::try_from(frame.captured_at).unwrap_or(wall),
                     leaf: describe(&region.prediction, alert),
                     region: region.clone(),
-                    confidence: p,
+                    confidence: verdict.confidence,
+                    similarity: verdict.similarity,
                     frames,
                     frame: Arc::clone(frame),
                     track: None,
@@ -263,21 +267,22 @@ impl Matcher {
 
 /// The alert's description completed with the most likely open parts.
 fn describe(p: &Prediction, alert: &Alert) -> Leaf {
-    let model = alert.model.clone().unwrap_or_else(|| {
-        p.make_models().into_iter().find(|((m, _), _)| *m == alert.make).map(|((_, o), _)| o).unwrap_or_default()
+    let make = alert.make().cloned().unwrap_or_else(|| p.label(Level::Make).clone());
+    let model = alert.model().cloned().unwrap_or_else(|| {
+        p.make_models().into_iter().find(|((m, _), _)| *m == make).map(|((_, o), _)| o).unwrap_or_default()
     });
     let view = alert.view.clone().unwrap_or_else(|| {
         p.marginal(Level::View)
             .into_iter()
             .map(|(v, _)| v)
             .max_by(|a, b| {
-                let pa = p.probability(Some(a.as_str()), &alert.make, Some(model.as_str()));
-                let pb = p.probability(Some(b.as_str()), &alert.make, Some(model.as_str()));
+                let pa = p.probability(Some(a.as_str()), &make, Some(model.as_str()));
+                let pb = p.probability(Some(b.as_str()), &make, Some(model.as_str()));
                 pa.total_cmp(&pb)
             })
             .unwrap_or_default()
     });
-    Leaf { view, make: alert.make.clone(), model }
+    Leaf { view, make, model }
 }
 
 #[cfg(test)]

@@ -31,10 +31,11 @@ use crate::alerts::{Alert, AlertSet};
 use crate::colour::Colour;
 use crate::locate::Bounds;
 use crate::model::Level;
+use crate::model::embedding::{Embedding, similarity_i8};
 use crate::track::Vehicle;
 
 /// The schema this carwatch writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `[sightings]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -57,9 +58,17 @@ pub struct SightingsConfig {
     /// consumer to keep a fleet's history.
     #[serde(default)]
     pub publish: bool,
+    /// How often a vehicle still in view (a long track, a parked car) is written again,
+    /// so that it can be found before it leaves.
+    #[serde(default = "default_refresh", deserialize_with = "crate::values::seconds", rename = "refresh_s")]
+    pub refresh: Duration,
     /// How far back a new alert is searched for (each alert may say `lookback_s`).
     #[serde(default = "default_lookback", deserialize_with = "crate::values::seconds", rename = "lookback_s")]
     pub lookback: Duration,
+}
+
+fn default_refresh() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_lookback() -> Duration {
@@ -96,6 +105,7 @@ impl Default for SightingsConfig {
             retain_days: default_retain(),
             max_rows: default_max_rows(),
             publish: false,
+            refresh: default_refresh(),
             lookback: default_lookback(),
         }
     }
@@ -158,6 +168,17 @@ pub struct Sighting {
     pub make_models: Vec<Scored>,
     /// The JPEG of its best look, cropped to the vehicle.
     pub thumbnail: Option<PathBuf>,
+    /// What it looked like, the mean over its looks (`search --like`, example photos);
+    /// stored as 512 bytes, not printed.
+    #[serde(skip)]
+    pub embedding: Option<Embedding>,
+    /// Still in view when written (a long track's refresh); replaced when it ends.
+    /// Retrospective hits leave such rows to the live matcher.
+    #[serde(skip)]
+    pub live: bool,
+    /// How like the photo asked for it is (`search --like` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub similarity: Option<f32>,
 }
 
 impl Sighting {
@@ -207,6 +228,9 @@ impl Sighting {
             makes,
             make_models,
             thumbnail: None,
+            embedding: mean.embedding.clone(),
+            live: false,
+            similarity: None,
         })
     }
 }
@@ -222,6 +246,12 @@ pub struct Query {
     pub until: Option<Timestamp>,
     /// Least probability of the make (and model) asked for [default 0.5].
     pub min_confidence: Option<f32>,
+    /// Vehicles that look like this, most alike first (`--like PHOTO`).
+    pub like: Option<Embedding>,
+    /// Least similarity to `like` [default 0: any].
+    pub min_similarity: Option<f32>,
+    /// Leave out vehicles still in view when their row was written.
+    pub ended_only: bool,
     pub limit: usize,
 }
 
@@ -317,23 +347,46 @@ impl Store {
                 )
                 .map_err(self.err())?;
         }
+        if version < 2 {
+            // Version 2: embeddings (`search --like`, example photos; older rows have
+            // none) and rows of vehicles still in view (long tracks, refreshed).
+            self.conn
+                .execute_batch(
+                    "BEGIN;
+                     ALTER TABLE sightings ADD COLUMN embedding BLOB;
+                     ALTER TABLE sightings ADD COLUMN live INTEGER NOT NULL DEFAULT 0;
+                     CREATE INDEX IF NOT EXISTS sightings_track ON sightings (camera, track, first_seen);
+                     PRAGMA user_version = 2;
+                     COMMIT;",
+                )
+                .map_err(self.err())?;
+        }
         Ok(())
     }
 
-    /// Inserts `rows` in one transaction.
+    /// Inserts `rows` in one transaction; a row of the same vehicle (camera, track,
+    /// first seen) written while it was in view is replaced.
     pub fn insert(&mut self, rows: &[Sighting]) -> Result<(), SightingsError> {
         let path = self.path.clone();
         let sql = move |source| SightingsError::Sqlite { path: path.clone(), source };
         let tx = self.conn.transaction().map_err(sql.clone())?;
         {
+            let mut replace = tx
+                .prepare_cached(
+                    "DELETE FROM sightings WHERE camera = ?1 AND track = ?2 AND first_seen = ?3 AND live = 1",
+                )
+                .map_err(sql.clone())?;
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO sightings (camera, track, first_seen, last_seen, x, y, width, height, view, view_p,
-                         make, model, confidence, looks, colour, colour_p, makes, make_models, thumbnail)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                         make, model, confidence, looks, colour, colour_p, makes, make_models, thumbnail, embedding, live)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
                 )
                 .map_err(sql.clone())?;
             for s in rows {
+                replace
+                    .execute(params![s.camera, s.track_id as i64, s.first_seen.as_millisecond()])
+                    .map_err(sql.clone())?;
                 insert
                     .execute(params![
                         s.camera,
@@ -355,6 +408,8 @@ impl Store {
                         serde_json::to_string(&s.makes).unwrap_or_default(),
                         serde_json::to_string(&s.make_models).unwrap_or_default(),
                         s.thumbnail.as_ref().map(|p| p.to_string_lossy().into_owned()),
+                        s.embedding.as_ref().map(Embedding::to_bytes),
+                        s.live,
                     ])
                     .map_err(sql.clone())?;
             }
@@ -420,75 +475,85 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Rows matching `q`, most recent first.
+    /// Rows matching `q`: most recent first, or with `q.like`, most alike first.
     pub fn search(&self, q: &Query) -> Result<Vec<Sighting>, SightingsError> {
         let min = q.min_confidence.unwrap_or(0.5);
         // A make (or pair) at 0.5 or more is the most likely one: the index finds it.
         // Below that, any row may qualify and the stored top five decide.
         let by_top = min >= 0.5;
-        let mut sql = String::from(
-            "SELECT camera, track, first_seen, last_seen, x, y, width, height, view, view_p, make, model, confidence,
-                    looks, colour, colour_p, makes, make_models, thumbnail
-             FROM sightings WHERE last_seen >= ?1 AND last_seen <= ?2",
-        );
+        let mut filter = String::from("last_seen >= ?1 AND last_seen <= ?2");
         let mut args: Vec<Box<dyn rusqlite::ToSql>> = vec![
             Box::new(q.since.map_or(i64::MIN, |t| t.as_millisecond())),
             Box::new(q.until.map_or(i64::MAX, |t| t.as_millisecond())),
         ];
         if let Some(c) = &q.camera {
             args.push(Box::new(c.clone()));
-            sql.push_str(&format!(" AND camera = ?{}", args.len()));
+            filter.push_str(&format!(" AND camera = ?{}", args.len()));
         }
         if let Some(c) = q.colour {
             args.push(Box::new(c.name()));
-            sql.push_str(&format!(" AND colour = ?{}", args.len()));
+            filter.push_str(&format!(" AND colour = ?{}", args.len()));
+        }
+        if q.ended_only {
+            filter.push_str(" AND live = 0");
         }
         if let (Some(m), true) = (&q.make, by_top) {
             args.push(Box::new(m.clone()));
-            sql.push_str(&format!(" AND make = ?{}", args.len()));
+            filter.push_str(&format!(" AND make = ?{}", args.len()));
             if let Some(o) = &q.model {
                 args.push(Box::new(o.clone()));
-                sql.push_str(&format!(" AND model = ?{}", args.len()));
+                filter.push_str(&format!(" AND model = ?{}", args.len()));
             }
         }
-        sql.push_str(" ORDER BY last_seen DESC, id DESC");
-        let mut stmt = self.conn.prepare(&sql).map_err(self.err())?;
-        let rows = stmt
-            .query_map(rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())), |r| {
-                Ok(Sighting {
-                    camera: r.get(0)?,
-                    track_id: r.get::<_, i64>(1)? as u64,
-                    first_seen: Timestamp::from_millisecond(r.get(2)?).unwrap_or(Timestamp::UNIX_EPOCH),
-                    last_seen: Timestamp::from_millisecond(r.get(3)?).unwrap_or(Timestamp::UNIX_EPOCH),
-                    x: r.get(4)?,
-                    y: r.get(5)?,
-                    width: r.get(6)?,
-                    height: r.get(7)?,
-                    view: r.get(8)?,
-                    view_p: r.get::<_, f64>(9)? as f32,
-                    make: r.get(10)?,
-                    model: r.get(11)?,
-                    confidence: r.get::<_, f64>(12)? as f32,
-                    looks: r.get(13)?,
-                    colour: Colour::parse(&r.get::<_, String>(14)?).unwrap_or(Colour::Unknown),
-                    colour_p: r.get::<_, f64>(15)? as f32,
-                    makes: serde_json::from_str(&r.get::<_, String>(16)?).unwrap_or_default(),
-                    make_models: serde_json::from_str(&r.get::<_, String>(17)?).unwrap_or_default(),
-                    thumbnail: r.get::<_, Option<String>>(18)?.map(PathBuf::from),
-                })
-            })
-            .map_err(self.err())?;
+        let args = rusqlite::params_from_iter(args.iter().map(|a| a.as_ref()));
+        let wanted = |s: &Sighting| q.make.as_ref().is_none_or(|m| s.probability(m, q.model.as_deref()) >= min);
+        let full = |s: &Vec<Sighting>| q.limit > 0 && s.len() >= q.limit;
         let mut out = Vec::new();
-        for row in rows {
-            let s = row.map_err(self.err())?;
-            let p = match &q.make {
-                Some(m) => s.probability(m, q.model.as_deref()),
-                None => 1.0,
-            };
-            if p >= min {
-                out.push(s);
-                if q.limit > 0 && out.len() >= q.limit {
-                    break;
+        match &q.like {
+            None => {
+                let sql = format!("SELECT {COLUMNS} FROM sightings WHERE {filter} ORDER BY last_seen DESC, id DESC");
+                let mut stmt = self.conn.prepare(&sql).map_err(self.err())?;
+                let rows = stmt.query_map(args, read_row).map_err(self.err())?;
+                for row in rows {
+                    let s = row.map_err(self.err())?;
+                    if wanted(&s) {
+                        out.push(s);
+                        if full(&out) {
+                            break;
+                        }
+                    }
+                }
+            }
+            Some(like) => {
+                // First the similarity of every candidate, reading only its embedding
+                // (in place, not copied); then the whole rows of the most alike.
+                let query = like.quantised();
+                let least = q.min_similarity.unwrap_or(f32::MIN);
+                let sql = format!("SELECT id, embedding FROM sightings WHERE {filter} AND embedding IS NOT NULL");
+                let mut stmt = self.conn.prepare(&sql).map_err(self.err())?;
+                let mut rows = stmt.query(args).map_err(self.err())?;
+                let mut scored: Vec<(f32, i64)> = Vec::new();
+                while let Some(r) = rows.next().map_err(self.err())? {
+                    let blob = r.get_ref(1).and_then(|v| Ok(v.as_blob()?)).map_err(self.err())?;
+                    let similarity = similarity_i8(&query, blob);
+                    if similarity >= least {
+                        scored.push((similarity, r.get(0).map_err(self.err())?));
+                    }
+                }
+                scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+                let mut one = self
+                    .conn
+                    .prepare_cached(&format!("SELECT {COLUMNS} FROM sightings WHERE id = ?1"))
+                    .map_err(self.err())?;
+                for (similarity, id) in scored {
+                    let mut s = one.query_row([id], read_row).map_err(self.err())?;
+                    if wanted(&s) {
+                        s.similarity = Some(similarity);
+                        out.push(s);
+                        if full(&out) {
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -496,10 +561,43 @@ impl Store {
     }
 }
 
+/// The columns [`read_row`] reads, in its order.
+const COLUMNS: &str = "camera, track, first_seen, last_seen, x, y, width, height, view, view_p, make, model, \
+                       confidence, looks, colour, colour_p, makes, make_models, thumbnail, embedding, live";
+
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Sighting> {
+    Ok(Sighting {
+        camera: r.get(0)?,
+        track_id: r.get::<_, i64>(1)? as u64,
+        first_seen: Timestamp::from_millisecond(r.get(2)?).unwrap_or(Timestamp::UNIX_EPOCH),
+        last_seen: Timestamp::from_millisecond(r.get(3)?).unwrap_or(Timestamp::UNIX_EPOCH),
+        x: r.get(4)?,
+        y: r.get(5)?,
+        width: r.get(6)?,
+        height: r.get(7)?,
+        view: r.get(8)?,
+        view_p: r.get::<_, f64>(9)? as f32,
+        make: r.get(10)?,
+        model: r.get(11)?,
+        confidence: r.get::<_, f64>(12)? as f32,
+        looks: r.get(13)?,
+        colour: Colour::parse(&r.get::<_, String>(14)?).unwrap_or(Colour::Unknown),
+        colour_p: r.get::<_, f64>(15)? as f32,
+        makes: serde_json::from_str(&r.get::<_, String>(16)?).unwrap_or_default(),
+        make_models: serde_json::from_str(&r.get::<_, String>(17)?).unwrap_or_default(),
+        thumbnail: r.get::<_, Option<String>>(18)?.map(PathBuf::from),
+        embedding: r.get::<_, Option<Vec<u8>>>(19)?.map(|b| Embedding::from_bytes(&b)),
+        live: r.get(20)?,
+        similarity: None,
+    })
+}
+
 /// A vehicle whose track ended, for the `sightings` thread.
 pub struct Ended {
     pub camera: String,
     pub vehicle: Vehicle,
+    /// Still in view: a refresh of a long track; its row is replaced when it ends.
+    pub live: bool,
 }
 
 /// The worker's end: hands ended vehicles (and each alert set it applies) over without
@@ -509,6 +607,8 @@ pub struct Recorder {
     tx: Sender<Ended>,
     alerts: Sender<AlertSet>,
     counters: Arc<Counters>,
+    /// How often a vehicle still in view is written again (`refresh_s`).
+    pub refresh: Duration,
 }
 
 impl Recorder {
@@ -549,10 +649,10 @@ pub struct Inbox {
 }
 
 /// A channel to the `sightings` thread: the worker's [`Recorder`] and the thread's end.
-pub fn channel(counters: Arc<Counters>) -> (Recorder, Inbox) {
+pub fn channel(counters: Arc<Counters>, refresh: Duration) -> (Recorder, Inbox) {
     let (tx, ended) = crossbeam_channel::bounded(1024);
     let (alerts_tx, alerts) = crossbeam_channel::bounded(8);
-    (Recorder { tx, alerts: alerts_tx, counters }, Inbox { ended, alerts })
+    (Recorder { tx, alerts: alerts_tx, counters, refresh }, Inbox { ended, alerts })
 }
 
 /// What the `sightings` thread hands to the publisher.
@@ -571,8 +671,11 @@ pub struct Retrospective {
     pub hit_id: uuid::Uuid,
     pub alert: Arc<Alert>,
     pub sighting: Sighting,
-    /// The live rule's number: probability of the alert's make (and model).
+    /// The live rule's number: probability of the alert's make (and model); for an
+    /// alert by colour alone, the colour estimate's.
     pub confidence: f32,
+    /// Cosine similarity to the alert's example photos, when it has them.
+    pub similarity: Option<f32>,
 }
 
 /// Retrospective matching: which alerts have been searched for already.
@@ -592,11 +695,16 @@ impl Lookback {
         for alert in fresh.into_iter().filter(|a| a.active_at(now)) {
             let back = alert.lookback.unwrap_or(self.default);
             let since = now.checked_sub(jiff::SignedDuration::try_from(back).unwrap_or(jiff::SignedDuration::MAX));
+            // The live rule, on what the sightings keep: the probability of the make (and
+            // model) from the stored top five, the view, the colour, the similarity.
             let query = Query {
-                make: Some(alert.make.to_string()),
-                model: alert.model.as_ref().map(|m| m.to_string()),
+                make: alert.make().map(|m| m.to_string()),
+                model: alert.model().map(|m| m.to_string()),
+                colour: alert.colour(),
                 since: since.ok(),
                 min_confidence: Some(alert.min_confidence),
+                // Vehicles still in view are the live matcher's: it sees the new alert too.
+                ended_only: true,
                 ..Query::default()
             };
             let rows = match store.search(&query) {
@@ -606,10 +714,16 @@ impl Lookback {
                     continue;
                 }
             };
-            let definition = format!("{alert:?}");
+            let definition = alert.definition();
             for s in rows {
                 let view_ok = alert.view.as_ref().is_none_or(|v| *v == s.view.as_str());
                 if !alert.watches(&s.camera) || !view_ok || s.looks < alert.rule.confirm_frames {
+                    continue;
+                }
+                let similarity = alert.embedding().map(|e| s.embedding.as_ref().map_or(0.0, |v| e.similarity(v)));
+                if let (Some(least), Some(sim)) = (alert.min_similarity, similarity)
+                    && sim < least
+                {
                     continue;
                 }
                 match store.announce(alert.id.as_str(), &definition, &s) {
@@ -620,12 +734,16 @@ impl Lookback {
                         continue;
                     }
                 }
-                let confidence = s.probability(&alert.make, alert.model.as_deref());
+                let confidence = match alert.make() {
+                    Some(m) => s.probability(m, alert.model().map(|m| m.as_str())),
+                    None => s.colour_p,
+                };
                 found.push(Retrospective {
                     hit_id: uuid::Uuid::now_v7(),
                     alert: Arc::clone(&alert),
                     sighting: s,
                     confidence,
+                    similarity,
                 });
             }
         }
@@ -673,6 +791,7 @@ pub fn run(
                         }
                         let last_seen = Timestamp::try_from(ended.vehicle.last_seen).unwrap_or_else(|_| Timestamp::now());
                         if let Some(mut s) = Sighting::of(&ended.camera, &ended.vehicle, last_seen) {
+                            s.live = ended.live;
                             s.thumbnail = thumbnail(&thumbs, &ended, &s);
                             pending.push(s);
                         }
@@ -809,6 +928,9 @@ mod tests {
             makes: vec![Scored { label: make.into(), p }, Scored { label: "other".into(), p: 1.0 - p }],
             make_models: vec![Scored { label: format!("{make}/{model}"), p }],
             thumbnail: None,
+            embedding: None,
+            live: false,
+            similarity: None,
         }
     }
 
@@ -884,7 +1006,7 @@ mod tests {
         ]);
         vehicles.classified(ids[0], &p);
         let vehicle = vehicles.classified(ids[0], &p).unwrap().clone();
-        Ended { camera: "gate".into(), vehicle }
+        Ended { camera: "gate".into(), vehicle, live: false }
     }
 
     #[test]
@@ -892,7 +1014,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         let counters = Arc::new(Counters::default());
-        let (recorder, rx) = channel(Arc::clone(&counters));
+        let (recorder, rx) = channel(Arc::clone(&counters), Duration::from_secs(60));
         recorder.record(ended());
         drop(recorder);
         run(SightingsConfig::default(), path.clone(), rx, Arc::clone(&counters), |_| true);
@@ -915,7 +1037,7 @@ mod tests {
         let path = dir.path().join("s.db");
         std::fs::write(&path, vec![0x5a; 8192]).unwrap();
         let counters = Arc::new(Counters::default());
-        let (recorder, rx) = channel(Arc::clone(&counters));
+        let (recorder, rx) = channel(Arc::clone(&counters), Duration::from_secs(60));
         // More than the channel holds, with nobody reading yet: the sender never waits.
         for _ in 0..1100 {
             recorder.record(ended());
@@ -967,6 +1089,90 @@ mod tests {
         let mut tracks: Vec<u64> = found.iter().map(|r| r.sighting.track_id).collect();
         tracks.sort();
         assert_eq!(tracks, vec![1, 3, 5]);
+    }
+
+    #[test]
+    fn like_ranks_by_similarity_and_honours_the_other_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let axis = |i: usize, j: usize, w: f32| {
+            let mut v = vec![0.0f32; 512];
+            v[i] = 1.0;
+            v[j] = w;
+            Embedding::normalised(&v)
+        };
+        let t0 = 1_800_000_000_000i64;
+        let mut rows = vec![
+            sighting("gate", 1, t0, "bmw", "3-series", 0.9),
+            sighting("gate", 2, t0 + 1000, "bmw", "3-series", 0.9),
+            sighting("yard", 3, t0 + 2000, "audi", "a4", 0.9),
+            sighting("yard", 4, t0 + 3000, "audi", "a4", 0.9),
+        ];
+        rows[0].embedding = Some(axis(0, 1, 0.1)); // very like the query
+        rows[1].embedding = Some(axis(1, 0, 0.2)); // hardly
+        rows[2].embedding = Some(axis(0, 2, 0.5)); // rather
+        store.insert(&rows).unwrap();
+        let like = Query { like: Some(axis(0, 3, 0.0)), ..Query::default() };
+        let found = store.search(&like).unwrap();
+        let order: Vec<u64> = found.iter().map(|s| s.track_id).collect();
+        assert_eq!(order, vec![1, 3, 2], "most alike first; a row without an embedding is left out");
+        let sims: Vec<f32> = found.iter().map(|s| s.similarity.unwrap()).collect();
+        assert!((sims[0] - 0.995).abs() < 0.02 && (sims[1] - 0.894).abs() < 0.02, "{sims:?}");
+        let close = Query { min_similarity: Some(0.5), ..like.clone() };
+        assert_eq!(store.search(&close).unwrap().len(), 2);
+        let audi = Query { make: Some("audi".into()), ..like.clone() };
+        assert_eq!(store.search(&audi).unwrap().iter().map(|s| s.track_id).collect::<Vec<_>>(), vec![3]);
+        let one = Query { limit: 1, ..like };
+        assert_eq!(store.search(&one).unwrap()[0].track_id, 1);
+        // The stored embedding comes back (as bytes: within rounding).
+        let back = store.search(&Query { camera: Some("gate".into()), ..Query::default() }).unwrap();
+        assert!(back[1].embedding.as_ref().unwrap().similarity(&axis(0, 1, 0.1)) > 0.999);
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            // What carwatch wrote before embeddings: version 1, no embedding column.
+            let store = Store::open(&path).unwrap();
+            store
+                .conn
+                .execute_batch(
+                    "DROP INDEX sightings_track; ALTER TABLE sightings DROP COLUMN embedding;
+                     ALTER TABLE sightings DROP COLUMN live; PRAGMA user_version = 1;
+                     INSERT INTO sightings (camera, track, first_seen, last_seen, x, y, width, height, view, view_p,
+                         make, model, confidence, looks, colour, colour_p, makes, make_models)
+                     VALUES ('gate', 7, 1, 2, 0, 0, 10, 10, 'front', 0.9, 'bmw', 'x5', 0.9, 3, 'red', 0.8, '[]', '[]');",
+                )
+                .unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.version().unwrap(), SCHEMA_VERSION);
+        let rows = store.search(&Query::default()).unwrap();
+        assert_eq!((rows.len(), rows[0].track_id, rows[0].embedding.is_none()), (1, 7, true));
+        store.insert(&[sighting("gate", 8, 5, "bmw", "x5", 0.9)]).unwrap();
+    }
+
+    #[test]
+    fn a_refreshed_row_is_replaced_when_the_track_ends_and_left_to_the_live_matcher() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let now = Timestamp::now().as_millisecond();
+        let mut live = sighting("gate", 9, now - 60_000, "bmw", "3-series", 0.9);
+        live.live = true;
+        store.insert(&[live.clone()]).unwrap();
+        store.insert(&[live.clone()]).unwrap();
+        assert_eq!(store.search(&Query::default()).unwrap().len(), 1, "a refresh replaces the last one");
+        let mut lookback = Lookback { known: Vec::new(), default: Duration::from_secs(3600) };
+        let bmw = "[[alert]]\nid = \"bmw\"\nmake = \"bmw\"\n";
+        assert!(lookback.search(alerts(bmw), &mut store, Timestamp::now()).is_empty(), "still in view: live");
+        let ended = Sighting { live: false, last_seen: Timestamp::from_millisecond(now).unwrap(), looks: 9, ..live };
+        store.insert(&[ended]).unwrap();
+        let rows = store.search(&Query::default()).unwrap();
+        assert_eq!((rows.len(), rows[0].looks, rows[0].live), (1, 9, false));
+        let mut restarted = Lookback { known: Vec::new(), default: Duration::from_secs(3600) };
+        assert_eq!(restarted.search(alerts(bmw), &mut store, Timestamp::now()).len(), 1);
     }
 
     #[test]

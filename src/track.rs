@@ -10,6 +10,8 @@
 //! [`Vehicles`] is what the inference worker keeps per `motion` or `detector` camera:
 //! the tracker, and for every live track what it has been seen as (the mean of its
 //! classified looks, [`Average`]) and its best look, the frame its snapshot shows.
+//! [`Parked`] does the same for the fixed regions of `frame` and `regions` cameras, for
+//! the sightings store only (their hits are decided per frame by the matcher).
 //!
 //! Time is passed in, so tests drive tracks without sleeping.
 
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::camera::Frame;
 use crate::locate::Bounds;
-use crate::model::{Average, Prediction};
+use crate::model::{Average, Label, Prediction};
 
 /// How boxes become tracks.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -189,6 +191,9 @@ pub struct Vehicle {
     cut: bool,
     /// The look its snapshot shows.
     pub best: Option<Look>,
+    /// When it was last handed to the sightings store while alive (long tracks are
+    /// remembered every [`Vehicles::refresh_due`] period, not only when they end).
+    recorded: Option<SystemTime>,
 }
 
 /// One frame of a vehicle.
@@ -247,6 +252,7 @@ impl Vehicles {
                 whole: false,
                 cut: false,
                 best: None,
+                recorded: None,
             });
             v.bounds = b;
             v.last_seen = frame.captured_at;
@@ -291,6 +297,100 @@ impl Vehicles {
     /// Every live vehicle, taken out (at shutdown).
     pub fn drain(&mut self) -> Vec<Vehicle> {
         self.vehicles.drain().map(|(_, v)| v).collect()
+    }
+
+    /// Copies of the classified vehicles alive for `every` since they were first seen or
+    /// last returned here (by `now`): a car parked in view for an hour is in the
+    /// sightings within `every`, not only when it leaves.
+    pub fn refresh_due(&mut self, every: Duration, now: SystemTime) -> Vec<Vehicle> {
+        let mut due = Vec::new();
+        for v in self.vehicles.values_mut() {
+            let since = v.recorded.unwrap_or(v.first_seen);
+            if v.average.is_some() && now.duration_since(since).is_ok_and(|d| d >= every) {
+                v.recorded = Some(now);
+                due.push(v.clone());
+            }
+        }
+        due
+    }
+}
+
+/// What stands in the fixed regions of a `frame` or `regions` camera, for the sightings
+/// store: each run of confident looks at one region with the same make and model is one
+/// vehicle (a car parked in a bay is one row, not one per analysed frame).
+#[derive(Default)]
+pub struct Parked {
+    runs: HashMap<usize, Run>,
+    next_id: u64,
+}
+
+struct Run {
+    make_model: (Label, Label),
+    vehicle: Vehicle,
+    last: Instant,
+}
+
+/// Least probability of the most likely (make, model) for a region's look to count.
+pub const PARKED_CONFIDENCE: f32 = 0.5;
+
+impl Parked {
+    /// A classified look at region `index` (its box `bounds`): the vehicle whose run
+    /// it ends (the region now shows another, or nothing sure), if any.
+    pub fn look(&mut self, index: usize, frame: &Arc<Frame>, bounds: Bounds, p: &Prediction) -> Option<Vehicle> {
+        let top = p.make_models().into_iter().next().filter(|(_, q)| *q >= PARKED_CONFIDENCE).map(|(mm, _)| mm);
+        if let (Some(run), Some(mm)) = (self.runs.get_mut(&index), top.as_ref())
+            && run.make_model == *mm
+        {
+            let v = &mut run.vehicle;
+            if let Some(a) = v.average.as_mut() {
+                a.add(p);
+            }
+            v.last_seen = frame.captured_at;
+            v.bounds = bounds;
+            run.last = frame.seen;
+            return None;
+        }
+        let ended = self.runs.remove(&index).map(|r| r.vehicle);
+        if let Some(make_model) = top {
+            self.next_id += 1;
+            let vehicle = Vehicle {
+                track: self.next_id,
+                first_seen: frame.captured_at,
+                last_seen: frame.captured_at,
+                bounds,
+                average: Some(Average::new(p)),
+                whole: true,
+                cut: false,
+                best: Some(Look { frame: Arc::clone(frame), bounds, score: bounds.area() }),
+                recorded: None,
+            };
+            self.runs.insert(index, Run { make_model, vehicle, last: frame.seen });
+        }
+        ended
+    }
+
+    /// Runs with no look since `before` (the camera stopped), taken out.
+    pub fn expire(&mut self, before: Instant) -> Vec<Vehicle> {
+        let gone: Vec<usize> = self.runs.iter().filter(|(_, r)| r.last < before).map(|(&i, _)| i).collect();
+        gone.into_iter().filter_map(|i| self.runs.remove(&i)).map(|r| r.vehicle).collect()
+    }
+
+    /// As [`Vehicles::refresh_due`].
+    pub fn refresh_due(&mut self, every: Duration, now: SystemTime) -> Vec<Vehicle> {
+        let mut due = Vec::new();
+        for r in self.runs.values_mut() {
+            let v = &mut r.vehicle;
+            if now.duration_since(v.recorded.unwrap_or(v.first_seen)).is_ok_and(|d| d >= every) {
+                v.recorded = Some(now);
+                due.push(v.clone());
+            }
+        }
+        due
+    }
+
+    /// Every run, taken out (at shutdown).
+    pub fn drain(&mut self) -> Vec<Vehicle> {
+        self.runs.drain().map(|(_, r)| r.vehicle).collect()
     }
 }
 
@@ -380,5 +480,56 @@ mod tests {
         assert_eq!(gone_ids, ids);
         vehicles.locate(&frame, &[at(10, 10)]);
         assert_eq!(vehicles.drain().len(), 1);
+    }
+
+    fn look(make: &str, p: f32) -> Prediction {
+        crate::model::cascade::testing::prediction(&[(("front", make, "m"), p), (("front", "other", "m"), 1.0 - p)])
+    }
+
+    #[test]
+    fn a_parked_vehicle_is_one_run_until_the_region_shows_another() {
+        let cam = crate::camera::testing::camera("bay");
+        let frame = Arc::new(crate::camera::testing::frame(&cam, 64, 48));
+        let b = Bounds { x: 0, y: 0, width: 64, height: 48 };
+        let mut parked = Parked::default();
+        assert!(parked.look(0, &frame, b, &look("bmw", 0.9)).is_none());
+        assert!(parked.look(0, &frame, b, &look("bmw", 0.8)).is_none(), "the same car again");
+        assert!(parked.look(1, &frame, b, &look("audi", 0.9)).is_none(), "another region, its own run");
+        let gone = parked.look(0, &frame, b, &look("volvo", 0.9)).expect("the BMW's run ends");
+        assert_eq!(gone.looks(), 2);
+        let p = gone.average.as_ref().unwrap().prediction();
+        assert!((p.probability(None, "bmw", None) - 0.85).abs() < 1e-5);
+        // An unsure look (no make and model at 0.5) ends the Volvo's run and starts none.
+        let unsure = crate::model::cascade::testing::prediction(&[
+            (("front", "volvo", "m"), 0.3),
+            (("front", "audi", "m"), 0.35),
+            (("front", "bmw", "m"), 0.35),
+        ]);
+        assert!(parked.look(0, &frame, b, &unsure).is_some());
+        assert!(parked.look(0, &frame, b, &unsure).is_none());
+        // Refreshes come every period, for live runs only; the camera stopping ends them.
+        let later = frame.captured_at + Duration::from_secs(61);
+        let due = parked.refresh_due(Duration::from_secs(60), later);
+        assert_eq!(due.len(), 1, "the Audi, still there");
+        assert!(parked.refresh_due(Duration::from_secs(60), later + Duration::from_secs(30)).is_empty());
+        assert_eq!(parked.refresh_due(Duration::from_secs(60), later + Duration::from_secs(61)).len(), 1);
+        assert_eq!(parked.expire(frame.seen + Duration::from_secs(1)).len(), 1);
+        assert!(parked.drain().is_empty());
+    }
+
+    #[test]
+    fn a_long_track_is_due_for_refresh_every_period() {
+        let cam = crate::camera::testing::camera("gate");
+        let frame = Arc::new(crate::camera::testing::frame(&cam, 640, 480));
+        let mut vehicles = Vehicles::new(TrackerConfig::default());
+        let (ids, _) = vehicles.locate(&frame, &[at(100, 100)]);
+        let every = Duration::from_secs(60);
+        let t = frame.captured_at;
+        assert!(vehicles.refresh_due(every, t + Duration::from_secs(90)).is_empty(), "not classified yet");
+        vehicles.classified(ids[0], &look("bmw", 0.9));
+        assert!(vehicles.refresh_due(every, t + Duration::from_secs(59)).is_empty());
+        assert_eq!(vehicles.refresh_due(every, t + Duration::from_secs(60)).len(), 1);
+        assert!(vehicles.refresh_due(every, t + Duration::from_secs(100)).is_empty());
+        assert_eq!(vehicles.refresh_due(every, t + Duration::from_secs(121)).len(), 1);
     }
 }

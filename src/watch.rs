@@ -526,15 +526,14 @@ fn start_alerts(
     Ok((handle, stop))
 }
 
-/// The `sightings` thread, when `[sightings]` is enabled and some camera tracks
-/// vehicles; the worker's end of its channel.
+/// The `sightings` thread, when `[sightings]` is enabled and some camera is; the
+/// worker's end of its channel.
 fn start_sightings(config: &Config, output: &Output) -> Result<(Option<Recorder>, Option<JoinHandle<()>>), WatchError> {
-    let tracking = config.cameras.iter().any(|c| c.enabled && c.locate.tracks());
-    if !config.sightings.enabled || !tracking {
+    if !config.sightings.enabled || !config.cameras.iter().any(|c| c.enabled) {
         return Ok((None, None));
     }
     let counters = Arc::clone(&output.metrics.sightings);
-    let (recorder, rx) = sightings::channel(Arc::clone(&counters));
+    let (recorder, rx) = sightings::channel(Arc::clone(&counters), config.sightings.refresh);
     let path = config.sightings.path(&config.state_dir);
     let c = config.sightings.clone();
     let events = output.events.clone();

@@ -174,3 +174,81 @@ fn an_alert_added_after_the_vehicle_passed_hits_it_retrospectively_once() {
     }
     assert!(sub.on("carwatch/hits/audi").is_empty(), "the Volvo and the BMW are not Audis");
 }
+
+/// A generated photo of `view/make/model`, as a witness might give one.
+fn photo(dir: &std::path::Path, name: &str, (view, make, model): (&str, &str, &str), seed: u64) -> String {
+    let class = carwatch::synthetic::class(view, make, model).unwrap();
+    let img = carwatch::synthetic::render(&class, &mut carwatch::synthetic::rng(seed), 224, 224);
+    let path = dir.join(name);
+    img.save(&path).unwrap();
+    name.to_string()
+}
+
+#[test]
+fn alerts_by_example_photo_and_by_colour_hit_their_vehicle_and_not_the_other() {
+    let dir = support::tempdir();
+    let broker = Mosquitto::start();
+    let (_rtsp, camera) = street();
+    // Photos relative to the alert file: a BMW 3 Series seen from the front (the street
+    // shows it angled), and one that cannot be read.
+    let bmw = photo(dir.path(), "suspect.png", ("front", "bmw", "3-series"), 7);
+    std::fs::write(dir.path().join("blurred.jpg"), b"not a jpeg").unwrap();
+    let alerts = format!(
+        "[[alert]]\nid = \"photo\"\nexample = \"{bmw}\"\nmin_similarity = 0.2\n\n\
+         [[alert]]\nid = \"yellow\"\ncolour = \"yellow\"\n\n\
+         [[alert]]\nid = \"broken\"\nexample = [\"{bmw}\", \"blurred.jpg\"]\n"
+    );
+    let config = Scenario::new(dir.path()).mqtt(broker.port).cameras(&camera).alerts(&alerts).write();
+    // `check` names the photo that cannot be read, at its line, and says what the good one shows.
+    let mut cmd = carwatch();
+    cmd.arg("check").arg("--config").arg(&config);
+    let o = run(cmd, Duration::from_secs(60));
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(stdout(&o).contains("blurred.jpg") && stdout(&o).contains("alerts.toml:12:"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("alert photo: the example shows blue bmw 3-series"), "{}", stdout(&o));
+
+    let mut sub = Subscriber::connect(broker.port, "carwatch/#");
+    let watcher = Watcher::start(&config);
+    // The broken alert alone is refused, on errors; the others are in force, derived.
+    let error = sub
+        .wait_for("carwatch/errors", Duration::from_secs(60), |m| {
+            m.json()["message"].as_str().unwrap().contains("blurred")
+        })
+        .unwrap_or_else(|| panic!("no error for the unreadable photo\n{}", watcher.logs()))
+        .json();
+    assert!(error["message"].as_str().unwrap().contains("alert `broken` is not in force"), "{error}");
+    let active = sub
+        .wait_for("carwatch/alerts/active", Duration::from_secs(30), |m| {
+            m.json().as_array().is_some_and(|a| a.len() == 2)
+        })
+        .expect("two alerts in force")
+        .json();
+    let derived = active.as_array().unwrap().iter().find(|a| a["id"] == "photo").unwrap();
+    assert_eq!(derived["derived"]["make"], "bmw", "{derived}");
+    assert_eq!(derived["derived"]["model"], "3-series", "{derived}");
+    assert_eq!(derived["derived"]["colour"], "blue", "{derived}");
+    assert_eq!(derived["make"], serde_json::Value::Null, "not written by the operator");
+
+    // The BMW passes, then the (yellow) Volvo: each alert hits its own vehicle only.
+    let photo_hit = sub
+        .wait_for("carwatch/hits/photo", Duration::from_secs(120), |_| true)
+        .unwrap_or_else(|| panic!("the photo alert never hit\n{}", watcher.logs()))
+        .json();
+    assert_eq!((photo_hit["make"].as_str(), photo_hit["model"].as_str()), (Some("bmw"), Some("3-series")));
+    let similarity = photo_hit["similarity"].as_f64().expect("a similarity");
+    assert!((0.2..=1.0001).contains(&similarity), "{photo_hit}");
+    let yellow = sub
+        .wait_for("carwatch/hits/yellow", Duration::from_secs(120), |_| true)
+        .unwrap_or_else(|| panic!("the colour alert never hit\n{}", watcher.logs()))
+        .json();
+    assert_eq!((yellow["make"].as_str(), yellow["colour"].as_str()), (Some("volvo"), Some("yellow")), "{yellow}");
+    assert_eq!(yellow["similarity"], serde_json::Value::Null);
+    sub.collect_for(Duration::from_secs(3));
+    for h in sub.on("carwatch/hits/photo") {
+        assert_eq!(h.json()["make"], "bmw", "the photo alert hit another car: {}", h.json());
+    }
+    for h in sub.on("carwatch/hits/yellow") {
+        assert_eq!(h.json()["colour"], "yellow", "{}", h.json());
+    }
+    assert!(sub.on("carwatch/hits/broken").is_empty());
+}

@@ -701,6 +701,7 @@ mod tests {
         assert!(r.inserts_per_s > 0.0 && r.search_ms >= 0.0 && r.file_mb > 0.0);
         // 1 in 27 rows is a bmw 3-series, 1 in 168 within the last hour, 4 in 7 above 0.6.
         assert!(r.found <= 3000 / 27, "{}", r.found);
+        assert!(r.like_ms > 0.0 && r.rss_mb_after_like > 0.0);
     }
 
     #[test]
@@ -727,12 +728,27 @@ pub struct SightingsResult {
     pub found: usize,
     /// The same search without a make: a camera's last hour.
     pub search_recent_ms: f64,
+    /// `search --like` over every row's embedding (the 50 most alike).
+    pub like_ms: f64,
     pub file_mb: f64,
+    /// This process's resident size before the rows were written, after, and after the
+    /// `--like` searches (the daemon's writer holds the same connection).
+    pub rss_mb_before: f64,
+    pub rss_mb_after_inserts: f64,
+    pub rss_mb_after_like: f64,
+}
+
+/// This process's resident set size in MB (0 where /proc is not there).
+fn rss_mb() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0.0);
+    pages * 4096.0 / 1e6
 }
 
 /// Runs `bench sightings`: `rows` generated sightings over the last week into a fresh
 /// database, then searches.
 pub fn sightings(rows: usize) -> Result<SightingsResult, String> {
+    use crate::model::embedding::Embedding;
     use crate::sightings::{Query, Scored, Sighting, Store};
     let dir = tempfile::Builder::new().prefix("carwatch-bench-sightings-").tempdir().map_err(err)?;
     let path = dir.path().join("sightings.db");
@@ -742,6 +758,11 @@ pub fn sightings(rows: usize) -> Result<SightingsResult, String> {
     let week = 7 * 86_400_000i64;
     let mut rng = crate::synthetic::rng(9);
     use rand::RngExt;
+    // A pool of distinct embeddings (made before the clock starts), used in turn.
+    let pool: Vec<Embedding> = (0..1024)
+        .map(|_| Embedding::normalised(&(0..512).map(|_| rng.random_range(0.0f32..1.0)).collect::<Vec<_>>()))
+        .collect();
+    let rss_mb_before = rss_mb();
     let start = Instant::now();
     let mut batch = Vec::with_capacity(1000);
     for i in 0..rows {
@@ -768,6 +789,9 @@ pub fn sightings(rows: usize) -> Result<SightingsResult, String> {
             makes: vec![Scored { label: c.make.into(), p }],
             make_models: vec![Scored { label: format!("{}/{}", c.make, c.model), p }],
             thumbnail: Some(PathBuf::from(format!("/var/lib/carwatch/thumbnails/cam0/2026-11-30/{i}.jpg"))),
+            embedding: Some(pool[i % pool.len()].clone()),
+            live: false,
+            similarity: None,
         });
         if batch.len() == 1000 || i + 1 == rows {
             store.insert(&batch).map_err(err)?;
@@ -775,6 +799,7 @@ pub fn sightings(rows: usize) -> Result<SightingsResult, String> {
         }
     }
     let inserts_per_s = rows as f64 / start.elapsed().as_secs_f64();
+    let rss_mb_after_inserts = rss_mb();
     let reader = Store::open_read_only(&path).map_err(err)?;
     let hour_ago = jiff::Timestamp::from_millisecond(now - 3_600_000).map_err(err)?;
     let timed = |q: &Query| -> Result<(f64, usize), String> {
@@ -795,6 +820,19 @@ pub fn sightings(rows: usize) -> Result<SightingsResult, String> {
     })?;
     let (search_recent_ms, _) =
         timed(&Query { camera: Some("cam3".into()), since: Some(hour_ago), ..Query::default() })?;
+    let (like_ms, _) = timed(&Query { like: Some(pool[7].clone()), limit: 50, ..Query::default() })?;
+    let rss_mb_after_like = rss_mb();
     let file_mb = std::fs::metadata(&path).map(|m| m.len() as f64 / 1e6).unwrap_or(0.0);
-    Ok(SightingsResult { rows, inserts_per_s, search_ms, found, search_recent_ms, file_mb })
+    Ok(SightingsResult {
+        rows,
+        inserts_per_s,
+        search_ms,
+        found,
+        search_recent_ms,
+        like_ms,
+        file_mb,
+        rss_mb_before,
+        rss_mb_after_inserts,
+        rss_mb_after_like,
+    })
 }

@@ -12,8 +12,17 @@ pub(super) fn bench_cmd(cmd: BenchCommand) -> Result<ExitCode> {
             let r = carwatch::bench::sightings(rows).map_err(anyhow::Error::msg)?;
             emit(json, &r, |r| {
                 format!(
-                    "{} sightings: {:.0} inserts/s (transactions of 1,000); by make, model and last hour {:.1} ms ({} found); a camera's last hour {:.1} ms; file {:.0} MB",
-                    r.rows, r.inserts_per_s, r.search_ms, r.found, r.search_recent_ms, r.file_mb
+                    "{} sightings: {:.0} inserts/s (transactions of 1,000); by make, model and last hour {:.1} ms ({} found); a camera's last hour {:.1} ms; --like over all {:.0} ms; file {:.0} MB; resident {:.0} MB before, {:.0} MB after the inserts, {:.0} MB after --like",
+                    r.rows,
+                    r.inserts_per_s,
+                    r.search_ms,
+                    r.found,
+                    r.search_recent_ms,
+                    r.like_ms,
+                    r.file_mb,
+                    r.rss_mb_before,
+                    r.rss_mb_after_inserts,
+                    r.rss_mb_after_like
                 )
             })
         }

@@ -17,7 +17,7 @@ pub(super) fn check_cmd(a: CheckArgs) -> Result<ExitCode> {
     let mut problems: Vec<String> = Vec::new();
     // Shapes are checked by loading on the CPU in fp32: no GPU needed to check a config.
     let cpu = Placement { device: tch::Device::Cpu, precision: model::Precision::Fp32 };
-    let mut leaves = None;
+    let mut recognizer = None;
     match Recognizer::load(&config.model.dir, cpu) {
         Ok(r) => {
             if let Some(n) = r.cascade.notice() {
@@ -29,14 +29,24 @@ pub(super) fn check_cmd(a: CheckArgs) -> Result<ExitCode> {
                 r.backbone.spec().widths,
                 r.cascade.leaves().len()
             );
-            leaves = Some(r.cascade.leaves().to_vec());
+            recognizer = Some(r);
         }
         Err(e) => problems.push(format!("models {}: {e}", config.model.dir.display())),
     }
-    if let Some(leaves) = leaves {
+    if let Some(r) = &recognizer {
+        let leaves = r.cascade.leaves().to_vec();
         let vocabulary = Vocabulary { leaves, cameras: config.cameras.iter().map(|c| c.name.clone()).collect() };
         match AlertSet::load(&config.alerts, &vocabulary, &config.matcher) {
-            Ok(set) => println!("alerts {}: {} alert(s)", config.alerts.display(), set.alerts.len()),
+            Ok(set) => {
+                println!("alerts {}: {} alert(s)", config.alerts.display(), set.alerts.len());
+                // Example photos are read and classified as `watch` will: each one that
+                // fails is named (watch would leave its alert out).
+                let (derived, failed) = carwatch::example::derive(set, &AlertSet::default(), r);
+                for a in derived.alerts.iter().filter(|a| a.example.is_some()) {
+                    println!("alert {}: the example shows {}", a.id, a.describe());
+                }
+                problems.extend(failed.iter().map(|p| p.to_string()));
+            }
             Err(AlertsError::Invalid(p)) => problems.extend(p.0.iter().map(|p| p.to_string())),
             Err(e) => problems.push(e.to_string()),
         }

@@ -337,6 +337,12 @@ struct SearchArgs {
     /// Least probability of the make (and model) [default: 0.5].
     #[arg(long)]
     min_confidence: Option<f32>,
+    /// Vehicles that look like this photo (path or URL), most alike first; loads the models.
+    #[arg(long, value_name = "PHOTO")]
+    like: Option<String>,
+    /// With --like: least cosine similarity (0 to 1) [default: any].
+    #[arg(long, requires = "like")]
+    min_similarity: Option<f32>,
     /// Most sightings shown, newest first (0: all).
     #[arg(long, default_value_t = 50)]
     limit: usize,

@@ -60,7 +60,24 @@ pub(super) fn search_cmd(a: SearchArgs) -> Result<ExitCode> {
             ));
         }
     };
+    let like = match &a.like {
+        None => None,
+        Some(photo) => {
+            if let Err(e) = carwatch::input::load(photo) {
+                return refuse(format!("--like: {e}"));
+            }
+            let recognizer = Recognizer::load_choosing(&config.model.dir, config.model.device, config.model.precision)
+                .with_context(|| format!("loading models from {} for --like", config.model.dir.display()))?;
+            match carwatch::example::of_photos(std::slice::from_ref(photo), &recognizer) {
+                Ok(d) => Some(d.embedding),
+                Err(e) => return refuse(format!("--like: {e}")),
+            }
+        }
+    };
     let query = Query {
+        like,
+        min_similarity: a.min_similarity,
+        ended_only: false,
         colour,
         make: a.make.clone(),
         model: a.model.clone(),
@@ -81,6 +98,9 @@ pub(super) fn search_cmd(a: SearchArgs) -> Result<ExitCode> {
             let mut v = carwatch::publish::sighting_payload(s);
             v["confidence"] = serde_json::json!(confidence(s));
             v["thumbnail"] = serde_json::json!(s.thumbnail);
+            if let Some(sim) = s.similarity {
+                v["similarity"] = serde_json::json!(sim);
+            }
             writeln!(out, "{v}")?;
         }
         return Ok(ExitCode::SUCCESS);
@@ -91,6 +111,7 @@ pub(super) fn search_cmd(a: SearchArgs) -> Result<ExitCode> {
         ("track", Align::Right),
         ("vehicle", Align::Left),
         ("confidence", Align::Right),
+        ("similarity", Align::Right),
         ("thumbnail", Align::Left),
     ]);
     for s in &found {
@@ -100,6 +121,7 @@ pub(super) fn search_cmd(a: SearchArgs) -> Result<ExitCode> {
             s.track_id.to_string(),
             format!("{} {} {} ({})", s.colour.name(), s.make, s.model, s.view),
             format!("{:.2}", confidence(s)),
+            s.similarity.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into()),
             s.thumbnail.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         ]);
     }

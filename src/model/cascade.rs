@@ -20,6 +20,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
+use super::embedding::{Embedding, MeanEmbedding};
 pub use super::labels::{Label, Leaf, Level};
 use super::manifest::Manifest;
 use super::weights::WeightFile;
@@ -250,7 +251,7 @@ impl Cascade {
             });
             node = self.nodes[n].next[best];
         }
-        Prediction { path, leaves: Arc::clone(&self.leaves), leaf_p }
+        Prediction { path, leaves: Arc::clone(&self.leaves), leaf_p, embedding: None }
     }
 }
 
@@ -273,6 +274,9 @@ pub struct Prediction {
     leaves: Arc<[Leaf]>,
     /// Joint probability of each leaf, aligned with [`Cascade::leaves`].
     leaf_p: Vec<f32>,
+    /// What the image looks like ([`super::embedding`]); for a track, the mean of its
+    /// looks. Filled in by [`super::Recognizer`].
+    pub embedding: Option<Embedding>,
 }
 
 impl Prediction {
@@ -314,6 +318,11 @@ impl Prediction {
             .sum()
     }
 
+    /// Probability that the image shows a vehicle from `view`, whatever its make.
+    pub fn view_probability(&self, view: &str) -> f32 {
+        self.leaves.iter().zip(&self.leaf_p).filter(|(leaf, _)| leaf.view == view).map(|(_, &p)| p).sum()
+    }
+
     /// Marginal probability of every (make, model) pair, most likely first.
     pub fn make_models(&self) -> Vec<((Label, Label), f32)> {
         let mut out: Vec<((Label, Label), f32)> = Vec::new();
@@ -338,11 +347,21 @@ pub struct Average {
     leaves: Arc<[Leaf]>,
     sum: Vec<f64>,
     looks: u32,
+    embedding: MeanEmbedding,
 }
 
 impl Average {
     pub fn new(first: &Prediction) -> Average {
-        Average { leaves: Arc::clone(&first.leaves), sum: first.leaf_p.iter().map(|&p| p as f64).collect(), looks: 1 }
+        let mut embedding = MeanEmbedding::default();
+        if let Some(e) = &first.embedding {
+            embedding.add(e);
+        }
+        Average {
+            leaves: Arc::clone(&first.leaves),
+            sum: first.leaf_p.iter().map(|&p| p as f64).collect(),
+            looks: 1,
+            embedding,
+        }
     }
 
     /// Adds one look (of the same cascade; another one's is ignored).
@@ -352,6 +371,9 @@ impl Average {
         }
         for (s, &q) in self.sum.iter_mut().zip(&p.leaf_p) {
             *s += q as f64;
+        }
+        if let Some(e) = &p.embedding {
+            self.embedding.add(e);
         }
         self.looks += 1;
     }
@@ -366,7 +388,7 @@ impl Average {
         let n = self.looks.max(1) as f64;
         let leaf_p: Vec<f32> = self.sum.iter().map(|&s| (s / n) as f32).collect();
         let path = greedy_path(&self.leaves, &leaf_p);
-        Prediction { path, leaves: Arc::clone(&self.leaves), leaf_p }
+        Prediction { path, leaves: Arc::clone(&self.leaves), leaf_p, embedding: self.embedding.get() }
     }
 }
 
@@ -414,7 +436,7 @@ pub(crate) mod testing {
             .iter()
             .map(|&level| Choice { level, label: table[best].label(level).clone(), p: leaf_p[best], top: vec![] })
             .collect();
-        Prediction { path, leaves: table.into(), leaf_p }
+        Prediction { path, leaves: table.into(), leaf_p, embedding: None }
     }
 }
 

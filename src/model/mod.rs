@@ -16,6 +16,7 @@
 pub mod backbone;
 pub mod cascade;
 pub mod cuda;
+pub mod embedding;
 pub mod feed;
 pub mod int8;
 pub mod labels;
@@ -326,7 +327,7 @@ impl Recognizer {
         }
         let batch = preprocess::batch(images, self.backbone.placement())?;
         let features = self.backbone.features(&batch)?;
-        self.cascade.run(&features)
+        with_embeddings(self.cascade.run(&features)?, &features)
     }
 
     /// Like [`Recognizer::classify`], through `feeder`: the path camera frames take in
@@ -338,7 +339,7 @@ impl Recognizer {
     ) -> Result<Vec<Prediction>, ModelError> {
         let staged = feeder.stage(images)?;
         let features = self.backbone.features(&feeder.input(staged)?)?;
-        self.cascade.run(&features)
+        with_embeddings(self.cascade.run(&features)?, &features)
     }
 
     /// Backbone features of already-preprocessed input, flattened to fp32 rows: what
@@ -347,6 +348,18 @@ impl Recognizer {
         let f = self.backbone.features(batch)?;
         cascade::flatten(&f)
     }
+}
+
+/// `predictions` with the embedding of their image from `features` (unchanged when
+/// the features are already flat).
+pub(crate) fn with_embeddings(
+    mut predictions: Vec<Prediction>,
+    features: &Tensor,
+) -> Result<Vec<Prediction>, ModelError> {
+    for (p, e) in predictions.iter_mut().zip(embedding::Embedding::of_features(features)?) {
+        p.embedding = Some(e);
+    }
+    Ok(predictions)
 }
 
 #[cfg(test)]

@@ -172,6 +172,7 @@ pub fn hit_payload(hit: &Hit, snapshot: Option<&str>, inline: Option<&[u8]>) -> 
         "retrospective": false,
         "colour": colour.colour,
         "colour_probability": colour.p,
+        "similarity": hit.similarity,
     });
     if let Some(bytes) = inline {
         v["snapshot_jpeg_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
@@ -204,8 +205,8 @@ pub fn sighting_payload(s: &Sighting) -> Value {
 /// remember (no greedy path; the snapshot is the vehicle's thumbnail).
 pub fn retrospective_payload(r: &Retrospective, inline: Option<&[u8]>) -> Value {
     let s = &r.sighting;
-    let make = r.alert.make.to_string();
-    let model = r.alert.model.as_ref().map(|m| m.to_string()).unwrap_or_else(|| {
+    let make = r.alert.make().map_or_else(|| s.make.clone(), |m| m.to_string());
+    let model = r.alert.model().map(|m| m.to_string()).unwrap_or_else(|| {
         let prefix = format!("{make}/");
         s.make_models
             .iter()
@@ -240,6 +241,7 @@ pub fn retrospective_payload(r: &Retrospective, inline: Option<&[u8]>) -> Value 
         "retrospective": true,
         "colour": s.colour,
         "colour_probability": s.colour_p,
+        "similarity": r.similarity,
     });
     if let Some(bytes) = inline {
         v["snapshot_jpeg_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
@@ -350,10 +352,10 @@ impl Publisher {
                     Ok(Event::Hit(hit)) => self.hit(&hit),
                     Ok(Event::Retrospective(r)) => self.retrospective(&r),
                     Ok(Event::Sighting(s)) => {
-                        // Superseded-state priority: dropped first when the link is slow.
+                        // QoS 0, dropped first when the link is slow, never in the outbox.
                         let body = serde_json::to_vec(&sighting_payload(&s)).unwrap_or_default();
                         let topic = self.config.topics.sightings(&s.camera);
-                        if self.mqtt.publish(topic, false, body, Tag::State).is_err() {
+                        if self.mqtt.publish(topic, false, body, Tag::Fleeting).is_err() {
                             tracing::debug!("MQTT queue full: a sighting was not published");
                         }
                     }

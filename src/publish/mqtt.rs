@@ -167,9 +167,12 @@ pub enum Tag {
     Offline,
     /// Status and other state, superseded by the next one.
     State,
+    /// Sent at QoS 0, never acknowledged nor sent again (sightings): worth less than
+    /// anything else, and it never takes a place in the in-flight window.
+    Fleeting,
 }
 
-/// A QoS 1 publish for the `mqtt` thread.
+/// A publish for the `mqtt` thread: QoS 1, except [`Tag::Fleeting`] ones.
 #[derive(Debug)]
 pub struct Command {
     pub topic: String,
@@ -375,11 +378,12 @@ impl Driver {
             self.queue.push_back(c);
         }
         // While the broker is away, keep only the newest state messages.
-        let states = self.queue.iter().filter(|c| c.tag == Tag::State).count();
+        let superseded = |c: &Command| matches!(c.tag, Tag::State | Tag::Fleeting);
+        let states = self.queue.iter().filter(|c| superseded(c)).count();
         if states > STATE_QUEUE {
             let mut excess = states - STATE_QUEUE;
             self.queue.retain(|c| {
-                if excess > 0 && c.tag == Tag::State {
+                if excess > 0 && superseded(c) {
                     excess -= 1;
                     false
                 } else {
@@ -393,6 +397,12 @@ impl Driver {
     fn inject(&mut self) {
         while self.inflight.len() < WINDOW {
             let Some(c) = self.queue.pop_front() else { return };
+            if c.tag == Tag::Fleeting {
+                let mut publish = Publish::new(c.topic, QoS::AtMostOnce, c.payload);
+                publish.retain = c.retain;
+                self.connection.eventloop.pending.push_back(Request::Publish(publish));
+                continue;
+            }
             let pkid = self.free_pkid();
             let mut publish = Publish::new(c.topic, QoS::AtLeastOnce, c.payload);
             publish.retain = c.retain;
