@@ -180,6 +180,9 @@ pub struct Daemon {
     alerts_stop: Sender<()>,
     notify: JoinHandle<()>,
     notify_stop: Sender<()>,
+    /// Removes snapshot files past `[snapshots] retain_days`.
+    pruner: JoinHandle<()>,
+    prune_stop: Sender<()>,
     publisher: JoinHandle<()>,
     /// Ends once the worker (its only sender) has: then it has stored what it was given.
     sightings: Option<JoinHandle<()>>,
@@ -264,6 +267,11 @@ impl Daemon {
         // Cameras started, model warmed up: tell systemd, and keep telling it we are alive.
         notify::ready();
         let (notify_stop, notify_stop_rx) = crossbeam_channel::bounded::<()>(1);
+        // Old snapshot files go in the background, hourly.
+        let (prune_stop, prune_stop_rx) = crossbeam_channel::bounded::<()>(1);
+        let (dir, days) = (config.snapshot_dir(), config.snapshots.retain_days);
+        let pruner = threads::spawn("snapshots", move || snapshot::run_pruner(dir, days, prune_stop_rx))
+            .map_err(spawn_err("snapshots"))?;
         let (cams, m) = (output.cameras.clone(), Arc::clone(&output.metrics));
         let notify = threads::spawn("notify", move || {
             let counter = Arc::clone(&m);
@@ -288,6 +296,8 @@ impl Daemon {
             alerts_stop,
             notify,
             notify_stop,
+            pruner,
+            prune_stop,
             publisher: output.publisher,
             sightings,
             _state_lock: state_lock,
@@ -300,7 +310,7 @@ impl Daemon {
         let stop = self.stop_reason();
         let started = Instant::now();
         notify::stopping();
-        drop(self.notify_stop);
+        drop((self.notify_stop, self.prune_stop));
         if let Stop::Signal(s) = &stop {
             tracing::info!("signal {s}: shutting down");
         }
@@ -328,6 +338,7 @@ impl Daemon {
         }
         join_within("alerts", self.alerts, Duration::from_millis(500));
         join_within("notify", self.notify, Duration::from_millis(500));
+        join_within("snapshots", self.pruner, Duration::from_millis(500));
         // The publisher stores what the worker handed over, delivers for up to 1.5 s,
         // says `offline` (up to 1 s for its acknowledgement) and disconnects (0.5 s).
         join_within("publish", self.publisher, Duration::from_secs(5));
@@ -416,8 +427,7 @@ fn start_output(config: &Config, on_hit: Option<HitCallback>) -> Result<Output, 
     let publisher_config = PublisherConfig {
         topics: config.topics.clone(),
         snapshot_dir: config.snapshot_dir(),
-        snapshot_inline: config.snapshots.inline,
-        snapshot_quality: config.snapshots.quality,
+        snapshots: config.snapshots.clone(),
         status_interval: config.status_interval,
         on_hit,
         metrics: Arc::clone(&metrics),

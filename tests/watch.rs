@@ -81,6 +81,12 @@ fn hits_for_the_wanted_vehicle_only_then_offline_on_sigterm() {
     let img = image::open(&snapshot).unwrap_or_else(|e| panic!("snapshot {} unreadable: {e}", snapshot.display()));
     assert_eq!((img.width(), img.height()), (W, H));
     assert!(snapshot.starts_with(dir.path().join("state/snapshots/gate")));
+    // The camera's last hit, as a raw JPEG on MQTT, retained: the whole outlined frame.
+    let jpeg = sub
+        .wait_for("carwatch/cameras/gate/snapshot", LONG, |m| m.retain || !m.bytes.is_empty())
+        .unwrap_or_else(|| panic!("no snapshot on MQTT\n{}", watcher.logs()));
+    let img = image::load_from_memory_with_format(&jpeg.bytes, image::ImageFormat::Jpeg).expect("a JPEG");
+    assert_eq!((img.width(), img.height()), (W, H));
     // The same hit went to stdout (--print-hits).
     assert!(watcher.stdout.lock().unwrap().contains(h["hit_id"].as_str().unwrap()));
     // A subscriber arriving now gets the retained state (the broker marks it retained).
@@ -89,6 +95,7 @@ fn hits_for_the_wanted_vehicle_only_then_offline_on_sigterm() {
     assert_eq!(active.json().as_array().unwrap().len(), 2);
     assert!(late.wait_for("carwatch/status", LONG, |m| m.retain && m.payload == "online").is_some());
     assert!(late.wait_for("carwatch/cameras/gate/status", LONG, |m| m.retain).is_some());
+    assert!(late.wait_for("carwatch/cameras/gate/snapshot", LONG, |m| m.retain).is_some(), "snapshot retained");
     late.disconnect();
 
     watcher.signal(SIGTERM);
@@ -118,6 +125,7 @@ fn two_cameras_one_with_two_regions() {
         .cameras(&cameras)
         .alerts(alerts)
         .matcher("confirm_frames = 2\ncooldown_s = 60")
+        .section("[snapshots]\nmqtt_crop = true\nmqtt_height = 60")
         .write();
     let mut sub = Subscriber::connect(broker.port, "carwatch/#");
     let watcher = Watcher::start(&config);
@@ -132,6 +140,14 @@ fn two_cameras_one_with_two_regions() {
         assert_eq!(h["region"]["name"], region, "{h}");
         assert_eq!(h["region"]["x"], x, "{h}");
     }
+    // The MQTT snapshot is the vehicle (half the street's width, with margins clipped at
+    // the frame), scaled to 60 pixels high; the file keeps the whole frame.
+    let jpeg = sub
+        .wait_for("carwatch/cameras/street/snapshot", LONG, |_| true)
+        .unwrap_or_else(|| panic!("no street snapshot\n{}", watcher.logs()));
+    let img = image::load_from_memory_with_format(&jpeg.bytes, image::ImageFormat::Jpeg).expect("a JPEG");
+    assert_eq!(img.height(), 60);
+    assert!(img.width() < 60 * 2 * W / H, "{}x{} is not a crop of the {}x{H} street", img.width(), img.height(), 2 * W);
     sub.collect_for(Duration::from_secs(1));
     for m in sub.seen.iter().filter(|m| m.topic.starts_with("carwatch/hits/")) {
         let h = m.json();

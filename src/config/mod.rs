@@ -164,7 +164,7 @@ impl Config {
         let batch = doc.section::<BatchConfig>("batch").map(|s| s.into_inner());
         let matcher = doc.section::<MatcherConfig>("matcher").map(|s| s.into_inner());
         let broker = doc.section::<BrokerConfig>("broker").map(|s| s.into_inner());
-        let snapshots = doc.section::<SnapshotConfig>("snapshots").map(|s| s.into_inner());
+        let snapshots = checked(&mut doc, "snapshots", SnapshotConfig::check);
         let outbox = doc.section::<OutboxConfig>("outbox").map(|s| s.into_inner());
         let metrics = doc.section::<MetricsConfig>("metrics").map(|s| s.into_inner());
         let locate = checked(&mut doc, "locate", LocateConfig::check);

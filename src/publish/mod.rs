@@ -13,6 +13,7 @@
 //! | `{prefix}/hits/{alert_id}` | no, QoS 1 | hit JSON |
 //! | `{prefix}/status` | yes | `online` / `offline` (last will) |
 //! | `{prefix}/cameras/{name}/status` | yes | camera status JSON |
+//! | `{prefix}/cameras/{name}/snapshot` | yes | JPEG of the camera's last hit |
 //! | `{prefix}/alerts/active` | yes | JSON list of active alerts |
 //!
 //! - [`mqtt`]: the connection and its `mqtt` thread (packet ids, acknowledgements).
@@ -89,6 +90,9 @@ impl Topics {
     pub fn camera_status(&self, camera: &str) -> String {
         format!("{}/cameras/{camera}/status", self.prefix)
     }
+    pub fn camera_snapshot(&self, camera: &str) -> String {
+        format!("{}/cameras/{camera}/snapshot", self.prefix)
+    }
     pub fn alerts_active(&self) -> String {
         format!("{}/alerts/active", self.prefix)
     }
@@ -127,8 +131,8 @@ pub type HitCallback = Box<dyn FnMut(&Value) + Send>;
 pub struct PublisherConfig {
     pub topics: Topics,
     pub snapshot_dir: PathBuf,
-    pub snapshot_inline: bool,
-    pub snapshot_quality: u8,
+    /// `[snapshots]`: quality, inline, and the copy on MQTT.
+    pub snapshots: crate::snapshot::SnapshotConfig,
     pub status_interval: Duration,
     /// Called with each hit's JSON (`watch --print-hits`).
     pub on_hit: Option<HitCallback>,
@@ -490,7 +494,7 @@ impl Publisher {
         let id = hit.hit_id.to_string();
         let date = hit.time.strftime("%Y-%m-%d").to_string();
         let path = snapshot::path(&self.config.snapshot_dir, hit.camera.name(), &date, &id);
-        let jpeg = match snapshot::encode(&hit.frame, hit.region.crop, self.config.snapshot_quality) {
+        let jpeg = match snapshot::encode(&hit.frame, hit.region.crop, self.config.snapshots.quality) {
             Ok(j) => Some(j),
             Err(e) => {
                 tracing::error!("hit {id}: snapshot: {e}");
@@ -507,8 +511,15 @@ impl Publisher {
             },
             None => None,
         };
-        let inline = if self.config.snapshot_inline { jpeg.as_deref() } else { None };
+        let inline = if self.config.snapshots.inline { jpeg.as_deref() } else { None };
         let payload = hit_payload(hit, written.as_deref(), inline);
+        if self.config.snapshots.mqtt {
+            // Retained, so a dashboard that connects later still shows the last hit.
+            match snapshot::for_mqtt(&self.config.snapshots, &hit.frame, hit.region.crop, jpeg.as_deref()) {
+                Ok(bytes) => self.state(self.config.topics.camera_snapshot(hit.camera.name()), bytes),
+                Err(e) => tracing::error!("hit {id}: snapshot for MQTT: {e}"),
+            }
+        }
         tracing::info!(
             alert = %hit.alert.id, camera = %hit.camera.name(), hit = %id,
             "hit: {} on {} ({:.2}, {} frames)", hit.alert.describe(), hit.camera.name(), hit.confidence, hit.frames
@@ -519,7 +530,7 @@ impl Publisher {
     /// A retrospective hit: its snapshot is the sighting's thumbnail.
     fn retrospective(&mut self, r: &Retrospective) {
         let id = r.hit_id.to_string();
-        let inline = match (&r.sighting.thumbnail, self.config.snapshot_inline) {
+        let inline = match (&r.sighting.thumbnail, self.config.snapshots.inline) {
             (Some(t), true) => std::fs::read(t).ok(),
             _ => None,
         };

@@ -159,7 +159,9 @@ pub fn make_ca(dir: &std::path::Path, name: &str) {
 #[derive(Debug, Clone)]
 pub struct Message {
     pub topic: String,
+    /// The payload as text (lossy: see `bytes` for binary ones).
     pub payload: String,
+    pub bytes: Vec<u8>,
     pub retain: bool,
     pub at: Instant,
 }
@@ -214,6 +216,7 @@ impl Subscriber {
                         let m = Message {
                             topic: p.topic.clone(),
                             payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                            bytes: p.payload.to_vec(),
                             retain: p.retain,
                             at: Instant::now(),
                         };
