@@ -185,7 +185,7 @@ pub fn prune(dir: &Path, today: jiff::civil::Date, retain_days: u32) -> usize {
     for camera in entries(dir) {
         for folder in entries(&camera) {
             let date = folder.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<jiff::civil::Date>().ok());
-            if !date.is_some_and(|d| d < cutoff) {
+            if date.is_none_or(|d| d >= cutoff) {
                 continue;
             }
             let files = entries(&folder).len();
