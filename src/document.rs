@@ -29,7 +29,11 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        // Line 0: no place in a file (a whole file, or a message that is not one).
+        match self.line {
+            0 => write!(f, "{}: ", self.file.display())?,
+            _ => write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?,
+        }
         if !self.key.is_empty() {
             write!(f, "{}: ", self.key)?;
         }

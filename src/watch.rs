@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::alerts::{self, AlertSet, AlertsError, Reloader, Severity, Vocabulary};
+use crate::alerts::{self, AlertSet, AlertsError, Reloader, Severity, Vocabulary, remote};
 use crate::batcher::{BatchSize, Batcher};
 use crate::camera::supervisor::{self, GstOpener, Timing};
 use crate::camera::{CameraShared, FrameQueue};
@@ -178,6 +178,8 @@ pub struct Daemon {
     infer_ended: Receiver<Result<(), WorkerError>>,
     alerts: JoinHandle<()>,
     alerts_stop: Sender<()>,
+    /// Receives alerts set over MQTT; stops with `alerts`.
+    alert_sets: JoinHandle<()>,
     notify: JoinHandle<()>,
     notify_stop: Sender<()>,
     /// Removes snapshot files past `[snapshots] retain_days`.
@@ -208,8 +210,17 @@ struct AlertFile {
 struct Output {
     publisher: JoinHandle<()>,
     events: Sender<Event>,
+    /// The broker, for connections of other stages (alerts set over MQTT).
+    mqtt: MqttSettings,
     cameras: Vec<Arc<CameraShared>>,
     metrics: Arc<Metrics>,
+}
+
+/// The `alerts` thread, how to stop it, and the `alert-sets` thread (which stops with it).
+struct AlertThreads {
+    handle: JoinHandle<()>,
+    stop: Sender<()>,
+    alert_sets: JoinHandle<()>,
 }
 
 /// The inference thread, started; `ready` says whether the model loaded.
@@ -259,7 +270,7 @@ impl Daemon {
             join_within("publish", output.publisher, Duration::from_millis(2500));
             return result.map(|()| None);
         }
-        let (alerts, alerts_stop) =
+        let AlertThreads { handle: alerts, stop: alerts_stop, alert_sets } =
             start_alerts(config, alert_file, shutdown.reload, inference.alert_updates, &output)?;
         let cameras = start_cameras(&output.cameras, &inference.queue, config.locate.motion)?;
         drop(inference.queue);
@@ -294,6 +305,7 @@ impl Daemon {
             infer_ended: inference.ended,
             alerts,
             alerts_stop,
+            alert_sets,
             notify,
             notify_stop,
             pruner,
@@ -337,6 +349,7 @@ impl Daemon {
             join_within("sightings", s, Duration::from_secs(2));
         }
         join_within("alerts", self.alerts, Duration::from_millis(500));
+        join_within("alert-sets", self.alert_sets, Duration::from_millis(800));
         join_within("notify", self.notify, Duration::from_millis(500));
         join_within("snapshots", self.pruner, Duration::from_millis(500));
         // The publisher stores what the worker handed over, delivers for up to 1.5 s,
@@ -435,7 +448,7 @@ fn start_output(config: &Config, on_hit: Option<HitCallback>) -> Result<Output, 
     };
     let publisher =
         Publisher::spawn(mqtt, outbox, publisher_config, cameras.clone(), events_rx).map_err(spawn_err("publish"))?;
-    Ok(Output { publisher, events, cameras, metrics })
+    Ok(Output { publisher, events, mqtt: settings, cameras, metrics })
 }
 
 /// The frame queue and the `infer` thread, which loads the model and says when it is
@@ -507,9 +520,14 @@ fn start_alerts(
     reload: Receiver<()>,
     updates: Sender<AlertSet>,
     output: &Output,
-) -> Result<(JoinHandle<()>, Sender<()>), WatchError> {
+) -> Result<AlertThreads, WatchError> {
     let (problems_tx, problems_rx) = crossbeam_channel::bounded::<(Severity, Problems)>(16);
     let (stop, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    // Retained alerts arrive together at each connection: room for a fleet's worth.
+    let (remote_tx, remote_rx) = crossbeam_channel::bounded::<remote::Message>(1024);
+    let (settings, topics, stop_sets) = (output.mqtt.clone(), config.topics.clone(), stop_rx.clone());
+    let alert_sets = threads::spawn("alert-sets", move || remote::run(&settings, &topics, remote_tx, stop_sets))
+        .map_err(spawn_err("alert-sets"))?;
     let reloader = Reloader {
         path: config.alerts.clone(),
         vocabulary: file.vocabulary,
@@ -518,12 +536,13 @@ fn start_alerts(
         errors: problems_tx,
         hup: reload,
         stop: stop_rx,
+        remote: remote_rx,
         poll: Duration::from_secs(2),
         settle: Duration::from_millis(300),
         empty_settle: Duration::from_secs(3),
     };
-    let (text, stamp) = (file.text, file.stamp);
-    let handle = threads::spawn("alerts", move || reloader.run(&text, stamp)).map_err(spawn_err("alerts"))?;
+    let (text, stamp, set) = (file.text, file.stamp, file.set);
+    let handle = threads::spawn("alerts", move || reloader.run(&text, stamp, set)).map_err(spawn_err("alerts"))?;
     let events = output.events.clone();
     threads::spawn("alert-errors", move || {
         for (severity, problems) in problems_rx {
@@ -533,7 +552,7 @@ fn start_alerts(
         }
     })
     .map_err(spawn_err("alert-errors"))?;
-    Ok((handle, stop))
+    Ok(AlertThreads { handle, stop, alert_sets })
 }
 
 /// The `sightings` thread, when `[sightings]` is enabled and some camera is; the

@@ -5,6 +5,7 @@ mod support;
 
 mod check;
 mod faults;
+mod fleet;
 mod operations;
 mod performance;
 mod sightings;

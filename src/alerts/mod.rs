@@ -55,10 +55,23 @@ use crate::model::{Label, Leaf, Prediction};
 use crate::rule::{MatcherConfig, Rule};
 use crate::values::{Name, positive, probability, seconds};
 
+pub mod remote;
+
+/// Where an alert came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The alert file (`alerts` in the config).
+    File,
+    /// A retained message on `{prefix}/alerts/set/{id}` ([`remote`]).
+    Mqtt,
+}
+
 /// One alert, validated, with labels in the cascade's spelling.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Alert {
     pub id: Name,
+    pub source: Source,
     /// As written (see [`Alert::make`] for what is matched).
     pub make: Option<Label>,
     pub model: Option<Label>,
@@ -224,7 +237,7 @@ impl Alert {
     pub fn summary(&self) -> AlertSummary {
         AlertSummary {
             id: self.id.to_string(),
-            source: "file",
+            source: self.source,
             make: self.make.as_ref().map(Label::to_string),
             model: self.model.as_ref().map(Label::to_string),
             view: self.view.as_ref().map(Label::to_string),
@@ -249,8 +262,8 @@ impl Alert {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AlertSummary {
     pub id: String,
-    /// Where the alert came from (`file`).
-    pub source: &'static str,
+    /// Where the alert came from (`file` or `mqtt`).
+    pub source: Source,
     pub make: Option<String>,
     pub model: Option<String>,
     pub view: Option<String>,
@@ -386,7 +399,7 @@ pub enum AlertsError {
 }
 
 /// Every alert of a file.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AlertSet {
     pub alerts: Vec<Arc<Alert>>,
 }
@@ -404,12 +417,23 @@ impl AlertSet {
         vocabulary: &Vocabulary,
         defaults: &MatcherConfig,
     ) -> Result<AlertSet, Problems> {
+        AlertSet::parse_in(path, path.parent().unwrap_or(Path::new(".")), text, vocabulary, defaults)
+    }
+
+    /// As [`AlertSet::parse`], with relative example photos resolved against `dir`
+    /// (alerts that do not come from a file: [`remote`]).
+    pub fn parse_in(
+        path: &Path,
+        dir: &Path,
+        text: &str,
+        vocabulary: &Vocabulary,
+        defaults: &MatcherConfig,
+    ) -> Result<AlertSet, Problems> {
         let mut doc = Document::parse(path, text);
         doc.reject_unknown_keys(&["alert"]);
         let entries = doc.entries::<Entry>("alert");
         let mut seen = HashSet::new();
         let mut alerts = Vec::new();
-        let dir = path.parent().unwrap_or(Path::new("."));
         for (i, spanned) in entries.into_iter().enumerate() {
             let mut check = EntryCheck { doc: &mut doc, key: format!("alert[{i}]"), ok: true };
             let span = spanned.span();
@@ -521,6 +545,7 @@ impl EntryCheck<'_, '_> {
         }
         self.ok.then(|| Alert {
             id: e.id.into_inner(),
+            source: Source::File,
             make,
             model,
             view,
@@ -561,7 +586,8 @@ pub enum Severity {
     Warning,
 }
 
-/// Keeps the alert set current while carwatch runs (thread `alerts`).
+/// Keeps the alert set current while carwatch runs (thread `alerts`): the file's alerts
+/// and those set over MQTT ([`remote`]), merged; an id in both is the file's.
 ///
 /// The file is read again when it changes (inotify on its directory, so editors that
 /// write a new file and rename it are seen), every `poll` as a fallback (network file
@@ -582,6 +608,8 @@ pub struct Reloader {
     pub errors: crossbeam_channel::Sender<(Severity, Problems)>,
     pub hup: crossbeam_channel::Receiver<()>,
     pub stop: crossbeam_channel::Receiver<()>,
+    /// Messages of the `alert-sets` thread (never anything when it does not run).
+    pub remote: crossbeam_channel::Receiver<remote::Message>,
     pub poll: Duration,
     /// How long the file must stay unchanged before it is read.
     pub settle: Duration,
@@ -607,6 +635,47 @@ struct Applied {
     alerts: Option<usize>,
 }
 
+/// The two sources of alerts, as last applied.
+struct Merged {
+    file: AlertSet,
+    mqtt: std::collections::BTreeMap<String, Arc<Alert>>,
+    /// After a (re)connection: MQTT alerts the broker has not sent again yet, and until
+    /// when it may.
+    unconfirmed: Option<(std::time::Instant, HashSet<String>)>,
+}
+
+impl Merged {
+    /// The file's alerts, then the MQTT ones whose id the file does not use.
+    fn set(&self) -> AlertSet {
+        let in_file: HashSet<&str> = self.file.alerts.iter().map(|a| a.id.as_str()).collect();
+        let mut alerts = self.file.alerts.clone();
+        alerts.extend(self.mqtt.values().filter(|a| !in_file.contains(a.id.as_str())).cloned());
+        AlertSet { alerts }
+    }
+
+    /// Problems for MQTT alerts that the file's alerts of the same id hide (placed in
+    /// the alert `file`).
+    fn shadowed(&self, file: &Path) -> Option<Problems> {
+        let problems: Vec<Problem> = self
+            .file
+            .alerts
+            .iter()
+            .filter(|f| self.mqtt.contains_key(f.id.as_str()))
+            .map(|f| Problem {
+                file: file.to_path_buf(),
+                line: 0,
+                column: 0,
+                key: String::new(),
+                reason: format!(
+                    "alert `{}` set over MQTT is not in force: this file has an alert of that id, which wins",
+                    f.id
+                ),
+            })
+            .collect();
+        (!problems.is_empty()).then_some(Problems(problems))
+    }
+}
+
 /// What became of a changed file.
 enum Outcome {
     Done,
@@ -625,10 +694,12 @@ enum Waited {
 impl Reloader {
     /// Runs until `stop` fires. `initial` is the text the running set came from and
     /// `initial_stamp` the file's stamp taken before that text was read.
-    pub fn run(self, initial: &str, initial_stamp: Stamp) {
+    /// `initial_set` is what that text gave.
+    pub fn run(self, initial: &str, initial_stamp: Stamp, initial_set: AlertSet) {
         let (fs_tx, fs_rx) = crossbeam_channel::bounded::<()>(16);
         let _watcher = self.watch(fs_tx);
         let mut state = Applied { text: initial.to_string(), alerts: None };
+        let mut merged = Merged { file: initial_set, mqtt: Default::default(), unconfirmed: None };
         let mut last_stamp = initial_stamp;
         let tick = crossbeam_channel::tick(self.poll);
         // An edit made before the watcher started is only seen by comparing stamps.
@@ -647,7 +718,19 @@ impl Reloader {
                         true
                     }
                     recv(fs_rx) -> _ => false,
+                    recv(self.remote) -> m => {
+                        if let Ok(m) = m
+                            && self.remote(m, &mut merged)
+                            && self.updates.send(merged.set()).is_err()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
                     recv(tick) -> _ => {
+                        if self.expire_unconfirmed(&mut merged) && self.updates.send(merged.set()).is_err() {
+                            return;
+                        }
                         if stamp(&self.path) == last_stamp {
                             continue;
                         }
@@ -667,7 +750,7 @@ impl Reloader {
             if text == state.text && !forced {
                 continue;
             }
-            match self.apply(text, seen, &mut state, &fs_rx) {
+            match self.apply(text, seen, &mut state, &mut merged, &fs_rx) {
                 Outcome::Stop => return,
                 Outcome::Unsettled => pending = true,
                 Outcome::Done => {}
@@ -709,6 +792,7 @@ impl Reloader {
         text: String,
         seen: Stamp,
         state: &mut Applied,
+        merged: &mut Merged,
         fs_rx: &crossbeam_channel::Receiver<()>,
     ) -> Outcome {
         let set = match AlertSet::parse(&self.path, &text, &self.vocabulary, &self.defaults) {
@@ -742,7 +826,74 @@ impl Reloader {
         tracing::info!("alert file {} reloaded: {} alert(s)", self.path.display(), set.alerts.len());
         state.text = text;
         state.alerts = Some(set.alerts.len());
-        if self.updates.send(set).is_err() { Outcome::Stop } else { Outcome::Done }
+        merged.file = set;
+        if let Some(problems) = merged.shadowed(&self.path) {
+            tracing::error!("{problems}");
+            let _ = self.errors.send((Severity::Error, problems));
+        }
+        if self.updates.send(merged.set()).is_err() { Outcome::Stop } else { Outcome::Done }
+    }
+
+    /// Applies a message of the `alert-sets` thread; whether the merged set changed.
+    /// A message that does not check out changes nothing and goes to `errors`.
+    fn remote(&self, m: remote::Message, merged: &mut Merged) -> bool {
+        let (topic, id, payload) = match m {
+            remote::Message::Connected => {
+                let known = merged.mqtt.keys().cloned().collect::<HashSet<_>>();
+                merged.unconfirmed =
+                    (!known.is_empty()).then(|| (std::time::Instant::now() + remote::RECONFIRM, known));
+                return false;
+            }
+            remote::Message::Set { topic, id, payload } => (topic, id, payload),
+        };
+        if let Some((_, waiting)) = merged.unconfirmed.as_mut() {
+            waiting.remove(&id);
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let before = merged.set();
+        match remote::parse(&topic, &id, &payload, dir, &self.vocabulary, &self.defaults) {
+            Ok(None) => {
+                if merged.mqtt.remove(&id).is_some() {
+                    tracing::info!(alert = %id, "alert {id} removed over MQTT ({topic})");
+                }
+            }
+            Ok(Some(alert)) => {
+                let alert = Arc::new(alert);
+                if merged.mqtt.get(&id) != Some(&alert) {
+                    tracing::info!(alert = %id, "alert {id} set over MQTT ({topic}): {}", alert.describe());
+                }
+                merged.mqtt.insert(id.clone(), alert);
+                if merged.file.alerts.iter().any(|a| a.id.as_str() == id) {
+                    let reason = format!(
+                        "alert `{id}` set over MQTT is not in force: the alert file has an alert of that id, which wins"
+                    );
+                    tracing::error!("{topic}: {reason}");
+                    let problem = Problem { file: topic.into(), line: 0, column: 0, key: String::new(), reason };
+                    let _ = self.errors.send((Severity::Error, Problems(vec![problem])));
+                }
+            }
+            Err(problems) => {
+                tracing::error!("alert message not applied, alert `{id}` stays as it was:\n{problems}");
+                let _ = self.errors.send((Severity::Error, problems));
+            }
+        }
+        merged.set() != before
+    }
+
+    /// Removes the MQTT alerts the broker did not send again after a reconnection (their
+    /// retained messages were cleared meanwhile); whether any went.
+    fn expire_unconfirmed(&self, merged: &mut Merged) -> bool {
+        let Some((until, _)) = &merged.unconfirmed else { return false };
+        if std::time::Instant::now() < *until {
+            return false;
+        }
+        let Some((_, gone)) = merged.unconfirmed.take() else { return false };
+        let before = merged.set();
+        for id in gone {
+            tracing::info!(alert = %id, "alert {id} removed: the broker no longer holds its message");
+            merged.mqtt.remove(&id);
+        }
+        merged.set() != before
     }
 
     /// Waits until the file has not changed for `quiet` (at most ten times that).
@@ -866,6 +1017,7 @@ mod tests {
     struct Running {
         updates: crossbeam_channel::Receiver<AlertSet>,
         errors: crossbeam_channel::Receiver<(Severity, Problems)>,
+        remote: crossbeam_channel::Sender<remote::Message>,
         _stop: crossbeam_channel::Sender<()>,
         _hup: crossbeam_channel::Sender<()>,
     }
@@ -876,6 +1028,7 @@ mod tests {
         let (errors_tx, errors) = crossbeam_channel::unbounded();
         let (stop_tx, stop) = crossbeam_channel::bounded(1);
         let (hup_tx, hup) = crossbeam_channel::bounded(1);
+        let (remote_tx, remote_rx) = crossbeam_channel::unbounded();
         let r = Reloader {
             path: path.to_path_buf(),
             vocabulary: vocabulary(),
@@ -884,18 +1037,99 @@ mod tests {
             errors: errors_tx,
             hup,
             stop,
+            remote: remote_rx,
             poll: Duration::from_millis(100),
             settle: Duration::from_millis(100),
             empty_settle: Duration::from_millis(1500),
         };
         let initial = initial.to_string();
-        std::thread::spawn(move || r.run(&initial, stamp));
-        Running { updates, errors, _stop: stop_tx, _hup: hup_tx }
+        let set = parse(&initial).unwrap_or_default();
+        std::thread::spawn(move || r.run(&initial, stamp, set));
+        Running { updates, errors, remote: remote_tx, _stop: stop_tx, _hup: hup_tx }
     }
 
     const ONE: &str = "[[alert]]\nid = \"a1\"\nmake = \"bmw\"\n";
     const TWO: &str = "[[alert]]\nid = \"a1\"\nmake = \"bmw\"\n\n[[alert]]\nid = \"a2\"\nmake = \"audi\"\n";
     const WAIT: Duration = Duration::from_secs(10);
+
+    fn set(id: &str, payload: &str) -> remote::Message {
+        remote::Message::Set { topic: format!("cw/alerts/set/{id}"), id: id.into(), payload: payload.into() }
+    }
+
+    fn ids(set: &AlertSet) -> Vec<(String, Source)> {
+        set.alerts.iter().map(|a| (a.id.to_string(), a.source)).collect()
+    }
+
+    #[test]
+    fn alerts_set_over_mqtt_join_the_file_which_wins_on_an_id_in_both() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("alerts.toml");
+        std::fs::write(&path, ONE).unwrap();
+        let r = reloader(&path, ONE, stamp(&path));
+        r.remote.send(set("m1", r#"{"make": "audi", "note": "fleet"}"#)).unwrap();
+        let got = r.updates.recv_timeout(WAIT).unwrap();
+        assert_eq!(ids(&got), [("a1".into(), Source::File), ("m1".into(), Source::Mqtt)]);
+        assert_eq!(got.alerts[1].make.as_ref().map(|m| m.to_string()).as_deref(), Some("audi"));
+        // A bad message changes nothing and says why, naming the key as sent.
+        r.remote.send(set("m1", r#"{"make": "tesla"}"#)).unwrap();
+        let (severity, problems) = r.errors.recv_timeout(WAIT).unwrap();
+        assert_eq!(severity, Severity::Error);
+        let text = problems.to_string();
+        assert!(text.starts_with("cw/alerts/set/m1: make `tesla` is not one"), "{text}");
+        // The file's a1 wins over an MQTT a1, which is reported.
+        r.remote.send(set("a1", r#"{"make": "audi"}"#)).unwrap();
+        let (_, problems) = r.errors.recv_timeout(WAIT).unwrap();
+        assert!(problems.to_string().contains("alert `a1` set over MQTT is not in force"), "{problems}");
+        // An empty message removes m1.
+        r.remote.send(set("m1", "")).unwrap();
+        let got = r.updates.recv_timeout(WAIT).unwrap();
+        assert_eq!(ids(&got), [("a1".into(), Source::File)]);
+        // Once the file no longer has a1, the MQTT one is in force.
+        std::fs::write(&path, "[[alert]]\nid = \"f2\"\nmake = \"bmw\"\n").unwrap();
+        let got = r.updates.recv_timeout(WAIT).unwrap();
+        assert_eq!(ids(&got), [("f2".into(), Source::File), ("a1".into(), Source::Mqtt)]);
+    }
+
+    #[test]
+    fn an_mqtt_alert_the_broker_does_not_send_again_after_a_reconnection_is_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("alerts.toml");
+        std::fs::write(&path, "").unwrap();
+        let r = reloader(&path, "", stamp(&path));
+        r.remote.send(set("kept", r#"{"make": "bmw"}"#)).unwrap();
+        r.remote.send(set("cleared", r#"{"make": "audi"}"#)).unwrap();
+        r.updates.recv_timeout(WAIT).unwrap();
+        assert_eq!(r.updates.recv_timeout(WAIT).unwrap().alerts.len(), 2);
+        r.remote.send(remote::Message::Connected).unwrap();
+        r.remote.send(set("kept", r#"{"make": "bmw"}"#)).unwrap();
+        let got = r.updates.recv_timeout(remote::RECONFIRM + WAIT).unwrap();
+        assert_eq!(ids(&got), [("kept".into(), Source::Mqtt)]);
+    }
+
+    #[test]
+    fn mqtt_messages_are_checked_as_entries_are() {
+        let v = vocabulary();
+        let d = MatcherConfig::default();
+        let dir = Path::new("/etc/carwatch");
+        let parse = |id: &str, payload: &str| remote::parse("cw/alerts/set/x", id, payload.as_bytes(), dir, &v, &d);
+        let a = parse(
+            "amber-1",
+            r#"{"make": "bmw", "model": "x5", "example": "car.jpg", "expires": "2030-01-01T00:00:00Z"}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((a.id.as_str(), a.source), ("amber-1", Source::Mqtt));
+        assert_eq!(a.example.unwrap().photos, ["/etc/carwatch/car.jpg"]);
+        assert!(a.expires.is_some());
+        assert_eq!(parse("x", "").unwrap(), None, "empty: removed");
+        let err = |id: &str, payload: &str| parse(id, payload).unwrap_err().to_string();
+        assert!(err("x", "not json").contains("not a JSON object"));
+        assert!(err("x", r#"{"id": "y", "make": "bmw"}"#).contains("the topic says `x`"));
+        assert!(err("x", r#"{"make": null}"#).contains("null"));
+        assert!(err("x", r#"{"model": "x5"}"#).contains("needs a make"));
+        assert!(err("x", r#"{"make": "bmw", "colour": "plaid"}"#).contains("colour `plaid`"));
+        assert!(err("a b", r#"{"make": "bmw"}"#).contains("letters, digits"));
+    }
 
     /// The review's defect 13: an edit between reading the file at start and recording
     /// its stamp was never applied.

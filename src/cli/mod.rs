@@ -25,6 +25,7 @@ const DEFAULT_LOG_FILTER: &str = "info,rumqttd=warn,rumqttd::router::routing=off
 /// Exit status for a configuration the operator must fix (distinct from runtime failures).
 const EXIT_CONFIG: u8 = 2;
 
+mod alert;
 mod bench;
 mod check;
 mod classify;
@@ -62,6 +63,9 @@ enum Command {
     Search(SearchArgs),
     /// Validate the config, the alert file and the models; list every problem.
     Check(CheckArgs),
+    /// Set, remove or list alerts over MQTT, for every watcher on the broker.
+    #[command(subcommand)]
+    Alert(AlertCommand),
     /// Generate synthetic data: labelled vehicle images or random backbone weights.
     #[command(subcommand)]
     Synth(SynthCommand),
@@ -308,6 +312,87 @@ struct WatchArgs {
     test_fault: Option<String>,
 }
 
+#[derive(Subcommand)]
+enum AlertCommand {
+    /// Publish an alert (retained) on {prefix}/alerts/set/ID; replaces one of that id.
+    Add(Box<AlertAddArgs>),
+    /// Clear the alert ID set over MQTT (an empty retained message).
+    Remove {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// The alert's id.
+        id: String,
+    },
+    /// The alerts the broker holds on {prefix}/alerts/set/+, and whether a watcher has them in force.
+    List {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which broker: the config's ([mqtt], else the embedded broker's address), or flags.
+#[derive(Args)]
+struct BrokerArgs {
+    #[arg(long, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// mqtt://host[:port] or mqtts://host[:port]; then the config is not read.
+    #[arg(long)]
+    url: Option<String>,
+    /// With --url.
+    #[arg(long, requires = "url")]
+    username: Option<String>,
+    /// A file holding the password, with --url.
+    #[arg(long, requires = "url")]
+    password_file: Option<PathBuf>,
+    /// CA certificate for mqtts://, with --url.
+    #[arg(long, requires = "url")]
+    ca_file: Option<PathBuf>,
+    /// Topic prefix of the alerts [default: the config's alerts_prefix or topic_prefix, else carwatch].
+    #[arg(long)]
+    prefix: Option<String>,
+}
+
+#[derive(Args)]
+struct AlertAddArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// The alert's id: letters, digits, _ and -; hits go to {prefix}/hits/ID.
+    id: String,
+    #[arg(long)]
+    make: Option<String>,
+    /// Needs --make.
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long)]
+    view: Option<String>,
+    /// black, white, grey (silver), red, orange, yellow, green, blue, brown or purple.
+    #[arg(long)]
+    colour: Option<String>,
+    /// An example photo: a URL, or a path on the watchers' hosts (repeat for several).
+    #[arg(long)]
+    example: Vec<String>,
+    /// Least cosine similarity to the example photos (0 to 1).
+    #[arg(long, requires = "example")]
+    min_similarity: Option<f64>,
+    /// Only these cameras (repeat); cameras of other watchers are fine.
+    #[arg(long)]
+    camera: Vec<String>,
+    /// Least probability of the description (0 to 1).
+    #[arg(long)]
+    min_confidence: Option<f64>,
+    /// RFC 3339 time after which the alert no longer hits.
+    #[arg(long)]
+    expires: Option<String>,
+    #[arg(long)]
+    note: Option<String>,
+    /// How far back (seconds) the sightings are searched when the alert arrives.
+    #[arg(long)]
+    lookback_s: Option<u64>,
+}
+
 #[derive(Args)]
 struct CheckArgs {
     #[arg(long, default_value = config::DEFAULT_PATH)]
@@ -423,6 +508,7 @@ pub fn main() -> ExitCode {
         Command::Classify(a) => classify::classify_cmd(a),
         Command::Check(a) => check::check_cmd(a),
         Command::Search(a) => search::search_cmd(a),
+        Command::Alert(a) => alert::alert_cmd(a),
         Command::Synth(a) => synth::synth_cmd(a),
         Command::Bench(a) => bench::bench_cmd(a),
     };

@@ -253,6 +253,7 @@ fn cameras(doc: &mut Document, has_detector: bool) -> (Vec<Camera>, bool) {
 /// whether the section holds a password.
 fn mqtt(doc: &mut Document) -> (Option<MqttSettings>, Option<Topics>, bool) {
     let mut prefix = default_prefix();
+    let mut alerts_prefix = None;
     let mut mqtt = None;
     let mut inline_secrets = false;
     if let Some(section) = doc.section::<MqttConfig>("mqtt") {
@@ -260,12 +261,17 @@ fn mqtt(doc: &mut Document) -> (Option<MqttSettings>, Option<Topics>, bool) {
         let m = section.into_inner();
         inline_secrets = m.password.is_some() || url::Url::parse(&m.url).is_ok_and(|u| u.password().is_some());
         prefix = m.topic_prefix.clone();
+        alerts_prefix = m.alerts_prefix.clone();
         match MqttSettings::from_config(&m) {
             Ok(s) => mqtt = Some(s),
             Err(e) => doc.push_problem(span, "mqtt", &e),
         }
     }
-    let topics = match Topics::new(&prefix) {
+    let topics = Topics::new(&prefix).and_then(|t| match &alerts_prefix {
+        Some(a) => t.with_alerts_prefix(a),
+        None => Ok(t),
+    });
+    let topics = match topics {
         Ok(t) => Some(t),
         Err(e) => {
             doc.push_problem(0..0, "mqtt.topic_prefix", &e);

@@ -15,6 +15,7 @@
 //! | `{prefix}/cameras/{name}/status` | yes | camera status JSON |
 //! | `{prefix}/cameras/{name}/snapshot` | yes | JPEG of the camera's last hit |
 //! | `{prefix}/alerts/active` | yes | JSON list of active alerts |
+//! | `{prefix}/alerts/set/{id}` | yes, read | an alert set over MQTT ([`crate::alerts::remote`]) |
 //!
 //! - [`mqtt`]: the connection and its `mqtt` thread (packet ids, acknowledgements).
 //! - [`outbox`]: hits on disk until acknowledged.
@@ -68,6 +69,8 @@ pub enum PublishError {
 #[derive(Debug, Clone)]
 pub struct Topics {
     prefix: String,
+    /// Where alerts set over MQTT are read (`[mqtt] alerts_prefix`, else `prefix`).
+    alerts: String,
 }
 
 impl Topics {
@@ -78,7 +81,14 @@ impl Topics {
                 "topic_prefix `{prefix}` must be non-empty, without + or #, and not start or end with /"
             ));
         }
-        Ok(Topics { prefix: prefix.to_string() })
+        Ok(Topics { prefix: prefix.to_string(), alerts: prefix.to_string() })
+    }
+
+    /// These topics, with alerts set over MQTT read under `prefix` instead (instances
+    /// with prefixes of their own share one for their alerts).
+    pub fn with_alerts_prefix(self, prefix: &str) -> Result<Topics, String> {
+        let alerts = Topics::new(prefix).map_err(|e| format!("alerts_prefix: {e}"))?.prefix;
+        Ok(Topics { alerts, ..self })
     }
 
     pub fn hits(&self, alert: &str) -> String {
@@ -104,6 +114,10 @@ impl Topics {
     }
     pub fn stats(&self) -> String {
         format!("{}/stats", self.prefix)
+    }
+    /// Where an operator sets alert `id` for every watcher (`+`: the subscription).
+    pub fn alert_set(&self, id: &str) -> String {
+        format!("{}/alerts/set/{id}", self.alerts)
     }
 }
 
@@ -743,5 +757,11 @@ mod tests {
             assert!(Topics::new(bad).is_err(), "{bad}");
         }
         assert_eq!(Topics::new("cw").unwrap().camera_status("gate"), "cw/cameras/gate/status");
+        // Instances with prefixes of their own read their alerts under a common one.
+        let a = Topics::new("site/a").unwrap();
+        assert_eq!(a.alert_set("+"), "site/a/alerts/set/+");
+        let shared = a.with_alerts_prefix("site").unwrap();
+        assert_eq!((shared.alert_set("x"), shared.hits("x")), ("site/alerts/set/x".into(), "site/a/hits/x".into()));
+        assert!(Topics::new("a").unwrap().with_alerts_prefix("b/#").is_err());
     }
 }

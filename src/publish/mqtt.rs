@@ -57,6 +57,10 @@ pub struct MqttConfig {
     pub keep_alive: Duration,
     #[serde(default = "default_prefix")]
     pub topic_prefix: String,
+    /// Alerts set over MQTT are read on `{alerts_prefix}/alerts/set/+` [default:
+    /// `topic_prefix`]: instances with prefixes of their own give one in common.
+    #[serde(default)]
+    pub alerts_prefix: Option<String>,
 }
 
 fn default_keep_alive() -> Duration {
@@ -122,6 +126,30 @@ impl MqttSettings {
         let client_id = c.client_id.clone().unwrap_or_else(default_client_id);
         let display = format!("{}://{host}:{port}", if tls.is_some() { "mqtts" } else { "mqtt" });
         Ok(MqttSettings { host, port, display, client_id, username, password, tls, keep_alive: c.keep_alive })
+    }
+
+    /// rumqttc's options for a connection whose client id is ours with `suffix` (each
+    /// connection to a broker needs its own), with `will` if given.
+    pub fn options(&self, suffix: &str, will: Option<LastWill>) -> MqttOptions {
+        let mut opts = MqttOptions::new(format!("{}{suffix}", self.client_id), self.host.clone(), self.port);
+        opts.set_keep_alive(self.keep_alive.max(Duration::from_secs(5)));
+        opts.set_max_packet_size(32 * 1024 * 1024, 32 * 1024 * 1024);
+        opts.set_inflight(PKIDS);
+        opts.set_clean_session(true);
+        if let Some(will) = will {
+            opts.set_last_will(will);
+        }
+        if let Some(u) = &self.username {
+            opts.set_credentials(u.clone(), self.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default());
+        }
+        if let Some(tls) = &self.tls {
+            opts.set_transport(Transport::Tls(TlsConfiguration::Simple {
+                ca: tls.ca.clone(),
+                alpn: None,
+                client_auth: tls.client.clone(),
+            }));
+        }
+        opts
     }
 
     /// A plain connection to a broker on `addr` (the embedded one), as `account`.
@@ -215,26 +243,8 @@ impl Mqtt {
     /// Starts the client and its `mqtt` thread. Connection failures are retried in the
     /// background; this returns at once.
     pub fn start(settings: &MqttSettings, topics: &Topics) -> Result<Mqtt, super::PublishError> {
-        let mut opts = MqttOptions::new(settings.client_id.clone(), settings.host.clone(), settings.port);
-        opts.set_keep_alive(settings.keep_alive.max(Duration::from_secs(5)));
-        opts.set_max_packet_size(32 * 1024 * 1024, 32 * 1024 * 1024);
-        opts.set_inflight(PKIDS);
-        opts.set_clean_session(true);
-        opts.set_last_will(LastWill::new(topics.status(), "offline", QoS::AtLeastOnce, true));
-        if let Some(u) = &settings.username {
-            opts.set_credentials(
-                u.clone(),
-                settings.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default(),
-            );
-        }
-        if let Some(tls) = &settings.tls {
-            opts.set_transport(Transport::Tls(TlsConfiguration::Simple {
-                ca: tls.ca.clone(),
-                alpn: None,
-                client_auth: tls.client.clone(),
-            }));
-        }
-        let (client, connection) = Client::new(opts, 16);
+        let will = LastWill::new(topics.status(), "offline", QoS::AtLeastOnce, true);
+        let (client, connection) = Client::new(settings.options("", Some(will)), 16);
         let (commands, commands_rx) = crossbeam_channel::bounded(1024);
         let (reports_tx, reports) = crossbeam_channel::unbounded();
         let link = Arc::new(Link::default());

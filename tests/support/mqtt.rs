@@ -265,6 +265,11 @@ impl Subscriber {
     pub fn disconnect(self) {
         let _ = self.client.disconnect();
     }
+
+    /// Publishes `payload` retained at QoS 1, as an operator's tool would.
+    pub fn publish_retained(&self, topic: &str, payload: &[u8]) {
+        self.client.publish(topic, QoS::AtLeastOnce, true, payload.to_vec()).expect("queued");
+    }
 }
 
 /// A broker of our own that never acknowledges hits (topics with `/hits/`) and
