@@ -1,7 +1,7 @@
 //! Long-lived threads, named and supervised.
 //!
 //! Every thread of `watch` that should live as long as the daemon (cameras, inference,
-//! publisher, MQTT, alerts, alert-sets, broker, metrics, notify, sightings, snapshots) is started through [`spawn`]. When
+//! publisher, MQTT, alerts, inbound, broker, metrics, notify, sightings, snapshots) is started through [`spawn`]. When
 //! one ends, by returning or by panicking, a guard reports its name and how it ended on
 //! one channel that the daemon's main loop watches: an unexpected end is logged with
 //! the thread's name and ends the process non-zero, so systemd restarts it whole rather

@@ -35,6 +35,8 @@ use crate::matcher::Matcher;
 use crate::metrics::{self, Metrics};
 use crate::model::{Manifest, ModelError};
 use crate::notify;
+use crate::publish::homeassistant::Discovery;
+use crate::publish::inbound::{self, HomeAssistant};
 use crate::publish::mqtt::{Mqtt, MqttSettings};
 use crate::publish::outbox::{Outbox, OutboxError};
 use crate::publish::{Event, HitCallback, PublishError, Publisher, PublisherConfig, broker};
@@ -179,7 +181,7 @@ pub struct Daemon {
     alerts: JoinHandle<()>,
     alerts_stop: Sender<()>,
     /// Receives alerts set over MQTT; stops with `alerts`.
-    alert_sets: JoinHandle<()>,
+    inbound: JoinHandle<()>,
     notify: JoinHandle<()>,
     notify_stop: Sender<()>,
     /// Removes snapshot files past `[snapshots] retain_days`.
@@ -212,15 +214,18 @@ struct Output {
     events: Sender<Event>,
     /// The broker, for connections of other stages (alerts set over MQTT).
     mqtt: MqttSettings,
+    /// Home Assistant discovery, when on; `births` tells the publisher to send it again.
+    discovery: Option<Discovery>,
+    births: Sender<()>,
     cameras: Vec<Arc<CameraShared>>,
     metrics: Arc<Metrics>,
 }
 
-/// The `alerts` thread, how to stop it, and the `alert-sets` thread (which stops with it).
+/// The `alerts` thread, how to stop it, and the `inbound` thread (which stops with it).
 struct AlertThreads {
     handle: JoinHandle<()>,
     stop: Sender<()>,
-    alert_sets: JoinHandle<()>,
+    inbound: JoinHandle<()>,
 }
 
 /// The inference thread, started; `ready` says whether the model loaded.
@@ -270,7 +275,7 @@ impl Daemon {
             join_within("publish", output.publisher, Duration::from_millis(2500));
             return result.map(|()| None);
         }
-        let AlertThreads { handle: alerts, stop: alerts_stop, alert_sets } =
+        let AlertThreads { handle: alerts, stop: alerts_stop, inbound } =
             start_alerts(config, alert_file, shutdown.reload, inference.alert_updates, &output)?;
         let cameras = start_cameras(&output.cameras, &inference.queue, config.locate.motion)?;
         drop(inference.queue);
@@ -305,7 +310,7 @@ impl Daemon {
             infer_ended: inference.ended,
             alerts,
             alerts_stop,
-            alert_sets,
+            inbound,
             notify,
             notify_stop,
             pruner,
@@ -349,7 +354,7 @@ impl Daemon {
             join_within("sightings", s, Duration::from_secs(2));
         }
         join_within("alerts", self.alerts, Duration::from_millis(500));
-        join_within("alert-sets", self.alert_sets, Duration::from_millis(800));
+        join_within("inbound", self.inbound, Duration::from_millis(800));
         join_within("notify", self.notify, Duration::from_millis(500));
         join_within("snapshots", self.pruner, Duration::from_millis(500));
         // The publisher stores what the worker handed over, delivers for up to 1.5 s,
@@ -437,7 +442,15 @@ fn start_output(config: &Config, on_hit: Option<HitCallback>) -> Result<Output, 
         metrics::serve(listen, Arc::clone(&metrics), Duration::from_secs(30))?;
     }
     let (events, events_rx) = crossbeam_channel::bounded(256);
+    let names: Vec<String> = config.cameras.iter().map(|c| c.name.to_string()).collect();
+    let discovery = config
+        .homeassistant
+        .enabled
+        .then(|| Discovery::new(&config.homeassistant, &config.topics, &names, config.snapshots.mqtt));
+    let (births, births_rx) = crossbeam_channel::bounded(1);
     let publisher_config = PublisherConfig {
+        discovery: discovery.clone(),
+        births: births_rx,
         topics: config.topics.clone(),
         snapshot_dir: config.snapshot_dir(),
         snapshots: config.snapshots.clone(),
@@ -448,7 +461,7 @@ fn start_output(config: &Config, on_hit: Option<HitCallback>) -> Result<Output, 
     };
     let publisher =
         Publisher::spawn(mqtt, outbox, publisher_config, cameras.clone(), events_rx).map_err(spawn_err("publish"))?;
-    Ok(Output { publisher, events, mqtt: settings, cameras, metrics })
+    Ok(Output { publisher, events, mqtt: settings, discovery, births, cameras, metrics })
 }
 
 /// The frame queue and the `infer` thread, which loads the model and says when it is
@@ -526,8 +539,9 @@ fn start_alerts(
     // Retained alerts arrive together at each connection: room for a fleet's worth.
     let (remote_tx, remote_rx) = crossbeam_channel::bounded::<remote::Message>(1024);
     let (settings, topics, stop_sets) = (output.mqtt.clone(), config.topics.clone(), stop_rx.clone());
-    let alert_sets = threads::spawn("alert-sets", move || remote::run(&settings, &topics, remote_tx, stop_sets))
-        .map_err(spawn_err("alert-sets"))?;
+    let ha = output.discovery.clone().map(|discovery| HomeAssistant { discovery, births: output.births.clone() });
+    let inbound = threads::spawn("inbound", move || inbound::run(&settings, &topics, remote_tx, ha, stop_sets))
+        .map_err(spawn_err("inbound"))?;
     let reloader = Reloader {
         path: config.alerts.clone(),
         vocabulary: file.vocabulary,
@@ -552,7 +566,7 @@ fn start_alerts(
         }
     })
     .map_err(spawn_err("alert-errors"))?;
-    Ok(AlertThreads { handle, stop, alert_sets })
+    Ok(AlertThreads { handle, stop, inbound })
 }
 
 /// The `sightings` thread, when `[sightings]` is enabled and some camera is; the

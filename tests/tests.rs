@@ -6,6 +6,7 @@ mod support;
 mod check;
 mod faults;
 mod fleet;
+mod homeassistant;
 mod operations;
 mod performance;
 mod sightings;

@@ -608,7 +608,7 @@ pub struct Reloader {
     pub errors: crossbeam_channel::Sender<(Severity, Problems)>,
     pub hup: crossbeam_channel::Receiver<()>,
     pub stop: crossbeam_channel::Receiver<()>,
-    /// Messages of the `alert-sets` thread (never anything when it does not run).
+    /// Messages of the `inbound` thread (never anything when it does not run).
     pub remote: crossbeam_channel::Receiver<remote::Message>,
     pub poll: Duration,
     /// How long the file must stay unchanged before it is read.
@@ -834,7 +834,7 @@ impl Reloader {
         if self.updates.send(merged.set()).is_err() { Outcome::Stop } else { Outcome::Done }
     }
 
-    /// Applies a message of the `alert-sets` thread; whether the merged set changed.
+    /// Applies a message of the `inbound` thread; whether the merged set changed.
     /// A message that does not check out changes nothing and goes to `errors`.
     fn remote(&self, m: remote::Message, merged: &mut Merged) -> bool {
         let (topic, id, payload) = match m {

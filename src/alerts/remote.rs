@@ -3,11 +3,11 @@
 //! After an AMBER alert, ten watchers on one broker should not need ten file edits. An
 //! operator (or `carwatch alert add`) publishes, retained, a JSON object with the fields
 //! of an `[[alert]]` entry on `{prefix}/alerts/set/{id}`; an empty retained message on
-//! the same topic removes it. The `alert-sets` thread keeps its own connection to the
-//! broker (its client id is the watcher's with `-alerts`), subscribes on every
-//! connection, and hands each message to the `alerts` thread, which checks it exactly as
-//! it checks the file and merges the two: an id in both is the file's, and the message
-//! is reported on `{prefix}/errors`.
+//! the same topic removes it. The `inbound` thread ([`crate::publish::inbound`]) keeps
+//! its own connection to the broker, subscribes on every connection, and hands each
+//! message to the `alerts` thread, which checks it exactly as it checks the file and
+//! merges the two: an id in both is the file's, and the message is reported on
+//! `{prefix}/errors`.
 //!
 //! Retained messages removed while this watcher was away from the broker are not
 //! announced again; so after each (re)connection, an MQTT alert the broker does not send
@@ -16,71 +16,21 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
-use rumqttc::{Client, ConnectReturnCode, Event, Packet, QoS, RecvTimeoutError};
-
 use super::{Alert, AlertSet, Source, Vocabulary};
 use crate::document::{Problem, Problems};
-use crate::publish::Topics;
-use crate::publish::mqtt::MqttSettings;
 use crate::rule::MatcherConfig;
 
 /// How long after a (re)connection the broker has to send a retained alert again before
 /// it is taken as removed.
 pub const RECONFIRM: Duration = Duration::from_secs(5);
 
-/// What the `alert-sets` thread hands the `alerts` thread.
+/// What the `inbound` thread hands the `alerts` thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// A new session: retained alerts follow.
     Connected,
     /// The message on `topic` = `{prefix}/alerts/set/{id}` (empty: removed).
     Set { topic: String, id: String, payload: Vec<u8> },
-}
-
-/// The `alert-sets` thread: connects with `settings` (client id `<id>-alerts`), subscribes
-/// to `{prefix}/alerts/set/+` on every connection, and sends what arrives on `to`, until
-/// `stop` closes.
-pub fn run(settings: &MqttSettings, topics: &Topics, to: Sender<Message>, stop: Receiver<()>) {
-    let (client, mut connection) = Client::new(settings.options("-alerts", None), 16);
-    let filter = topics.alert_set("+");
-    let prefix = topics.alert_set("");
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        if !matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Empty)) {
-            let _ = client.try_disconnect();
-            return;
-        }
-        match connection.recv_timeout(Duration::from_millis(250)) {
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
-            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) if ack.code == ConnectReturnCode::Success => {
-                backoff = Duration::from_millis(500);
-                if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
-                    tracing::error!("cannot subscribe to {filter}: {e}");
-                }
-                if to.send(Message::Connected).is_err() {
-                    return;
-                }
-            }
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                let Some(id) = p.topic.strip_prefix(&prefix) else { continue };
-                let m = Message::Set { id: id.to_string(), topic: p.topic.clone(), payload: p.payload.to_vec() };
-                if to.send(m).is_err() {
-                    return;
-                }
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                // The publisher's connection logs the broker's troubles; this one only waits.
-                tracing::debug!("alert subscription to {}: {e}; retrying in {backoff:?}", settings.display);
-                if stop.recv_timeout(backoff).is_ok() {
-                    return;
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
 }
 
 /// The alert a message on `topic` sets (`None`: an empty message, which removes it),

@@ -23,6 +23,7 @@ use crate::metrics::MetricsConfig;
 use crate::model::{DeviceChoice, PrecisionChoice};
 use crate::publish::Topics;
 use crate::publish::broker::BrokerConfig;
+use crate::publish::homeassistant::HomeAssistantConfig;
 use crate::publish::mqtt::{MqttConfig, MqttSettings, default_prefix};
 use crate::rule::MatcherConfig;
 use crate::sightings::SightingsConfig;
@@ -56,6 +57,8 @@ pub struct Config {
     pub topics: Topics,
     pub broker: BrokerConfig,
     pub snapshots: SnapshotConfig,
+    /// `[homeassistant]`: MQTT discovery.
+    pub homeassistant: HomeAssistantConfig,
     pub outbox: OutboxConfig,
     pub metrics: MetricsConfig,
     /// How often each camera's status is published even when it has not changed.
@@ -156,6 +159,7 @@ impl Config {
             "locate",
             "detector",
             "sightings",
+            "homeassistant",
         ]);
         let state_dir = doc.section::<PathBuf>("state_dir").map(|s| s.into_inner());
         let alerts = doc.section::<PathBuf>("alerts").map(|s| s.into_inner());
@@ -170,6 +174,7 @@ impl Config {
         let locate = checked(&mut doc, "locate", LocateConfig::check);
         let detector = checked(&mut doc, "detector", DetectorConfig::check);
         let sightings = doc.section::<SightingsConfig>("sightings").map(|s| s.into_inner());
+        let homeassistant = checked(&mut doc, "homeassistant", HomeAssistantConfig::check);
 
         let has_detector = doc.keys().iter().any(|(k, _)| k == "detector");
         let (cameras, camera_secrets) = cameras(&mut doc, has_detector);
@@ -195,6 +200,7 @@ impl Config {
             topics,
             broker: broker.unwrap_or_default(),
             snapshots: snapshots.unwrap_or_default(),
+            homeassistant: homeassistant.unwrap_or_default(),
             outbox: outbox.unwrap_or_default(),
             metrics: metrics.unwrap_or_default(),
             status_interval: status_interval.unwrap_or(Duration::from_secs(10)),

@@ -14,6 +14,8 @@
 //! | `{prefix}/status` | yes | `online` / `offline` (last will) |
 //! | `{prefix}/cameras/{name}/status` | yes | camera status JSON |
 //! | `{prefix}/cameras/{name}/snapshot` | yes | JPEG of the camera's last hit |
+//! | `{prefix}/cameras/{name}/hits` | no | each hit of the camera (Home Assistant's event) |
+//! | `{discovery_prefix}/.../config` | yes | Home Assistant discovery ([`homeassistant`]) |
 //! | `{prefix}/alerts/active` | yes | JSON list of active alerts |
 //! | `{prefix}/alerts/set/{id}` | yes, read | an alert set over MQTT ([`crate::alerts::remote`]) |
 //!
@@ -22,6 +24,8 @@
 //! - [`broker`]: the embedded broker used when none is configured.
 
 pub mod broker;
+pub mod homeassistant;
+pub mod inbound;
 pub mod mqtt;
 pub mod outbox;
 
@@ -100,6 +104,13 @@ impl Topics {
     pub fn camera_status(&self, camera: &str) -> String {
         format!("{}/cameras/{camera}/status", self.prefix)
     }
+    /// Each hit of the camera, with its `event_type` (Home Assistant's event entity).
+    pub fn camera_hits(&self, camera: &str) -> String {
+        format!("{}/cameras/{camera}/hits", self.prefix)
+    }
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
     pub fn camera_snapshot(&self, camera: &str) -> String {
         format!("{}/cameras/{camera}/snapshot", self.prefix)
     }
@@ -153,6 +164,9 @@ pub struct PublisherConfig {
     pub metrics: Arc<Metrics>,
     /// How often the summary goes to `{prefix}/stats`.
     pub stats_interval: Duration,
+    /// Home Assistant discovery, sent at each connection and on each of `births`.
+    pub discovery: Option<homeassistant::Discovery>,
+    pub births: Receiver<()>,
 }
 
 /// The JSON published for a hit (documented in docs/mqtt.md).
@@ -188,6 +202,7 @@ pub fn hit_payload(hit: &Hit, snapshot: Option<&str>, inline: Option<&[u8]>) -> 
         "snapshot": snapshot,
         "redelivered": false,
         "retrospective": false,
+        "event_type": "hit",
         "colour": colour.colour,
         "colour_probability": colour.p,
         "similarity": hit.similarity,
@@ -257,6 +272,7 @@ pub fn retrospective_payload(r: &Retrospective, inline: Option<&[u8]>) -> Value 
         "snapshot": s.thumbnail.as_ref().map(|p| p.display().to_string()),
         "redelivered": false,
         "retrospective": true,
+        "event_type": "retrospective",
         "colour": s.colour,
         "colour_probability": s.colour_p,
         "similarity": r.similarity,
@@ -363,6 +379,7 @@ impl Publisher {
         let mut last_full = Instant::now() - self.config.status_interval;
         let mut last_stats = Instant::now();
         let reports = self.mqtt.reports.clone();
+        let births = self.config.births.clone();
         loop {
             crate::threads::checkpoint();
             select! {
@@ -390,6 +407,7 @@ impl Publisher {
                     }
                     Err(_) => break,
                 },
+                recv(births) -> _ => self.discovery(),
                 recv(reports) -> r => match r {
                     Ok(r) => self.report(r),
                     Err(_) => {
@@ -441,6 +459,7 @@ impl Publisher {
                 if let Some(body) = self.alerts.clone() {
                     self.state(self.config.topics.alerts_active(), body);
                 }
+                self.discovery();
                 self.statuses(true);
             }
             Report::Acked(Tag::Hit(seq)) => {
@@ -563,6 +582,18 @@ impl Publisher {
         self.config.metrics.hits_total.fetch_add(1, Ordering::Relaxed);
         let topic = self.config.topics.hits(alert);
         let body = serde_json::to_vec(&payload).unwrap_or_default();
+        if let Some(camera) = payload["camera"].as_str() {
+            // The camera's own feed (Home Assistant's event entity): not retained, no
+            // inline snapshot, superseded rather than kept while the broker is away.
+            let mut copy = payload.clone();
+            if let Some(o) = copy.as_object_mut() {
+                o.remove("snapshot_jpeg_base64");
+            }
+            let copy = serde_json::to_vec(&copy).unwrap_or_default();
+            if self.mqtt.publish(self.config.topics.camera_hits(camera), false, copy, Tag::State).is_err() {
+                tracing::debug!("MQTT queue full: a hit's copy on its camera's topic was skipped");
+            }
+        }
         match self.outbox.append(&topic, &body) {
             Ok(seq) => {
                 if let Some(seen) = seen {
@@ -581,6 +612,14 @@ impl Publisher {
                     tracing::error!("hit {id} was lost: the MQTT queue is full as well");
                 }
             }
+        }
+    }
+
+    /// Sends the Home Assistant discovery configs (retained), when discovery is on.
+    fn discovery(&mut self) {
+        let configs = self.config.discovery.as_ref().map(|d| d.configs()).unwrap_or_default();
+        for (topic, body) in configs {
+            self.state(topic, body);
         }
     }
 

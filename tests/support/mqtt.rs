@@ -270,6 +270,11 @@ impl Subscriber {
     pub fn publish_retained(&self, topic: &str, payload: &[u8]) {
         self.client.publish(topic, QoS::AtLeastOnce, true, payload.to_vec()).expect("queued");
     }
+
+    /// Publishes `payload` at QoS 1, not retained.
+    pub fn publish(&self, topic: &str, payload: &[u8]) {
+        self.client.publish(topic, QoS::AtLeastOnce, false, payload.to_vec()).expect("queued");
+    }
 }
 
 /// A broker of our own that never acknowledges hits (topics with `/hits/`) and
