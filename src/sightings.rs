@@ -259,6 +259,9 @@ pub struct Query {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The rows of vehicles still in view this store wrote (camera, track, first seen):
+    /// only their final rows need to replace one, so other inserts skip the lookup.
+    live: std::collections::HashSet<(String, u64, i64)>,
 }
 
 impl Store {
@@ -277,9 +280,16 @@ impl Store {
         conn.busy_timeout(Duration::from_secs(5)).map_err(sql)?;
         let _: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(sql)?;
         conn.execute_batch("PRAGMA synchronous = NORMAL").map_err(sql)?;
-        let store = Store { conn, path: path.to_path_buf() };
+        let store = Store { conn, path: path.to_path_buf(), live: Default::default() };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// Marks the rows of vehicles an earlier run was still watching as ended: that run
+    /// is gone, and their last refresh is all there will be. For the daemon's writer,
+    /// at start.
+    pub fn end_earlier_runs(&self) -> Result<usize, SightingsError> {
+        self.conn.execute("UPDATE sightings SET live = 0 WHERE live = 1", []).map_err(self.err())
     }
 
     /// Opens an existing database for reading (`carwatch search`).
@@ -290,7 +300,7 @@ impl Store {
         let sql = |source| SightingsError::Sqlite { path: path.to_path_buf(), source };
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sql)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(sql)?;
-        let store = Store { conn, path: path.to_path_buf() };
+        let store = Store { conn, path: path.to_path_buf(), live: Default::default() };
         let version = store.version()?;
         if version > SCHEMA_VERSION {
             return Err(SightingsError::Newer { path: path.to_path_buf(), found: version });
@@ -384,9 +394,13 @@ impl Store {
                 )
                 .map_err(sql.clone())?;
             for s in rows {
-                replace
-                    .execute(params![s.camera, s.track_id as i64, s.first_seen.as_millisecond()])
-                    .map_err(sql.clone())?;
+                let key = (s.camera.clone(), s.track_id, s.first_seen.as_millisecond());
+                let replaces = if s.live { !self.live.insert(key) } else { self.live.remove(&key) };
+                if replaces {
+                    replace
+                        .execute(params![s.camera, s.track_id as i64, s.first_seen.as_millisecond()])
+                        .map_err(sql.clone())?;
+                }
                 insert
                     .execute(params![
                         s.camera,
@@ -475,37 +489,65 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// (similarity, id) of every row of `sql` (selecting id and embedding) with `args`
+    /// at least `least` alike to `query`.
+    fn similar(
+        &self,
+        sql: &str,
+        args: &[rusqlite::types::Value],
+        query: &[i8],
+        least: f32,
+    ) -> Result<Vec<(f32, i64)>, SightingsError> {
+        let mut stmt = self.conn.prepare(sql).map_err(self.err())?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(args.iter())).map_err(self.err())?;
+        let mut scored = Vec::new();
+        while let Some(r) = rows.next().map_err(self.err())? {
+            let blob = r.get_ref(1).and_then(|v| Ok(v.as_blob()?)).map_err(self.err())?;
+            let similarity = similarity_i8(query, blob);
+            if similarity >= least {
+                scored.push((similarity, r.get(0).map_err(self.err())?));
+            }
+        }
+        Ok(scored)
+    }
+
     /// Rows matching `q`: most recent first, or with `q.like`, most alike first.
     pub fn search(&self, q: &Query) -> Result<Vec<Sighting>, SightingsError> {
         let min = q.min_confidence.unwrap_or(0.5);
         // A make (or pair) at 0.5 or more is the most likely one: the index finds it.
         // Below that, any row may qualify and the stored top five decide.
         let by_top = min >= 0.5;
-        let mut filter = String::from("last_seen >= ?1 AND last_seen <= ?2");
-        let mut args: Vec<Box<dyn rusqlite::ToSql>> = vec![
-            Box::new(q.since.map_or(i64::MIN, |t| t.as_millisecond())),
-            Box::new(q.until.map_or(i64::MAX, |t| t.as_millisecond())),
+        // `--like` reads every candidate's embedding anyway: in table order, not through
+        // the time index (a lookup per row, several times slower over a million rows).
+        let mut filter = String::from(if q.like.is_some() {
+            "+last_seen >= ?1 AND +last_seen <= ?2"
+        } else {
+            "last_seen >= ?1 AND last_seen <= ?2"
+        });
+        use rusqlite::types::Value as V;
+        let mut args: Vec<V> = vec![
+            V::Integer(q.since.map_or(i64::MIN, |t| t.as_millisecond())),
+            V::Integer(q.until.map_or(i64::MAX, |t| t.as_millisecond())),
         ];
         if let Some(c) = &q.camera {
-            args.push(Box::new(c.clone()));
+            args.push(V::Text(c.clone()));
             filter.push_str(&format!(" AND camera = ?{}", args.len()));
         }
         if let Some(c) = q.colour {
-            args.push(Box::new(c.name()));
+            args.push(V::Text(c.name().to_string()));
             filter.push_str(&format!(" AND colour = ?{}", args.len()));
         }
         if q.ended_only {
             filter.push_str(" AND live = 0");
         }
         if let (Some(m), true) = (&q.make, by_top) {
-            args.push(Box::new(m.clone()));
+            args.push(V::Text(m.clone()));
             filter.push_str(&format!(" AND make = ?{}", args.len()));
             if let Some(o) = &q.model {
-                args.push(Box::new(o.clone()));
+                args.push(V::Text(o.clone()));
                 filter.push_str(&format!(" AND model = ?{}", args.len()));
             }
         }
-        let args = rusqlite::params_from_iter(args.iter().map(|a| a.as_ref()));
         let wanted = |s: &Sighting| q.make.as_ref().is_none_or(|m| s.probability(m, q.model.as_deref()) >= min);
         let full = |s: &Vec<Sighting>| q.limit > 0 && s.len() >= q.limit;
         let mut out = Vec::new();
@@ -513,7 +555,7 @@ impl Store {
             None => {
                 let sql = format!("SELECT {COLUMNS} FROM sightings WHERE {filter} ORDER BY last_seen DESC, id DESC");
                 let mut stmt = self.conn.prepare(&sql).map_err(self.err())?;
-                let rows = stmt.query_map(args, read_row).map_err(self.err())?;
+                let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), read_row).map_err(self.err())?;
                 for row in rows {
                     let s = row.map_err(self.err())?;
                     if wanted(&s) {
@@ -526,20 +568,39 @@ impl Store {
             }
             Some(like) => {
                 // First the similarity of every candidate, reading only its embedding
-                // (in place, not copied); then the whole rows of the most alike.
+                // (in place, not copied), the upper half of the rows on a second
+                // connection and core; then the whole rows of the most alike.
                 let query = like.quantised();
                 let least = q.min_similarity.unwrap_or(f32::MIN);
-                let sql = format!("SELECT id, embedding FROM sightings WHERE {filter} AND embedding IS NOT NULL");
-                let mut stmt = self.conn.prepare(&sql).map_err(self.err())?;
-                let mut rows = stmt.query(args).map_err(self.err())?;
-                let mut scored: Vec<(f32, i64)> = Vec::new();
-                while let Some(r) = rows.next().map_err(self.err())? {
-                    let blob = r.get_ref(1).and_then(|v| Ok(v.as_blob()?)).map_err(self.err())?;
-                    let similarity = similarity_i8(&query, blob);
-                    if similarity >= least {
-                        scored.push((similarity, r.get(0).map_err(self.err())?));
+                let sql = format!(
+                    "SELECT id, embedding FROM sightings WHERE {filter} AND embedding IS NOT NULL AND id >= ?{} AND id < ?{}",
+                    args.len() + 1,
+                    args.len() + 2
+                );
+                let top: i64 = self
+                    .conn
+                    .query_row("SELECT coalesce(max(id), 0) FROM sightings", [], |r| r.get(0))
+                    .map_err(self.err())?;
+                let half = top / 2 + 1;
+                let span = |from: i64, to: i64| {
+                    let mut a = args.clone();
+                    a.extend([V::Integer(from), V::Integer(to)]);
+                    a
+                };
+                let upper = (top >= SPLIT_ABOVE).then(|| (span(half, i64::MAX), Store::open_read_only(&self.path)));
+                let lower = if upper.is_some() { span(i64::MIN, half) } else { span(i64::MIN, i64::MAX) };
+                let mut scored = std::thread::scope(|scope| {
+                    let other = upper.map(|(a, store)| {
+                        let (sql, query) = (&sql, &query);
+                        scope.spawn(move || store.and_then(|s| s.similar(sql, &a, query, least)))
+                    });
+                    let mut mine = self.similar(&sql, &lower, &query, least)?;
+                    if let Some(other) = other {
+                        let theirs = other.join().unwrap_or_else(|_| Ok(Vec::new()))?;
+                        mine.extend(theirs);
                     }
-                }
+                    Ok::<_, SightingsError>(mine)
+                })?;
                 scored.sort_by(|a, b| b.0.total_cmp(&a.0));
                 let mut one = self
                     .conn
@@ -560,6 +621,9 @@ impl Store {
         Ok(out)
     }
 }
+
+/// Above this many rows a `--like` scan is split over two connections (two cores).
+const SPLIT_ABOVE: i64 = 50_000;
 
 /// The columns [`read_row`] reads, in its order.
 const COLUMNS: &str = "camera, track, first_seen, last_seen, x, y, width, height, view, view_p, make, model, \
@@ -770,7 +834,12 @@ pub fn run(
 ) {
     let thumbs = path.with_file_name("thumbnails");
     let mut store = match Store::open(&path) {
-        Ok(s) => Some(s),
+        Ok(s) => {
+            if let Err(e) = s.end_earlier_runs() {
+                tracing::warn!("{e}; vehicles in view when carwatch last stopped stay marked as in view");
+            }
+            Some(s)
+        }
         Err(e) => {
             tracing::error!("{e}; vehicles are not remembered until carwatch restarts (live hits go on)");
             None
@@ -1089,6 +1158,38 @@ mod tests {
         let mut tracks: Vec<u64> = found.iter().map(|r| r.sighting.track_id).collect();
         tracks.sort();
         assert_eq!(tracks, vec![1, 3, 5]);
+    }
+
+    #[test]
+    fn a_large_like_scan_is_split_and_finds_rows_in_both_halves() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let unit = |i: usize| {
+            let mut v = vec![0.0f32; 512];
+            v[i] = 1.0;
+            v[(i + 1) % 512] = 0.3;
+            Embedding::normalised(&v)
+        };
+        let n = SPLIT_ABOVE as u64 + 5000;
+        let t0 = 1_800_000_000_000i64;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {
+            let rows: Vec<Sighting> = chunk
+                .iter()
+                .map(|&t| {
+                    let mut s = sighting("gate", t, t0 + t as i64, "bmw", "3-series", 0.9);
+                    // Two rows alike to the query, one early (lower half) and one late.
+                    let axis = if t == 10 || t == n - 10 { 7 } else { 100 + (t as usize % 300) };
+                    s.embedding = Some(unit(axis));
+                    s
+                })
+                .collect();
+            store.insert(&rows).unwrap();
+        }
+        let found = store.search(&Query { like: Some(unit(7)), limit: 2, ..Query::default() }).unwrap();
+        let mut ids: Vec<u64> = found.iter().map(|s| s.track_id).collect();
+        ids.sort();
+        assert_eq!(ids, vec![10, n - 10]);
+        assert!(found.iter().all(|s| s.similarity.unwrap() > 0.99));
     }
 
     #[test]
