@@ -40,6 +40,19 @@ fn good_config_with_trained_models_passes() {
 }
 
 #[test]
+fn without_config_the_environment_names_the_file() {
+    let dir = support::tempdir();
+    let cfg = dir.path().join("elsewhere.toml");
+    write(&cfg, "state_dir = \"/tmp/x\"\nshade = \"red\"\n");
+    // From a directory with no config/carwatch.toml: $CARWATCH_CONFIG is the one read.
+    let mut cmd = carwatch();
+    cmd.arg("check").current_dir(dir.path()).env("CARWATCH_CONFIG", &cfg);
+    let o = run(cmd, Duration::from_secs(10));
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(stdout(&o).contains(&format!("{}:2:1: shade: unknown key", cfg.display())), "{}", stdout(&o));
+}
+
+#[test]
 fn models_whose_heads_do_not_fit_the_backbone_are_reported() {
     let t = trained();
     let dir = support::tempdir();

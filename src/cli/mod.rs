@@ -283,7 +283,8 @@ struct ClassifyArgs {
     #[arg(long)]
     models: Option<PathBuf>,
     /// Config file, read for model.dir/device/precision when present.
-    #[arg(long, default_value = config::DEFAULT_PATH)]
+    /// [default: $CARWATCH_CONFIG, else /etc/carwatch/carwatch.toml if it exists, else config/carwatch.toml]
+    #[arg(long, default_value_os_t = config::default_path(), hide_default_value = true)]
     config: PathBuf,
     #[command(flatten)]
     placement: PlacementArgs,
@@ -297,7 +298,8 @@ struct ClassifyArgs {
 
 #[derive(Args)]
 struct WatchArgs {
-    #[arg(long, default_value = config::DEFAULT_PATH)]
+    /// [default: $CARWATCH_CONFIG, else /etc/carwatch/carwatch.toml if it exists, else config/carwatch.toml]
+    #[arg(long, default_value_os_t = config::default_path(), hide_default_value = true)]
     config: PathBuf,
     /// Models directory, instead of the config's model.dir.
     #[arg(long)]
@@ -336,7 +338,8 @@ enum AlertCommand {
 /// Which broker: the config's ([mqtt], else the embedded broker's address), or flags.
 #[derive(Args)]
 struct BrokerArgs {
-    #[arg(long, default_value = config::DEFAULT_PATH)]
+    /// [default: $CARWATCH_CONFIG, else /etc/carwatch/carwatch.toml if it exists, else config/carwatch.toml]
+    #[arg(long, default_value_os_t = config::default_path(), hide_default_value = true)]
     config: PathBuf,
     /// mqtt://host[:port] or mqtts://host[:port]; then the config is not read.
     #[arg(long)]
@@ -395,13 +398,15 @@ struct AlertAddArgs {
 
 #[derive(Args)]
 struct CheckArgs {
-    #[arg(long, default_value = config::DEFAULT_PATH)]
+    /// [default: $CARWATCH_CONFIG, else /etc/carwatch/carwatch.toml if it exists, else config/carwatch.toml]
+    #[arg(long, default_value_os_t = config::default_path(), hide_default_value = true)]
     config: PathBuf,
 }
 
 #[derive(Args)]
 struct SearchArgs {
-    #[arg(long, default_value = config::DEFAULT_PATH)]
+    /// [default: $CARWATCH_CONFIG, else /etc/carwatch/carwatch.toml if it exists, else config/carwatch.toml]
+    #[arg(long, default_value_os_t = config::default_path(), hide_default_value = true)]
     config: PathBuf,
     #[arg(long)]
     make: Option<String>,

@@ -32,6 +32,20 @@ use crate::snapshot::SnapshotConfig;
 /// Where carwatch looks for its config when none is given.
 pub const DEFAULT_PATH: &str = "config/carwatch.toml";
 
+/// Where an installed host keeps its configuration (`make install`).
+pub const INSTALLED_PATH: &str = "/etc/carwatch/carwatch.toml";
+
+/// The configuration file when `--config` is not given: `$CARWATCH_CONFIG`, else the
+/// installed one when it exists (so `carwatch check` on a host finds it from any
+/// directory), else [`DEFAULT_PATH`] (a checkout).
+pub fn default_path() -> PathBuf {
+    match std::env::var_os("CARWATCH_CONFIG") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ if Path::new(INSTALLED_PATH).is_file() => PathBuf::from(INSTALLED_PATH),
+        _ => PathBuf::from(DEFAULT_PATH),
+    }
+}
+
 /// The whole configuration, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
