@@ -622,6 +622,7 @@ impl Worker {
                     tracing::info!(alert = %g, "alert {g} expired");
                 }
             }
+            self.metrics.alerts_active(&ids);
             self.active = ids;
             let list = active.iter().map(|a| a.summary()).collect();
             self.events.send(Event::AlertsActive(list)).map_err(|_| WorkerError::PublisherGone)?;

@@ -122,6 +122,8 @@ pub struct Metrics {
     pub outbox_write_errors: AtomicU64,
     pub mqtt_connected: AtomicBool,
     pub heartbeat: Heartbeat,
+    /// The alerts whose hit series exist ([`Metrics::alerts_active`]).
+    alert_series: std::sync::Mutex<Vec<String>>,
     /// Where and how the model runs (`cpu/int8`), once loaded: for `bench` reports.
     pub model: std::sync::Mutex<Option<String>>,
     /// What the sightings store wrote, failed to write, dropped and pruned.
@@ -213,7 +215,7 @@ struct Gauges(Arc<Metrics>);
 impl Collector for Gauges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let m = &self.0;
-        let gauges: [(&str, &str, i64); 9] = [
+        let gauges: [(&str, &str, i64); 2] = [
             (
                 "carwatch_outbox_depth",
                 "Hits stored and not yet acknowledged by the broker.",
@@ -224,51 +226,87 @@ impl Collector for Gauges {
                 "1 while connected to the MQTT broker.",
                 i64::from(m.mqtt_connected.load(Ordering::Relaxed)),
             ),
-            (
-                "carwatch_inference_heartbeat_age_seconds",
-                "Seconds since the inference loop last went round.",
-                m.heartbeat.age().as_secs() as i64,
-            ),
-            (
-                "carwatch_outbox_dropped_hits",
-                "Hits dropped because the outbox was full (since start).",
-                m.outbox_dropped.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "carwatch_outbox_dead_letters",
-                "Hits the broker kept refusing, moved to outbox/dead-letter.jsonl (since start).",
-                m.outbox_dead_letters.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "carwatch_outbox_write_errors",
-                "Hits that could not be stored in the outbox (disk full?) and went out at most once (since start).",
-                m.outbox_write_errors.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "carwatch_sightings_written",
-                "Vehicles remembered in the sightings database (since start).",
-                m.sightings.written.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "carwatch_sightings_failed",
-                "Vehicles not remembered: the database could not be opened or written (since start).",
-                m.sightings.failed.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "carwatch_sightings_dropped",
-                "Vehicles not remembered: the sightings thread was behind (since start).",
-                m.sightings.dropped.load(Ordering::Relaxed) as i64,
-            ),
         ];
         for (name, help, value) in gauges {
             let g = ConstGauge::new(value);
             g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        // A timestamp, so that an alert rule compares it with time() and the scrape's
+        // own delay does not blur it.
+        let beat = std::time::SystemTime::now()
+            .checked_sub(m.heartbeat.age())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0.0, |d| d.as_secs_f64());
+        let g = ConstGauge::new(beat);
+        g.encode(encoder.encode_descriptor(
+            "carwatch_inference_heartbeat_timestamp_seconds",
+            "When the inference loop last went round (Unix time).",
+            None,
+            g.metric_type(),
+        )?)?;
+        // Counts since start are counters (the encoder adds `_total`).
+        let counters: [(&str, &str, u64); 6] = [
+            (
+                "carwatch_outbox_dropped_hits",
+                "Hits dropped because the outbox was full.",
+                m.outbox_dropped.load(Ordering::Relaxed),
+            ),
+            (
+                "carwatch_outbox_dead_letters",
+                "Hits the broker kept refusing, moved to outbox/dead-letter.jsonl.",
+                m.outbox_dead_letters.load(Ordering::Relaxed),
+            ),
+            (
+                "carwatch_outbox_write_errors",
+                "Hits that could not be stored in the outbox (disk full?) and went out at most once.",
+                m.outbox_write_errors.load(Ordering::Relaxed),
+            ),
+            (
+                "carwatch_sightings_written",
+                "Vehicles remembered in the sightings database.",
+                m.sightings.written.load(Ordering::Relaxed),
+            ),
+            (
+                "carwatch_sightings_failed",
+                "Vehicles not remembered: the database could not be opened or written.",
+                m.sightings.failed.load(Ordering::Relaxed),
+            ),
+            (
+                "carwatch_sightings_dropped",
+                "Vehicles not remembered: the sightings thread was behind.",
+                m.sightings.dropped.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let c = ConstCounter::new(value);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
         }
         Ok(())
     }
 }
 
 impl Metrics {
+    /// Gives each active alert its hit series (at 0 until it hits, so rates and alert
+    /// rules see it from the start) and drops the series of alerts no longer active.
+    pub fn alerts_active(&self, ids: &[String]) {
+        let mut gone = Vec::new();
+        // Family has no key listing: the active set is remembered here.
+        if let Ok(mut known) = self.alert_series.lock() {
+            for old in known.iter() {
+                if !ids.contains(old) {
+                    gone.push(old.clone());
+                }
+            }
+            known.clone_from(&ids.to_vec());
+        }
+        for id in gone {
+            self.hits.remove(&AlertLabel { alert: id });
+        }
+        for id in ids {
+            let _ = self.hits.get_or_create(&AlertLabel { alert: id.clone() });
+        }
+    }
+
     /// Metrics for `cameras`.
     pub fn new(cameras: &[Arc<CameraShared>]) -> Arc<Metrics> {
         let mut registry = Registry::default();
@@ -292,6 +330,11 @@ impl Metrics {
             stage_seconds.clone(),
         );
         registry.register("carwatch_hits", "Hits published, per alert.", hits.clone());
+        registry.register(
+            "carwatch_build",
+            "The running carwatch's version.",
+            prometheus_client::metrics::info::Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
         registry.register(
             "carwatch_inference_errors",
             "Batches dropped because inference failed.",
@@ -319,6 +362,7 @@ impl Metrics {
             sightings: Arc::default(),
             mqtt_connected: AtomicBool::new(false),
             heartbeat: Heartbeat::new(),
+            alert_series: std::sync::Mutex::new(Vec::new()),
             model: std::sync::Mutex::new(None),
             registry,
         })
@@ -469,6 +513,7 @@ mod tests {
         let m = Metrics::new(&[cam]);
         m.batch_size.observe(4.0);
         m.observe_stage(Stage::backbone, Duration::from_millis(30));
+        m.alerts_active(&["a1".into()]);
         m.hits.get_or_create(&AlertLabel { alert: "a1".into() }).inc();
         m.outbox_depth.store(3, Ordering::Relaxed);
         let text = m.render();
@@ -480,10 +525,18 @@ mod tests {
             "carwatch_inference_stage_seconds_count{stage=\"backbone\"} 1",
             "carwatch_hits_total{alert=\"a1\"} 1",
             "carwatch_outbox_depth 3",
+            "carwatch_outbox_dropped_hits_total 0",
+            "carwatch_build_info{version=\"",
+            "carwatch_inference_heartbeat_timestamp_seconds 1",
         ] {
             assert!(text.contains(want), "missing {want}\n{text}");
         }
         assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        // Active alerts have a series from the start; removed ones none.
+        m.alerts_active(&["a2".into()]);
+        let text = m.render();
+        assert!(text.contains("carwatch_hits_total{alert=\"a2\"} 0"), "{text}");
+        assert!(!text.contains("alert=\"a1\""), "{text}");
     }
 
     /// The review's defect 14: connections were unbounded and had no timeouts. Idle
