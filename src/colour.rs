@@ -16,7 +16,7 @@
 use serde::Serialize;
 
 /// The colours carwatch names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Colour {
     Black,

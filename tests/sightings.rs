@@ -162,6 +162,7 @@ fn an_alert_added_after_the_vehicle_passed_hits_it_retrospectively_once() {
     assert_eq!(tracks, expected, "each remembered BMW exactly once: {hits:#?}");
     for h in &hits {
         assert_eq!(h["retrospective"], true, "{h}");
+        crate::watch::assert_matches_schema(h);
         assert_eq!(
             (h["make"].as_str(), h["model"].as_str(), h["camera"].as_str()),
             (Some("bmw"), Some("3-series"), Some("street"))

@@ -26,6 +26,7 @@
 pub mod broker;
 pub mod homeassistant;
 pub mod inbound;
+pub mod message;
 pub mod mqtt;
 pub mod outbox;
 
@@ -169,7 +170,8 @@ pub struct PublisherConfig {
     pub births: Receiver<()>,
 }
 
-/// The JSON published for a hit (documented in docs/mqtt.md).
+/// The JSON published for a hit (documented in docs/mqtt.md, schema in
+/// docs/hit.schema.json).
 pub fn hit_payload(hit: &Hit, snapshot: Option<&str>, inline: Option<&[u8]>) -> Value {
     let p = &hit.region.prediction;
     let view_p = p.marginal(Level::View).into_iter().find(|(v, _)| *v == hit.leaf.view).map_or(0.0, |(_, q)| q);
@@ -178,39 +180,49 @@ pub fn hit_payload(hit: &Hit, snapshot: Option<&str>, inline: Option<&[u8]>) -> 
         if make_p > 0.0 { p.probability(None, &hit.leaf.make, Some(hit.leaf.model.as_str())) / make_p } else { 0.0 };
     let c = hit.region.crop;
     let colour = crate::colour::estimate(&hit.frame.rgb, hit.frame.width, (c.x, c.y, c.width, c.height));
-    let mut v = json!({
-        "hit_id": hit.hit_id.to_string(),
-        "alert_id": hit.alert.id.as_str(),
-        "alert_note": hit.alert.note,
-        "camera": hit.camera.name(),
-        "time": rfc3339(hit.time),
-        "make": hit.leaf.make,
-        "model": hit.leaf.model,
-        "view": hit.leaf.view,
-        "confidence": hit.confidence,
-        "probabilities": { "view": view_p, "make": make_p, "model": model_p },
-        "path": p.path.iter().map(|c| json!({ "level": c.level, "label": c.label, "probability": c.p })).collect::<Vec<_>>(),
-        "region": match hit.track {
-            None => json!({ "index": hit.region.index, "name": hit.region.name, "x": c.x, "y": c.y, "width": c.width, "height": c.height }),
-            Some(_) => Value::Null,
+    let bounds = message::Bounds { x: c.x, y: c.y, width: c.width, height: c.height };
+    let m = message::HitMessage {
+        hit_id: hit.hit_id.to_string(),
+        alert_id: hit.alert.id.to_string(),
+        alert_note: hit.alert.note.clone(),
+        camera: hit.camera.name().to_string(),
+        time: rfc3339(hit.time),
+        make: hit.leaf.make.to_string(),
+        model: hit.leaf.model.to_string(),
+        view: hit.leaf.view.to_string(),
+        confidence: hit.confidence,
+        probabilities: message::Probabilities { view: view_p, make: make_p, model: model_p },
+        path: p
+            .path
+            .iter()
+            .map(|c| message::Step { level: c.level, label: c.label.to_string(), probability: c.p })
+            .collect(),
+        region: match hit.track {
+            None => Some(message::Region {
+                index: hit.region.index,
+                name: hit.region.name.to_string(),
+                x: c.x,
+                y: c.y,
+                width: c.width,
+                height: c.height,
+            }),
+            Some(_) => None,
         },
-        "box": { "x": c.x, "y": c.y, "width": c.width, "height": c.height },
-        "track_id": hit.track.as_ref().map(|t| t.id),
-        "observations": hit.track.as_ref().map(|t| t.observations),
-        "first_seen": hit.track.as_ref().map(|t| rfc3339(t.first_seen)),
-        "frames": hit.frames,
-        "snapshot": snapshot,
-        "redelivered": false,
-        "retrospective": false,
-        "event_type": "hit",
-        "colour": colour.colour,
-        "colour_probability": colour.p,
-        "similarity": hit.similarity,
-    });
-    if let Some(bytes) = inline {
-        v["snapshot_jpeg_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
-    }
-    v
+        bounds,
+        track_id: hit.track.as_ref().map(|t| t.id),
+        observations: hit.track.as_ref().map(|t| t.observations),
+        first_seen: hit.track.as_ref().map(|t| rfc3339(t.first_seen)),
+        frames: hit.frames,
+        snapshot: snapshot.map(str::to_string),
+        redelivered: false,
+        retrospective: false,
+        event_type: message::EventType::Hit,
+        colour: colour.colour,
+        colour_probability: colour.p,
+        similarity: hit.similarity,
+        snapshot_jpeg_base64: inline.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+    };
+    serde_json::to_value(m).unwrap_or_default()
 }
 
 /// The JSON of a sighting on `{prefix}/sightings/{camera}` (the fields `carwatch
@@ -251,36 +263,34 @@ pub fn retrospective_payload(r: &Retrospective, inline: Option<&[u8]>) -> Value 
     let make_p = s.probability(&make, None);
     let model_p = if make_p > 0.0 { s.probability(&make, Some(&model)) / make_p } else { 0.0 };
     let view_p = if view == s.view { s.view_p } else { 0.0 };
-    let mut v = json!({
-        "hit_id": r.hit_id.to_string(),
-        "alert_id": r.alert.id.as_str(),
-        "alert_note": r.alert.note,
-        "camera": s.camera,
-        "time": rfc3339(s.last_seen),
-        "make": make,
-        "model": model,
-        "view": view,
-        "confidence": r.confidence,
-        "probabilities": { "view": view_p, "make": make_p, "model": model_p },
-        "path": [],
-        "region": Value::Null,
-        "box": { "x": s.x, "y": s.y, "width": s.width, "height": s.height },
-        "track_id": s.track_id,
-        "observations": s.looks,
-        "first_seen": rfc3339(s.first_seen),
-        "frames": s.looks.max(1),
-        "snapshot": s.thumbnail.as_ref().map(|p| p.display().to_string()),
-        "redelivered": false,
-        "retrospective": true,
-        "event_type": "retrospective",
-        "colour": s.colour,
-        "colour_probability": s.colour_p,
-        "similarity": r.similarity,
-    });
-    if let Some(bytes) = inline {
-        v["snapshot_jpeg_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
-    }
-    v
+    let m = message::HitMessage {
+        hit_id: r.hit_id.to_string(),
+        alert_id: r.alert.id.to_string(),
+        alert_note: r.alert.note.clone(),
+        camera: s.camera.clone(),
+        time: rfc3339(s.last_seen),
+        make,
+        model,
+        view,
+        confidence: r.confidence,
+        probabilities: message::Probabilities { view: view_p, make: make_p, model: model_p },
+        path: Vec::new(),
+        region: None,
+        bounds: message::Bounds { x: s.x, y: s.y, width: s.width, height: s.height },
+        track_id: Some(s.track_id),
+        observations: Some(s.looks),
+        first_seen: Some(rfc3339(s.first_seen)),
+        frames: s.looks.max(1),
+        snapshot: s.thumbnail.as_ref().map(|p| p.display().to_string()),
+        redelivered: false,
+        retrospective: true,
+        event_type: message::EventType::Retrospective,
+        colour: s.colour,
+        colour_probability: s.colour_p,
+        similarity: r.similarity,
+        snapshot_jpeg_base64: inline.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+    };
+    serde_json::to_value(m).unwrap_or_default()
 }
 
 /// A camera's retained status message, for state `s`.
