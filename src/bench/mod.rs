@@ -745,8 +745,8 @@ fn rss_mb() -> f64 {
     pages * 4096.0 / 1e6
 }
 
-/// Runs `bench sightings`: `rows` generated sightings over the last week into a fresh
-/// database, then searches.
+/// Runs `bench sightings`: `rows` generated sightings over the last week, in the order
+/// vehicles leave (as the daemon writes them), into a fresh database, then searches.
 pub fn sightings(rows: usize) -> Result<SightingsResult, String> {
     use crate::model::embedding::Embedding;
     use crate::sightings::{Query, Scored, Sighting, Store};
@@ -767,7 +767,9 @@ pub fn sightings(rows: usize) -> Result<SightingsResult, String> {
     let mut batch = Vec::with_capacity(1000);
     for i in 0..rows {
         let c = &classes[i % classes.len()];
-        let at = now - rng.random_range(0..week);
+        // In the order the daemon writes them: as vehicles leave, over the week, a
+        // minute of jitter (tracks end out of order across cameras).
+        let at = now - week + (i as i64 * week) / rows as i64 - rng.random_range(0..60_000);
         let p: f32 = rng.random_range(0.3..1.0);
         batch.push(Sighting {
             camera: format!("cam{}", i % 16),

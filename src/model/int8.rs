@@ -125,3 +125,88 @@ pub fn agreement(a: &[Prediction], b: &[Prediction]) -> f64 {
     let same = a.iter().zip(b).filter(|(x, y)| Level::ALL.iter().all(|&l| x.label(l) == y.label(l))).count();
     same as f64 / a.len() as f64
 }
+
+/// Fp32's first two answers closer than this count as a tie: any rounding may pick
+/// either, and neither is an answer an alert should rest on.
+pub const TIE_MARGIN: f32 = 0.1;
+
+/// How a cascade run at reduced precision compares with the reference run, photo by
+/// photo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Comparison {
+    pub photos: usize,
+    /// Same view, make and model.
+    pub same: usize,
+    /// Different, where the reference was itself torn: at the first level where the two
+    /// differ, the other's label was the reference's runner-up within [`TIE_MARGIN`].
+    pub near_ties: usize,
+}
+
+impl Comparison {
+    /// Share of the photos with the same answer.
+    pub fn agreement(&self) -> f64 {
+        if self.photos == 0 { 0.0 } else { self.same as f64 / self.photos as f64 }
+    }
+
+    /// Share of the photos the reference decided (not near ties) with the same answer:
+    /// a measure of precision lost that a handful of coin flips in a small held-out
+    /// set does not swing.
+    pub fn agreement_beyond_ties(&self) -> f64 {
+        let decided = self.photos - self.near_ties;
+        if decided == 0 { 0.0 } else { self.same as f64 / decided as f64 }
+    }
+}
+
+/// Compares `other` with `reference`, photo by photo.
+pub fn compare(reference: &[Prediction], other: &[Prediction]) -> Comparison {
+    let mut c = Comparison { photos: reference.len().min(other.len()), same: 0, near_ties: 0 };
+    for (r, o) in reference.iter().zip(other) {
+        let Some(level) = Level::ALL.iter().copied().find(|&l| r.label(l) != o.label(l)) else {
+            c.same += 1;
+            continue;
+        };
+        let Some(choice) = r.path.get(level.index()) else { continue };
+        let runner_up = choice.top.iter().find(|(label, _)| label.as_str() == o.label(level).as_str());
+        if runner_up.is_some_and(|(_, p)| choice.p - p < TIE_MARGIN) {
+            c.near_ties += 1;
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::cascade::testing::prediction;
+
+    /// A prediction of `(view, make, model)` whose reference head at `level` gave its
+    /// label `p` and `runner_up` `q`.
+    fn torn(leaf: (&str, &str, &str), level: Level, p: f32, runner_up: (&str, f32)) -> Prediction {
+        let mut x = prediction(&[(leaf, 1.0)]);
+        let choice = &mut x.path[level.index()];
+        choice.p = p;
+        choice.top = vec![(choice.label.to_string(), p), (runner_up.0.to_string(), runner_up.1)];
+        x
+    }
+
+    #[test]
+    fn a_flip_between_near_equal_answers_is_a_tie_and_a_decided_one_is_not() {
+        let reference = vec![
+            torn(("front", "volvo", "c30"), Level::Model, 0.449, ("xc90", 0.448)),
+            torn(("front", "audi", "tt"), Level::View, 0.494, ("rear", 0.461)),
+            torn(("front", "bmw", "x5"), Level::Make, 0.9, ("audi", 0.05)),
+            prediction(&[(("rear", "bmw", "i3"), 1.0)]),
+        ];
+        let other = vec![
+            prediction(&[(("front", "volvo", "xc90"), 1.0)]), // the tie went the other way
+            prediction(&[(("rear", "audi", "tt"), 1.0)]),     // so did this one
+            prediction(&[(("front", "audi", "x5"), 1.0)]),    // a decided answer changed
+            prediction(&[(("rear", "bmw", "i3"), 1.0)]),
+        ];
+        let c = compare(&reference, &other);
+        assert_eq!(c, Comparison { photos: 4, same: 1, near_ties: 2 });
+        assert_eq!(c.agreement(), 0.25);
+        assert_eq!(c.agreement_beyond_ties(), 0.5);
+        assert_eq!(compare(&reference, &reference).agreement_beyond_ties(), 1.0);
+    }
+}
