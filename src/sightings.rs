@@ -31,7 +31,7 @@ use crate::alerts::{Alert, AlertSet};
 use crate::colour::Colour;
 use crate::locate::Bounds;
 use crate::model::Level;
-use crate::model::embedding::{Embedding, similarity_i8};
+use crate::model::embedding::{Embedding, Query as LikeQuery};
 use crate::track::Vehicle;
 
 /// The schema this carwatch writes.
@@ -496,7 +496,7 @@ impl Store {
         &self,
         sql: &str,
         args: &[rusqlite::types::Value],
-        query: &[i8],
+        query: &LikeQuery,
         least: f32,
     ) -> Result<Vec<(f32, i64)>, SightingsError> {
         let mut stmt = self.conn.prepare(sql).map_err(self.err())?;
@@ -504,7 +504,7 @@ impl Store {
         let mut scored = Vec::new();
         while let Some(r) = rows.next().map_err(self.err())? {
             let blob = r.get_ref(1).and_then(|v| Ok(v.as_blob()?)).map_err(self.err())?;
-            let similarity = similarity_i8(query, blob);
+            let similarity = query.similarity(blob);
             if similarity >= least {
                 scored.push((similarity, r.get(0).map_err(self.err())?));
             }
@@ -520,16 +520,17 @@ impl Store {
         let by_top = min >= 0.5;
         // `--like` reads every candidate's embedding anyway: in table order, not through
         // the time index (a lookup per row, several times slower over a million rows).
-        let mut filter = String::from(if q.like.is_some() {
-            "+last_seen >= ?1 AND +last_seen <= ?2"
-        } else {
-            "last_seen >= ?1 AND last_seen <= ?2"
-        });
+        // Bounds not asked for are left out: each costs a column read per row.
+        let seen = if q.like.is_some() { "+last_seen" } else { "last_seen" };
+        let mut filter = String::from("1");
         use rusqlite::types::Value as V;
-        let mut args: Vec<V> = vec![
-            V::Integer(q.since.map_or(i64::MIN, |t| t.as_millisecond())),
-            V::Integer(q.until.map_or(i64::MAX, |t| t.as_millisecond())),
-        ];
+        let mut args: Vec<V> = Vec::new();
+        for (bound, op) in [(q.since, ">="), (q.until, "<=")] {
+            if let Some(t) = bound {
+                args.push(V::Integer(t.as_millisecond()));
+                filter.push_str(&format!(" AND {seen} {op} ?{}", args.len()));
+            }
+        }
         if let Some(c) = &q.camera {
             args.push(V::Text(c.clone()));
             filter.push_str(&format!(" AND camera = ?{}", args.len()));
@@ -571,7 +572,7 @@ impl Store {
                 // First the similarity of every candidate, reading only its embedding
                 // (in place, not copied), the upper half of the rows on a second
                 // connection and core; then the whole rows of the most alike.
-                let query = like.quantised();
+                let query = LikeQuery::new(like.quantised());
                 let least = q.min_similarity.unwrap_or(f32::MIN);
                 let sql = format!(
                     "SELECT id, embedding FROM sightings WHERE {filter} AND embedding IS NOT NULL AND id >= ?{} AND id < ?{}",
@@ -602,7 +603,7 @@ impl Store {
                     }
                     Ok::<_, SightingsError>(mine)
                 })?;
-                scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+                scored.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
                 let mut one = self
                     .conn
                     .prepare_cached(&format!("SELECT {COLUMNS} FROM sightings WHERE id = ?1"))
