@@ -16,6 +16,7 @@ packages=(
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
   libgstrtspserver-1.0-dev gstreamer1.0-rtsp
   mosquitto mosquitto-clients openssl systemd
+  chromium
 )
 
 missing=()

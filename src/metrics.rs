@@ -5,7 +5,7 @@
 //! nothing to the frame path. The inference worker records batch sizes and per-stage
 //! latencies in histograms; the publisher counts hits and reports outbox depth and the
 //! broker connection. Everything is exposed in the Prometheus text format (encoded by
-//! `prometheus-client`, not by hand) on `metrics.listen` (`/metrics`, plus `/health`),
+//! `prometheus-client`, not by hand) by the web view ([`crate::publish::http`]: `/metrics`, `/health`),
 //! and summarised on `{prefix}/stats` every `stats_interval_s`.
 
 use std::net::SocketAddr;
@@ -28,8 +28,8 @@ use crate::camera::{CameraShared, State};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Where to serve `/metrics` and `/health`; off when absent. Keep it on 127.0.0.1
-    /// (or a management network): it needs no authentication.
+    /// The older name of `[http] listen` (the web view, `/metrics` and `/health`), kept
+    /// working; a reachable address is guarded as `[http] listen` is.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
     /// How often the summary goes to `{prefix}/stats`.
@@ -396,95 +396,9 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/health` on `listen` (thread `metrics`). `/health` answers
-/// 200 while the inference loop has gone round within `stale` and every supervised
-/// thread runs, else 503; its body lists each part.
-///
-/// Each connection is answered on a short-lived thread of its own, at most
-/// [`MAX_CONNECTIONS`] at once (more are closed at once), and each has 2 seconds to send
-/// its request and read the answer: slow or many clients cannot make threads or memory
-/// grow, nor hold up a health check for long.
-/// Why the metrics endpoint could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
-    #[error("cannot serve metrics on {listen}: {source}; change or remove [metrics] listen")]
-    Listen { listen: SocketAddr, source: std::io::Error },
-    #[error("cannot start thread `metrics`: {source}")]
-    Spawn { source: std::io::Error },
-}
-
-pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>, stale: Duration) -> Result<(), MetricsError> {
-    let server = std::net::TcpListener::bind(listen).map_err(|source| MetricsError::Listen { listen, source })?;
-    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    crate::threads::spawn("metrics", move || {
-        for stream in server.incoming() {
-            let Ok(stream) = stream else { continue };
-            if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                open.fetch_sub(1, Ordering::SeqCst);
-                continue;
-            }
-            let (m, mine) = (Arc::clone(&metrics), Arc::clone(&open));
-            let spawned = std::thread::Builder::new().name("metrics-client".into()).spawn(move || {
-                answer(stream, &m, stale);
-                mine.fetch_sub(1, Ordering::SeqCst);
-            });
-            if spawned.is_err() {
-                open.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-    })
-    .map_err(|source| MetricsError::Spawn { source })?;
-    tracing::info!("metrics on http://{listen}/metrics");
-    Ok(())
-}
-
-/// Most connections answered at once.
-pub const MAX_CONNECTIONS: usize = 8;
-/// Longest a client may take to send its request line and headers, and to read.
-const CLIENT_LIMIT: Duration = Duration::from_secs(2);
-/// Largest request head read.
-const MAX_REQUEST: usize = 8 * 1024;
-
-fn answer(mut stream: std::net::TcpStream, metrics: &Arc<Metrics>, stale: Duration) {
-    use std::io::{Read, Write};
-    let _ = stream.set_read_timeout(Some(CLIENT_LIMIT));
-    let _ = stream.set_write_timeout(Some(CLIENT_LIMIT));
-    let deadline = std::time::Instant::now() + CLIENT_LIMIT;
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        if head.len() > MAX_REQUEST || std::time::Instant::now() > deadline {
-            return;
-        }
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    let line = String::from_utf8_lossy(&head);
-    let path = line.split_whitespace().nth(1).unwrap_or("/");
-    let (status, body, kind) = match path {
-        "/metrics" => (200, metrics.render(), "application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        "/health" => {
-            let (ok, body) = health(metrics, stale);
-            (if ok { 200 } else { 503 }, body, "text/plain")
-        }
-        _ => (404, "not found: try /metrics or /health\n".to_string(), "text/plain"),
-    };
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        _ => "Service Unavailable",
-    };
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(response.as_bytes());
-}
-
-/// Whether every part is alive, and a line per part.
-fn health(metrics: &Metrics, stale: Duration) -> (bool, String) {
+/// Whether every part is alive, and a line per part (`/health`): alive means the
+/// inference loop went round within `stale` and every supervised thread runs.
+pub fn health(metrics: &Metrics, stale: Duration) -> (bool, String) {
     let age = metrics.heartbeat.age();
     let mut ok = age < stale;
     let mut body = if ok {
@@ -537,37 +451,5 @@ mod tests {
         let text = m.render();
         assert!(text.contains("carwatch_hits_total{alert=\"a2\"} 0"), "{text}");
         assert!(!text.contains("alert=\"a1\""), "{text}");
-    }
-
-    /// The review's defect 14: connections were unbounded and had no timeouts. Idle
-    /// connections beyond the cap are closed, and a scrape still gets through.
-    #[test]
-    fn idle_connections_are_capped_and_time_out() {
-        use std::io::{Read, Write};
-        let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        serve(listen, Metrics::new(&[]), Duration::from_secs(30)).unwrap();
-        let idle: Vec<std::net::TcpStream> =
-            (0..MAX_CONNECTIONS + 4).map(|_| std::net::TcpStream::connect(listen).unwrap()).collect();
-        let started = std::time::Instant::now();
-        let mut answered = None;
-        while answered.is_none() && started.elapsed() < Duration::from_secs(10) {
-            let mut s = std::net::TcpStream::connect(listen).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
-            let mut text = String::new();
-            let _ = s.read_to_string(&mut text);
-            if text.starts_with("HTTP/1.1 200") {
-                answered = Some(started.elapsed());
-            }
-        }
-        let took = answered.expect("/metrics never answered behind idle connections");
-        assert!(took < Duration::from_secs(4), "/metrics took {took:?}");
-        // Every idle connection is closed by the server: beyond the cap at once, within
-        // it after the client limit.
-        for mut s in idle {
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut buf = [0u8; 16];
-            assert!(matches!(s.read(&mut buf), Ok(0)), "an idle connection was kept open");
-        }
     }
 }

@@ -116,6 +116,15 @@ impl SightingsConfig {
     pub fn path(&self, state_dir: &Path) -> PathBuf {
         self.file.clone().unwrap_or_else(|| state_dir.join("sightings.db"))
     }
+
+    /// Where thumbnails go: `thumbnails/` beside the database.
+    pub fn thumbnails(&self, state_dir: &Path) -> PathBuf {
+        thumbnails_beside(&self.path(state_dir))
+    }
+}
+
+fn thumbnails_beside(database: &Path) -> PathBuf {
+    database.with_file_name("thumbnails")
 }
 
 /// Why the store cannot be used.
@@ -834,7 +843,7 @@ pub fn run(
     counters: Arc<Counters>,
     mut found: impl FnMut(Found) -> bool,
 ) {
-    let thumbs = path.with_file_name("thumbnails");
+    let thumbs = thumbnails_beside(&path);
     let mut store = match Store::open(&path) {
         Ok(s) => {
             if let Err(e) = s.end_earlier_runs() {

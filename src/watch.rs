@@ -32,14 +32,14 @@ use crate::infer::{Links, Worker, WorkerError};
 use crate::locate::Method;
 use crate::locate::motion::{MotionConfig, MotionLocator};
 use crate::matcher::Matcher;
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::model::{Manifest, ModelError};
 use crate::notify;
 use crate::publish::homeassistant::Discovery;
 use crate::publish::inbound::{self, HomeAssistant};
 use crate::publish::mqtt::{Mqtt, MqttSettings};
 use crate::publish::outbox::{Outbox, OutboxError};
-use crate::publish::{Event, HitCallback, PublishError, Publisher, PublisherConfig, broker};
+use crate::publish::{Event, HitCallback, PublishError, Publisher, PublisherConfig, broker, http};
 use crate::sightings::{self, Recorder};
 use crate::snapshot;
 use crate::state_dir::{self, StateDirError, StateLock};
@@ -122,7 +122,7 @@ pub enum WatchError {
     #[error(transparent)]
     Outbox(#[from] OutboxError),
     #[error(transparent)]
-    Metrics(#[from] metrics::MetricsError),
+    Http(#[from] crate::publish::http::HttpError),
     #[error("[broker]: {0}")]
     BrokerConfig(String),
     #[error("cannot start thread `{thread}`: {source}")]
@@ -438,11 +438,16 @@ fn start_output(config: &Config, on_hit: Option<HitCallback>) -> Result<Output, 
     let mqtt = Mqtt::start(&settings, &config.topics)?;
     let cameras: Vec<Arc<CameraShared>> = config.cameras.iter().cloned().map(CameraShared::new).collect();
     let metrics = Metrics::new(&cameras);
-    if let Some(listen) = config.metrics.listen {
-        metrics::serve(listen, Arc::clone(&metrics), Duration::from_secs(30))?;
+    let names: Vec<String> = config.cameras.iter().map(|c| c.name.to_string()).collect();
+    let board = http::Board::new(&names);
+    if let Some(listen) = config.http.listen.or(config.metrics.listen) {
+        let roots = http::Roots {
+            snapshots: config.snapshot_dir(),
+            thumbnails: config.sightings.enabled.then(|| config.sightings.thumbnails(&config.state_dir)),
+        };
+        http::serve(listen, &config.http, Arc::clone(&metrics), Arc::clone(&board), roots)?;
     }
     let (events, events_rx) = crossbeam_channel::bounded(256);
-    let names: Vec<String> = config.cameras.iter().map(|c| c.name.to_string()).collect();
     let discovery = config
         .homeassistant
         .enabled
@@ -458,6 +463,7 @@ fn start_output(config: &Config, on_hit: Option<HitCallback>) -> Result<Output, 
         on_hit,
         metrics: Arc::clone(&metrics),
         stats_interval: config.metrics.stats_interval,
+        board,
     };
     let publisher =
         Publisher::spawn(mqtt, outbox, publisher_config, cameras.clone(), events_rx).map_err(spawn_err("publish"))?;

@@ -12,4 +12,5 @@ mod performance;
 mod sightings;
 mod train_classify;
 mod watch;
+mod web;
 mod wide;

@@ -24,6 +24,7 @@ use crate::model::{DeviceChoice, PrecisionChoice};
 use crate::publish::Topics;
 use crate::publish::broker::BrokerConfig;
 use crate::publish::homeassistant::HomeAssistantConfig;
+use crate::publish::http::HttpConfig;
 use crate::publish::mqtt::{MqttConfig, MqttSettings, default_prefix};
 use crate::rule::MatcherConfig;
 use crate::sightings::SightingsConfig;
@@ -75,6 +76,8 @@ pub struct Config {
     pub homeassistant: HomeAssistantConfig,
     pub outbox: OutboxConfig,
     pub metrics: MetricsConfig,
+    /// The web view ([`crate::publish::http`]).
+    pub http: HttpConfig,
     /// How often each camera's status is published even when it has not changed.
     pub status_interval: Duration,
     /// The file itself holds a password (rather than naming a password file).
@@ -174,6 +177,7 @@ impl Config {
             "detector",
             "sightings",
             "homeassistant",
+            "http",
         ]);
         let state_dir = doc.section::<PathBuf>("state_dir").map(|s| s.into_inner());
         let alerts = doc.section::<PathBuf>("alerts").map(|s| s.into_inner());
@@ -184,7 +188,22 @@ impl Config {
         let broker = doc.section::<BrokerConfig>("broker").map(|s| s.into_inner());
         let snapshots = checked(&mut doc, "snapshots", SnapshotConfig::check);
         let outbox = doc.section::<OutboxConfig>("outbox").map(|s| s.into_inner());
-        let metrics = doc.section::<MetricsConfig>("metrics").map(|s| s.into_inner());
+        let http = checked(&mut doc, "http", HttpConfig::check);
+        let metrics = doc.section::<MetricsConfig>("metrics").map(|section| {
+            let span = section.span();
+            let metrics = section.into_inner();
+            if let Some(listen) = metrics.listen {
+                let http = http.clone().unwrap_or_default();
+                if let Err(e) = http.guards(listen, "listen") {
+                    doc.push_problem(span.clone(), "metrics", &e);
+                }
+                if http.listen.is_some_and(|h| h != listen) {
+                    let e = "[metrics] listen is the older name of [http] listen: keep one";
+                    doc.push_problem(span, "metrics", e);
+                }
+            }
+            metrics
+        });
         let locate = checked(&mut doc, "locate", LocateConfig::check);
         let detector = checked(&mut doc, "detector", DetectorConfig::check);
         let sightings = doc.section::<SightingsConfig>("sightings").map(|s| s.into_inner());
@@ -217,6 +236,7 @@ impl Config {
             homeassistant: homeassistant.unwrap_or_default(),
             outbox: outbox.unwrap_or_default(),
             metrics: metrics.unwrap_or_default(),
+            http: http.unwrap_or_default(),
             status_interval: status_interval.unwrap_or(Duration::from_secs(10)),
             inline_secrets,
         })
@@ -365,6 +385,16 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, Problems> {
         Config::parse(Path::new("carwatch.toml"), text)
+    }
+
+    #[test]
+    fn metrics_listen_is_the_web_views_older_name_and_guarded_alike() {
+        assert_eq!(parse("[metrics]\nlisten = \"127.0.0.1:9810\"").unwrap().metrics.listen.unwrap().port(), 9810);
+        let e = parse("[metrics]\nlisten = \"0.0.0.0:9810\"").unwrap_err().to_string();
+        assert!(e.contains("carwatch.toml:1:1") && e.contains("username and password_file"), "{e}");
+        assert!(parse("[metrics]\nlisten = \"0.0.0.0:9810\"\n[http]\nallow_anonymous = true").is_ok());
+        let both = "[metrics]\nlisten = \"127.0.0.1:9810\"\n[http]\nlisten = \"127.0.0.1:9811\"";
+        assert!(parse(both).unwrap_err().to_string().contains("keep one"));
     }
 
     #[test]

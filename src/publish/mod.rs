@@ -25,6 +25,7 @@
 
 pub mod broker;
 pub mod homeassistant;
+pub mod http;
 pub mod inbound;
 pub mod message;
 pub mod mqtt;
@@ -168,6 +169,8 @@ pub struct PublisherConfig {
     /// Home Assistant discovery, sent at each connection and on each of `births`.
     pub discovery: Option<homeassistant::Discovery>,
     pub births: Receiver<()>,
+    /// What the web view shows: kept up to date as things are published.
+    pub board: Arc<http::Board>,
 }
 
 /// The JSON published for a hit (documented in docs/mqtt.md, schema in
@@ -406,6 +409,7 @@ impl Publisher {
                     }
                     Ok(Event::AlertsActive(list)) => {
                         let body = serde_json::to_vec(&list).unwrap_or_default();
+                        self.config.board.alerts(&serde_json::to_value(&list).unwrap_or_default());
                         self.alerts = Some(body.clone());
                         self.state(self.config.topics.alerts_active(), body);
                     }
@@ -587,6 +591,7 @@ impl Publisher {
         if let Some(cb) = self.config.on_hit.as_mut() {
             cb(&payload);
         }
+        self.config.board.hit(&payload);
         *self.hit_counts.entry(alert.to_string()).or_default() += 1;
         self.config.metrics.hits.get_or_create(&AlertLabel { alert: alert.to_string() }).inc();
         self.config.metrics.hits_total.fetch_add(1, Ordering::Relaxed);
@@ -662,6 +667,9 @@ impl Publisher {
                 cam.take_transitions().iter().map(|s| camera_status(&cam, s, fps_in, fps_analysed)).collect();
             if full && messages.is_empty() {
                 messages.push(camera_status(&cam, &cam.state(), fps_in, fps_analysed));
+            }
+            if let Some(last) = messages.last() {
+                self.config.board.camera(cam.name(), last);
             }
             for m in messages {
                 let body = serde_json::to_vec(&m).unwrap_or_default();
