@@ -44,7 +44,8 @@ models: setup
 
 # Installs the service: binary, libtorch and the CUDA libraries it links (about 3.6 GB,
 # beside the binary so no LD_LIBRARY_PATH is needed), the systemd unit, an example
-# configuration (never overwriting one that exists) and the models directory.
+# configuration (never overwriting one that exists), the models directory, the manual
+# page carwatch(1) and completions for bash, zsh and fish.
 # `make install DESTDIR=/tmp/stage PREFIX=/usr` stages a package instead.
 LIBDIR  := $(PREFIX)/lib/carwatch
 UNITDIR ?= $(PREFIX)/lib/systemd/system
@@ -59,6 +60,12 @@ install: release
 	install -d $(DESTDIR)$(PREFIX)/share/carwatch/models $(DESTDIR)$(PREFIX)/share/doc/carwatch
 	install -m 0644 README.md docs/*.md docs/*.json $(DESTDIR)$(PREFIX)/share/doc/carwatch/
 	install -m 0644 models/export_vgg19.py models/quantize_int8.py $(DESTDIR)$(PREFIX)/share/carwatch/
+	install -d $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/bash-completion/completions \
+		$(DESTDIR)$(PREFIX)/share/zsh/site-functions $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	target/release/carwatch man > $(DESTDIR)$(PREFIX)/share/man/man1/carwatch.1
+	target/release/carwatch completions bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/carwatch
+	target/release/carwatch completions zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_carwatch
+	target/release/carwatch completions fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/carwatch.fish
 	install -d -m 0755 $(DESTDIR)/etc/carwatch
 	[ -e $(DESTDIR)/etc/carwatch/carwatch.toml ] || sed 's|/usr/local/|$(PREFIX)/|g' config/service.toml > $(DESTDIR)/etc/carwatch/carwatch.toml
 	[ -e $(DESTDIR)/etc/carwatch/alerts.toml ] || install -m 0644 config/service-alerts.toml $(DESTDIR)/etc/carwatch/alerts.toml

@@ -72,6 +72,15 @@ enum Command {
     /// Measure model and pipeline throughput (see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Print a completion script for SHELL on stdout (`make install` installs bash's,
+    /// zsh's and fish's).
+    Completions {
+        /// The shell the script is for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout (`make install` installs it as carwatch(1)).
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -84,17 +93,22 @@ enum BenchCommand {
     Accuracy(BenchAccuracyArgs),
     /// The sightings store: inserts and searches over N generated rows.
     Sightings {
+        /// Generated sightings written before searching.
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
+        /// One JSON object on stdout instead of the summary line.
         #[arg(long)]
         json: bool,
     },
     /// The motion locator alone, per frame, on a generated street (one thread).
     Locate {
+        /// Frames of the generated street timed.
         #[arg(long, default_value_t = 200)]
         frames: usize,
+        /// Frame size of the generated street.
         #[arg(long, value_enum, default_value_t = Resolution::R720p)]
         resolution: Resolution,
+        /// One JSON object on stdout instead of the summary line.
         #[arg(long)]
         json: bool,
     },
@@ -109,6 +123,7 @@ struct BenchModelArgs {
     /// photos cannot reach are skipped, as in `watch`) instead of a random cascade.
     #[arg(long, conflicts_with = "backbone")]
     models: Option<PathBuf>,
+    /// Where to run: auto, cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
     /// Precisions to measure [default: every one the device supports].
@@ -120,17 +135,20 @@ struct BenchModelArgs {
     /// Seconds per measurement (at least 3 batches are timed).
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Batches run before timing (kernel choice, caches).
     #[arg(long, default_value_t = 2)]
     warmup: usize,
     /// A short run (batches 1 and 2, a fraction of a second each): for tests.
     #[arg(long)]
     quick: bool,
+    /// One JSON object on stdout instead of the table.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Args)]
 struct BenchPipelineArgs {
+    /// Synthetic RTSP cameras served and watched.
     #[arg(long, default_value_t = 4)]
     cameras: usize,
     /// Frames analysed per second per camera.
@@ -139,8 +157,10 @@ struct BenchPipelineArgs {
     /// Seconds measured (after a warm-up).
     #[arg(long, default_value_t = 30.0)]
     duration: f64,
+    /// Seconds run before measuring (model load, first batches).
     #[arg(long, default_value_t = 5.0)]
     warmup: f64,
+    /// Frame size of the synthetic cameras.
     #[arg(long, value_enum, default_value_t = Resolution::R720p)]
     resolution: Resolution,
     /// Frame rate of the synthetic cameras (what is decoded).
@@ -148,8 +168,8 @@ struct BenchPipelineArgs {
     source_fps: u32,
     #[command(flatten)]
     model: BenchModelChoice,
-    /// auto | cpu | nvdec | keyframes
-    #[arg(long, default_value = "auto")]
+    /// How the cameras decode (`decode` of a camera).
+    #[arg(long, default_value = "auto", value_parser = clap::builder::PossibleValuesParser::new(["auto", "cpu", "nvdec", "keyframes"]))]
     decode: String,
     /// Intra-op threads for the model (`model.threads`) [default: one per core].
     #[arg(long)]
@@ -161,10 +181,11 @@ struct BenchPipelineArgs {
     /// Turn on motion gating on every camera.
     #[arg(long)]
     motion: bool,
-    /// How every camera locates vehicles: frame | motion | regions | detector. For wide
-    /// views: --locate motion --scene wide:angled/bmw/3-series
-    #[arg(long, default_value = "frame")]
+    /// How every camera locates vehicles. For wide views: --locate motion --scene
+    /// wide:angled/bmw/3-series
+    #[arg(long, default_value = "frame", value_parser = clap::builder::PossibleValuesParser::new(["frame", "motion", "regions", "detector"]))]
     locate: String,
+    /// One JSON object on stdout instead of the summary line.
     #[arg(long)]
     json: bool,
 }
@@ -175,8 +196,10 @@ struct BenchModelChoice {
     /// Models directory [default: models, else models/demo].
     #[arg(long)]
     models: Option<PathBuf>,
+    /// Where to run the model: auto, cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
+    /// Backbone precision: auto, fp32, bf16, int8 (CPU), fp16 (CUDA).
     #[arg(long, default_value = "auto")]
     precision: PrecisionChoice,
 }
@@ -191,11 +214,13 @@ struct BenchAccuracyArgs {
     /// Vehicles crossing the street (every third is the wanted one).
     #[arg(long, default_value_t = 24)]
     passages: usize,
+    /// Frame size of the generated street.
     #[arg(long, value_enum, default_value_t = Resolution::R720p)]
     resolution: Resolution,
     /// Analysed frames per second.
     #[arg(long, default_value_t = 4)]
     fps: u32,
+    /// Seed of the generated traffic (same seed, same street).
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// The alert's confirm_frames (looks a track needs).
@@ -204,6 +229,7 @@ struct BenchAccuracyArgs {
     /// The alert's min_confidence.
     #[arg(long, default_value_t = 0.5)]
     min_confidence: f32,
+    /// One JSON object on stdout instead of the table.
     #[arg(long)]
     json: bool,
 }
@@ -251,6 +277,7 @@ struct TrainArgs {
     cache_dir: Option<PathBuf>,
     #[command(flatten)]
     placement: PlacementArgs,
+    /// Seed of the validation split and the heads' initial weights.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Share of each class held out for validation.
@@ -283,7 +310,8 @@ struct ClassifyArgs {
     #[arg(long)]
     models: Option<PathBuf>,
     /// Config file, read for model.dir/device/precision when present.
-    /// [default: $CARWATCH_CONFIG, else /etc/carwatch/carwatch.toml if it exists, else config/carwatch.toml]
+    /// Config file [default: $CARWATCH_CONFIG, else /etc/carwatch/carwatch.toml if it
+    /// exists, else config/carwatch.toml].
     #[arg(long, default_value_os_t = config::default_path(), hide_default_value = true)]
     config: PathBuf,
     #[command(flatten)]
@@ -298,7 +326,8 @@ struct ClassifyArgs {
 
 #[derive(Args)]
 struct WatchArgs {
-    /// [default: $CARWATCH_CONFIG, else /etc/carwatch/carwatch.toml if it exists, else config/carwatch.toml]
+    /// Config file [default: $CARWATCH_CONFIG, else /etc/carwatch/carwatch.toml if it
+    /// exists, else config/carwatch.toml].
     #[arg(long, default_value_os_t = config::default_path(), hide_default_value = true)]
     config: PathBuf,
     /// Models directory, instead of the config's model.dir.
@@ -338,7 +367,8 @@ enum AlertCommand {
 /// Which broker: the config's ([mqtt], else the embedded broker's address), or flags.
 #[derive(Args)]
 struct BrokerArgs {
-    /// [default: $CARWATCH_CONFIG, else /etc/carwatch/carwatch.toml if it exists, else config/carwatch.toml]
+    /// Config file [default: $CARWATCH_CONFIG, else /etc/carwatch/carwatch.toml if it
+    /// exists, else config/carwatch.toml].
     #[arg(long, default_value_os_t = config::default_path(), hide_default_value = true)]
     config: PathBuf,
     /// mqtt://host[:port] or mqtts://host[:port]; then the config is not read.
@@ -364,11 +394,13 @@ struct AlertAddArgs {
     broker: BrokerArgs,
     /// The alert's id: letters, digits, _ and -; hits go to {prefix}/hits/ID.
     id: String,
+    /// The wanted make, as the model's labels name it (e.g. bmw).
     #[arg(long)]
     make: Option<String>,
     /// Needs --make.
     #[arg(long)]
     model: Option<String>,
+    /// Only vehicles seen from this side (front, rear, angled...).
     #[arg(long)]
     view: Option<String>,
     /// black, white, grey (silver), red, orange, yellow, green, blue, brown or purple.
@@ -389,6 +421,7 @@ struct AlertAddArgs {
     /// RFC 3339 time after which the alert no longer hits.
     #[arg(long)]
     expires: Option<String>,
+    /// Free text carried in every hit (a case number, who to call).
     #[arg(long)]
     note: Option<String>,
     /// How far back (seconds) the sightings are searched when the alert arrives.
@@ -398,21 +431,25 @@ struct AlertAddArgs {
 
 #[derive(Args)]
 struct CheckArgs {
-    /// [default: $CARWATCH_CONFIG, else /etc/carwatch/carwatch.toml if it exists, else config/carwatch.toml]
+    /// Config file [default: $CARWATCH_CONFIG, else /etc/carwatch/carwatch.toml if it
+    /// exists, else config/carwatch.toml].
     #[arg(long, default_value_os_t = config::default_path(), hide_default_value = true)]
     config: PathBuf,
 }
 
 #[derive(Args)]
 struct SearchArgs {
-    /// [default: $CARWATCH_CONFIG, else /etc/carwatch/carwatch.toml if it exists, else config/carwatch.toml]
+    /// Config file [default: $CARWATCH_CONFIG, else /etc/carwatch/carwatch.toml if it
+    /// exists, else config/carwatch.toml].
     #[arg(long, default_value_os_t = config::default_path(), hide_default_value = true)]
     config: PathBuf,
+    /// Vehicles of this make (with at least --min-confidence).
     #[arg(long)]
     make: Option<String>,
     /// Needs --make.
     #[arg(long)]
     model: Option<String>,
+    /// Only this camera's sightings.
     #[arg(long)]
     camera: Option<String>,
     /// black, white, grey (silver), red, orange, yellow, green, blue, brown or purple.
@@ -445,10 +482,13 @@ struct SearchArgs {
 enum SynthCommand {
     /// Write generated vehicle photos in the layout `train` reads.
     Dataset {
+        /// Directory written: OUT/<view>/<make>/<model>/*.png.
         #[arg(long)]
         out: PathBuf,
+        /// Photos per (view, make, model).
         #[arg(long, default_value_t = 24)]
         per_class: usize,
+        /// Seed of the generator (same seed, same photos).
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Image height in pixels (width varies a little above it).
@@ -457,15 +497,19 @@ enum SynthCommand {
     },
     /// Write an H.264 clip (Matroska) of a synthetic scene.
     Clip {
+        /// The .mkv file written.
         #[arg(long)]
         out: PathBuf,
         /// Segments `SECONDS:view/make/model[@x,y,w,h]+...;...` (see synthetic::video).
         #[arg(long)]
         scene: String,
+        /// Frame width in pixels.
         #[arg(long, default_value_t = 480)]
         width: u32,
+        /// Frame height in pixels.
         #[arg(long, default_value_t = 384)]
         height: u32,
+        /// Frames per second.
         #[arg(long, default_value_t = 10)]
         fps: u32,
     },
@@ -474,22 +518,28 @@ enum SynthCommand {
         /// `PATH=SCENE`, e.g. `/gate=60:front/bmw/3-series` (repeatable).
         #[arg(long = "mount", required = true)]
         mounts: Vec<String>,
+        /// TCP port on 127.0.0.1.
         #[arg(long, default_value_t = 8554)]
         port: u16,
+        /// Frame width in pixels.
         #[arg(long, default_value_t = 480)]
         width: u32,
+        /// Frame height in pixels.
         #[arg(long, default_value_t = 384)]
         height: u32,
+        /// Frames per second.
         #[arg(long, default_value_t = 10)]
         fps: u32,
     },
     /// Write randomly initialised VGG weights (torchvision names) as safetensors.
     Backbone {
+        /// The .safetensors file written.
         #[arg(long)]
         out: PathBuf,
         /// Channel widths of the five blocks, e.g. 8,16,32,64,64 [default: VGG-19's].
         #[arg(long, value_delimiter = ',')]
         widths: Option<Vec<i64>>,
+        /// Seed of the random weights.
         #[arg(long, default_value_t = 1)]
         seed: i64,
     },
@@ -508,6 +558,16 @@ pub fn main() -> ExitCode {
     }
     init_tracing(cli.log_format);
     let result = match cli.command {
+        Command::Completions { shell } => {
+            // Into memory first: the generator panics on a closed stdout (`| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "carwatch", &mut script);
+            std::io::stdout().write_all(&script).map(|()| ExitCode::SUCCESS).context("writing the completion script")
+        }
+        Command::Man => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut std::io::stdout())
+            .map(|()| ExitCode::SUCCESS)
+            .context("writing the manual page"),
         Command::Watch(a) => watch::watch_cmd(a),
         Command::Train(a) => train::train_cmd(a),
         Command::Classify(a) => classify::classify_cmd(a),
@@ -570,5 +630,69 @@ fn default_cache_dir() -> PathBuf {
     match std::env::var_os("HOME") {
         Some(h) => PathBuf::from(h).join(".cache/carwatch/features"),
         None => PathBuf::from(".carwatch-cache/features"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every option and argument of every subcommand, by path, that has no help text.
+    fn undocumented(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if arg.is_hide_set() || id == "help" || id == "version" {
+                continue;
+            }
+            if arg.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                out.push(format!("{path} --{id}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_about().is_none() {
+                out.push(format!("{path} {}", sub.get_name()));
+            }
+            undocumented(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_option_and_subcommand_has_help_text() {
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        undocumented(&cmd, "carwatch", &mut missing);
+        assert!(missing.is_empty(), "no help text for:\n{}", missing.join("\n"));
+    }
+
+    /// Options with a fixed set of values list them in --help.
+    #[test]
+    fn enumerations_list_their_values() {
+        let mut cmd = Cli::command();
+        let help = |cmd: &mut clap::Command, path: &[&str]| {
+            let mut c = cmd.clone();
+            for p in path {
+                c = c.find_subcommand_mut(p).unwrap().clone();
+            }
+            c.render_long_help().to_string()
+        };
+        let pipeline = help(&mut cmd, &["bench", "pipeline"]);
+        for want in ["auto, cpu, nvdec, keyframes", "frame, motion, regions, detector", "720p, 1080p"] {
+            assert!(pipeline.contains(want), "bench pipeline --help lacks {want}:\n{pipeline}");
+        }
+        let completions = help(&mut cmd, &["completions"]);
+        assert!(completions.contains("bash") && completions.contains("zsh"), "{completions}");
+    }
+
+    #[test]
+    fn the_man_page_renders_with_every_subcommand() {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(Cli::command()).render(&mut out).unwrap();
+        let page = String::from_utf8(out).unwrap();
+        assert!(page.starts_with(".ie") || page.contains(".TH carwatch"), "{}", &page[..200.min(page.len())]);
+        for sub in ["watch", "search", "check", "alert", "completions"] {
+            assert!(page.contains(sub), "man page lacks {sub}");
+        }
     }
 }
