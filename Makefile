@@ -48,6 +48,8 @@ models: setup
 # page carwatch(1) and completions for bash, zsh and fish.
 # `make install DESTDIR=/tmp/stage PREFIX=/usr` stages a package instead.
 LIBDIR  := $(PREFIX)/lib/carwatch
+# Each has a manual page carwatch-NAME(1) (a unit test checks the list is whole).
+SUBCOMMANDS := watch train classify search check alert synth bench completions man 
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 SITE    := $(shell readlink -f $(VENV)/libtorch 2>/dev/null)/..
 install: release
@@ -63,6 +65,7 @@ install: release
 	install -d $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/bash-completion/completions \
 		$(DESTDIR)$(PREFIX)/share/zsh/site-functions $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
 	target/release/carwatch man > $(DESTDIR)$(PREFIX)/share/man/man1/carwatch.1
+	for c in $(SUBCOMMANDS) ; do target/release/carwatch man $$c > $(DESTDIR)$(PREFIX)/share/man/man1/carwatch-$$c.1; done
 	target/release/carwatch completions bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/carwatch
 	target/release/carwatch completions zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_carwatch
 	target/release/carwatch completions fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/carwatch.fish

@@ -79,8 +79,12 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the manual page (roff) on stdout (`make install` installs it as carwatch(1)).
-    Man,
+    /// Print a manual page (roff) on stdout: carwatch(1), or with SUBCOMMAND that
+    /// command's own page, carwatch-SUBCOMMAND(1) (`make install` installs them all).
+    Man {
+        /// The subcommand whose page to print (watch, search, alert...).
+        subcommand: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -564,10 +568,7 @@ pub fn main() -> ExitCode {
             clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "carwatch", &mut script);
             std::io::stdout().write_all(&script).map(|()| ExitCode::SUCCESS).context("writing the completion script")
         }
-        Command::Man => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
-            .render(&mut std::io::stdout())
-            .map(|()| ExitCode::SUCCESS)
-            .context("writing the manual page"),
+        Command::Man { subcommand } => man_page(subcommand.as_deref()),
         Command::Watch(a) => watch::watch_cmd(a),
         Command::Train(a) => train::train_cmd(a),
         Command::Classify(a) => classify::classify_cmd(a),
@@ -605,6 +606,23 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// carwatch(1), or `subcommand`'s page named carwatch-SUBCOMMAND(1).
+fn man_page(subcommand: Option<&str>) -> Result<ExitCode> {
+    let top = <Cli as clap::CommandFactory>::command();
+    let cmd = match subcommand {
+        None => top,
+        Some(name) => {
+            let names: Vec<String> = top.get_subcommands().map(|c| c.get_name().to_string()).collect();
+            let Some(sub) = top.find_subcommand(name) else {
+                anyhow::bail!("no subcommand `{name}`; one of: {}", names.join(", "));
+            };
+            sub.clone().name(format!("carwatch-{name}")).version(env!("CARGO_PKG_VERSION"))
+        }
+    };
+    clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).context("writing the manual page")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_tracing(format: LogFormat) {
@@ -687,6 +705,13 @@ mod tests {
 
     #[test]
     fn the_man_page_renders_with_every_subcommand() {
+        // Every subcommand named in the Makefile's install rule has a page of its own.
+        let makefile = include_str!("../../Makefile");
+        for sub in Cli::command().get_subcommands().map(|c| c.get_name().to_string()) {
+            if sub != "help" {
+                assert!(makefile.contains(&format!(" {sub} ")), "make install does not install carwatch-{sub}(1)");
+            }
+        }
         let mut out = Vec::new();
         clap_mangen::Man::new(Cli::command()).render(&mut out).unwrap();
         let page = String::from_utf8(out).unwrap();
