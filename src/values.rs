@@ -127,7 +127,7 @@ impl Secret {
     }
 }
 
-fn resolve_credential_path(path: &Path) -> PathBuf {
+pub(crate) fn resolve_credential_path(path: &Path) -> PathBuf {
     if path.is_relative()
         && let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY")
     {

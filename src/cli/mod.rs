@@ -625,14 +625,41 @@ fn man_page(subcommand: Option<&str>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Under systemd with stderr connected to the journal, logs go to journald natively
+/// (levels as priorities, `camera`, `alert` and other fields as CAMERA, ALERT...);
+/// elsewhere to stderr in `format`.
 fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    if std::env::var("JOURNAL_STREAM").is_ok_and(|v| stderr_is(&v)) {
+        match tracing_journald::layer() {
+            Ok(journal) => {
+                let journal = journal.with_field_prefix(None).with_syslog_identifier("carwatch".into());
+                tracing_subscriber::registry().with(filter).with(journal).init();
+                return;
+            }
+            Err(e) => eprintln!("JOURNAL_STREAM is set but journald cannot be reached ({e}); logging to stderr"),
+        }
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Whether stderr is the journal stream `journal_stream` names (`DEVICE:INODE`, as
+/// systemd sets it): a program started from a service's shell inherits the variable
+/// with stderr somewhere else, and must keep writing there.
+fn stderr_is(journal_stream: &str) -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some((dev, ino)) = journal_stream.split_once(':') else { return false };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else { return false };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else { return false };
+    std::fs::File::from(fd).metadata().is_ok_and(|m| m.dev() == dev && m.ino() == ino)
 }
 
 fn resolve_placement(args: &PlacementArgs, from_config: Option<&config::ModelConfig>) -> Result<Placement> {
@@ -673,6 +700,17 @@ mod tests {
             }
             undocumented(sub, &format!("{path} {}", sub.get_name()), out);
         }
+    }
+
+    #[test]
+    fn the_journal_is_used_only_when_stderr_is_the_stream_systemd_named() {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        let fd = std::io::stderr().as_fd().try_clone_to_owned().unwrap();
+        let m = std::fs::File::from(fd).metadata().unwrap();
+        assert!(stderr_is(&format!("{}:{}", m.dev(), m.ino())));
+        assert!(!stderr_is(&format!("{}:{}", m.dev(), m.ino() + 1)), "stderr redirected elsewhere");
+        assert!(!stderr_is("garbage"));
     }
 
     #[test]

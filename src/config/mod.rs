@@ -179,16 +179,32 @@ impl Config {
             "homeassistant",
             "http",
         ]);
-        let state_dir = doc.section::<PathBuf>("state_dir").map(|s| s.into_inner());
-        let alerts = doc.section::<PathBuf>("alerts").map(|s| s.into_inner());
+        // Paths written in the file resolve against its directory (defaults do not).
+        let base = path.parent().unwrap_or(Path::new(""));
+        let state_dir = doc.section::<PathBuf>("state_dir").map(|s| anchored(base, &s.into_inner()));
+        let alerts = doc.section::<PathBuf>("alerts").map(|s| anchored(base, &s.into_inner()));
         let status_interval = doc.section::<Seconds>("status_interval_s").map(|s| s.into_inner().0);
-        let model = doc.section::<ModelConfig>("model").map(|s| s.into_inner());
+        let model = doc.section::<ModelConfig>("model").map(|s| {
+            let mut m = s.into_inner();
+            m.dir = anchored(base, &m.dir);
+            m
+        });
         let batch = doc.section::<BatchConfig>("batch").map(|s| s.into_inner());
         let matcher = doc.section::<MatcherConfig>("matcher").map(|s| s.into_inner());
-        let broker = doc.section::<BrokerConfig>("broker").map(|s| s.into_inner());
-        let snapshots = checked(&mut doc, "snapshots", SnapshotConfig::check);
+        let broker = doc.section::<BrokerConfig>("broker").map(|s| {
+            let mut b = s.into_inner();
+            b.password_file = b.password_file.map(|f| anchored_secret(base, &f));
+            b
+        });
+        let snapshots = checked(&mut doc, "snapshots", SnapshotConfig::check).map(|mut s| {
+            s.dir = s.dir.map(|d| anchored(base, &d));
+            s
+        });
         let outbox = doc.section::<OutboxConfig>("outbox").map(|s| s.into_inner());
-        let http = checked(&mut doc, "http", HttpConfig::check);
+        let http = checked(&mut doc, "http", HttpConfig::check).map(|mut h| {
+            h.password_file = h.password_file.map(|f| anchored_secret(base, &f));
+            h
+        });
         let metrics = doc.section::<MetricsConfig>("metrics").map(|section| {
             let span = section.span();
             let metrics = section.into_inner();
@@ -205,13 +221,20 @@ impl Config {
             metrics
         });
         let locate = checked(&mut doc, "locate", LocateConfig::check);
-        let detector = checked(&mut doc, "detector", DetectorConfig::check);
-        let sightings = doc.section::<SightingsConfig>("sightings").map(|s| s.into_inner());
+        let detector = checked(&mut doc, "detector", DetectorConfig::check).map(|mut d| {
+            d.file = anchored(base, &d.file);
+            d
+        });
+        let sightings = doc.section::<SightingsConfig>("sightings").map(|s| {
+            let mut s = s.into_inner();
+            s.file = s.file.map(|f| anchored(base, &f));
+            s
+        });
         let homeassistant = checked(&mut doc, "homeassistant", HomeAssistantConfig::check);
 
         let has_detector = doc.keys().iter().any(|(k, _)| k == "detector");
-        let (cameras, camera_secrets) = cameras(&mut doc, has_detector);
-        let (mqtt, topics, mqtt_secrets) = mqtt(&mut doc);
+        let (cameras, camera_secrets) = cameras(&mut doc, has_detector, base);
+        let (mqtt, topics, mqtt_secrets) = mqtt(&mut doc, base);
         let inline_secrets = camera_secrets || mqtt_secrets;
 
         let problems = doc.into_problems();
@@ -262,14 +285,29 @@ fn checked<T: serde::de::DeserializeOwned>(
 }
 
 /// The `[[camera]]` entries, each checked on its own; whether any holds a password.
-fn cameras(doc: &mut Document, has_detector: bool) -> (Vec<Camera>, bool) {
+/// A path written in the config file whose directory is `base`: a relative one
+/// resolves against that directory, so the file means the same from any working
+/// directory (an installed host's /etc/carwatch, a checkout's config/).
+fn anchored(base: &Path, p: &Path) -> PathBuf {
+    if p.is_relative() { base.join(p) } else { p.to_path_buf() }
+}
+
+/// A password file: a relative name that systemd's `$CREDENTIALS_DIRECTORY` holds
+/// (`LoadCredential=`) is that credential; otherwise as [`anchored`].
+fn anchored_secret(base: &Path, p: &Path) -> PathBuf {
+    if p.is_relative() && crate::values::resolve_credential_path(p) != p { p.to_path_buf() } else { anchored(base, p) }
+}
+
+fn cameras(doc: &mut Document, has_detector: bool, base: &Path) -> (Vec<Camera>, bool) {
     let mut cameras = Vec::new();
     let mut names = HashSet::new();
     let mut inline_secrets = false;
     for (i, entry) in doc.entries::<CameraConfig>("camera").into_iter().enumerate() {
         let key = format!("camera[{i}]");
         let span = entry.span();
-        let c = entry.into_inner();
+        let mut c = entry.into_inner();
+        c.file = c.file.map(|f| anchored(base, &f));
+        c.password_file = c.password_file.map(|f| anchored_secret(base, &f));
         inline_secrets |= c.password.is_some();
         if !names.insert(c.name.clone()) {
             doc.push_problem(span.clone(), &key, &format!("camera name `{}` is used twice", c.name));
@@ -291,14 +329,18 @@ fn cameras(doc: &mut Document, has_detector: bool) -> (Vec<Camera>, bool) {
 
 /// `[mqtt]` resolved (none: the embedded broker) and the topics under its prefix;
 /// whether the section holds a password.
-fn mqtt(doc: &mut Document) -> (Option<MqttSettings>, Option<Topics>, bool) {
+fn mqtt(doc: &mut Document, base: &Path) -> (Option<MqttSettings>, Option<Topics>, bool) {
     let mut prefix = default_prefix();
     let mut alerts_prefix = None;
     let mut mqtt = None;
     let mut inline_secrets = false;
     if let Some(section) = doc.section::<MqttConfig>("mqtt") {
         let span = section.span();
-        let m = section.into_inner();
+        let mut m = section.into_inner();
+        m.password_file = m.password_file.map(|f| anchored_secret(base, &f));
+        for file in [&mut m.ca_file, &mut m.client_cert, &mut m.client_key] {
+            *file = file.take().map(|f| anchored(base, &f));
+        }
         inline_secrets = m.password.is_some() || url::Url::parse(&m.url).is_ok_and(|u| u.password().is_some());
         prefix = m.topic_prefix.clone();
         alerts_prefix = m.alerts_prefix.clone();
@@ -385,6 +427,23 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, Problems> {
         Config::parse(Path::new("carwatch.toml"), text)
+    }
+
+    #[test]
+    fn relative_paths_in_the_file_resolve_against_its_directory() {
+        let text = "state_dir = \"../state\"\nalerts = \"alerts.toml\"\n[model]\ndir = \"/opt/models\"\n\
+                    [snapshots]\ndir = \"snaps\"\n[sightings]\nfile = \"db/s.db\"\n\
+                    [[camera]]\nname = \"gate\"\nfile = \"clip.mkv\"\n";
+        let c = Config::parse(Path::new("/etc/carwatch/carwatch.toml"), text).unwrap();
+        assert_eq!(c.state_dir, Path::new("/etc/carwatch/../state"));
+        assert_eq!(c.alerts, Path::new("/etc/carwatch/alerts.toml"));
+        assert_eq!(c.model.dir, Path::new("/opt/models"), "absolute paths stay");
+        assert_eq!(c.snapshot_dir(), Path::new("/etc/carwatch/snaps"));
+        assert_eq!(c.sightings.path(&c.state_dir), Path::new("/etc/carwatch/db/s.db"));
+        assert!(c.cameras[0].source.uri.ends_with("/etc/carwatch/clip.mkv"), "{}", c.cameras[0].source.uri);
+        // Defaults are not moved.
+        let d = Config::parse(Path::new("/etc/carwatch/carwatch.toml"), "").unwrap();
+        assert_eq!((d.alerts, d.model.dir), (PathBuf::from("config/alerts.toml"), PathBuf::from("models")));
     }
 
     #[test]
