@@ -87,3 +87,23 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+#[test]
+fn relative_paths_resolve_against_the_config_file_not_the_working_directory() {
+    let t = trained();
+    let dir = support::tempdir();
+    let etc = dir.path().join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::os::unix::fs::symlink(&t.models, etc.join("models")).unwrap();
+    write(&etc.join("alerts.toml"), "[[alert]]\nid = \"bmw\"\nmake = \"bmw\"\n");
+    let cfg = etc.join("carwatch.toml");
+    write(&cfg, "state_dir = \"../state\"\nalerts = \"alerts.toml\"\n[model]\ndir = \"models\"\ndevice = \"cpu\"\n");
+    // From another directory, where none of those relative paths exist.
+    let mut cmd = carwatch();
+    cmd.arg("check").arg("--config").arg(&cfg).current_dir("/");
+    let o = run(cmd, Duration::from_secs(30));
+    let text = stdout(&o);
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("27 leaves") && text.contains("1 alert"), "{text}");
+    assert!(text.contains(&etc.join("alerts.toml").display().to_string()), "{text}");
+}
