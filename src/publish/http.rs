@@ -46,6 +46,8 @@ pub struct HttpConfig {
     /// reach, unless `allow_anonymous`.
     #[serde(default)]
     pub username: Option<String>,
+    /// The account's password, in a file of its own (relative: a systemd credential,
+    /// else beside the config file).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
     /// Serve a non-loopback `listen` to anyone who reaches it, without an account.
@@ -103,6 +105,8 @@ struct BoardState {
 }
 
 impl Board {
+    /// A board listing `cameras` from the start, so a camera that never connects is
+    /// shown (as starting) rather than missing.
     pub fn new(cameras: &[String]) -> Arc<Board> {
         let state = BoardState {
             cameras: cameras.iter().map(|c| (c.clone(), Value::Null)).collect(),
@@ -112,6 +116,7 @@ impl Board {
         Arc::new(Board { inner: Mutex::new(state) })
     }
 
+    /// A camera's status as last published (`cameras/{name}/status`).
     pub fn camera(&self, name: &str, status: &Value) {
         self.lock().cameras.insert(name.to_string(), status.clone());
     }
@@ -127,6 +132,7 @@ impl Board {
         state.hits.truncate(RECENT_HITS);
     }
 
+    /// The active alerts as last published (`alerts/active`).
     pub fn alerts(&self, list: &Value) {
         self.lock().alerts = list.clone();
     }
@@ -144,7 +150,9 @@ impl Board {
 /// Where the images the page links to may come from.
 #[derive(Debug, Clone)]
 pub struct Roots {
+    /// The snapshot directory (`/snapshots/...`).
     pub snapshots: PathBuf,
+    /// The sightings' thumbnail directory (`/thumbnails/...`), when sightings are kept.
     pub thumbnails: Option<PathBuf>,
 }
 
