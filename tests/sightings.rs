@@ -103,7 +103,7 @@ fn vehicles_are_remembered_and_searched_while_watch_runs() {
         (vec!["--make", "tesla"], "unknown make `tesla`"),
         (vec!["--since", "yesterday"], "--since"),
         (vec!["--model", "x5"], "--model needs --make"),
-        (vec!["--colour", "teal"], "unknown colour `teal`"),
+        (vec!["--colour", "teal"], "invalid value 'teal' for '--colour"),
     ] {
         let o = search(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");

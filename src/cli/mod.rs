@@ -407,8 +407,8 @@ struct AlertAddArgs {
     /// Only vehicles seen from this side (front, rear, angled...).
     #[arg(long)]
     view: Option<String>,
-    /// black, white, grey (silver), red, orange, yellow, green, blue, brown or purple.
-    #[arg(long)]
+    /// The vehicle's colour (`silver` and `gray` are grey).
+    #[arg(long, ignore_case = true, value_parser = colours())]
     colour: Option<String>,
     /// An example photo: a URL, or a path on the watchers' hosts (repeat for several).
     #[arg(long)]
@@ -456,8 +456,8 @@ struct SearchArgs {
     /// Only this camera's sightings.
     #[arg(long)]
     camera: Option<String>,
-    /// black, white, grey (silver), red, orange, yellow, green, blue, brown or purple.
-    #[arg(long)]
+    /// The vehicle's colour (`silver` and `gray` are grey).
+    #[arg(long, ignore_case = true, value_parser = colours())]
     colour: Option<String>,
     /// Seen at or after: a span back from now (2h, 30m, 90s, 1d) or an RFC 3339 time.
     #[arg(long)]
@@ -608,6 +608,15 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The colours an alert or a search may name, for clap to check and list.
+fn colours() -> clap::builder::PossibleValuesParser {
+    use carwatch::colour::Colour;
+    clap::builder::PossibleValuesParser::new(Colour::NAMED.map(|c| {
+        let value = clap::builder::PossibleValue::new(c.name());
+        if c == Colour::Grey { value.aliases(["silver", "gray"]) } else { value }
+    }))
+}
+
 /// carwatch(1), or `subcommand`'s page named carwatch-SUBCOMMAND(1).
 fn man_page(subcommand: Option<&str>) -> Result<ExitCode> {
     let top = <Cli as clap::CommandFactory>::command();
@@ -736,6 +745,10 @@ mod tests {
         let pipeline = help(&mut cmd, &["bench", "pipeline"]);
         for want in ["auto, cpu, nvdec, keyframes", "frame, motion, regions, detector", "720p, 1080p"] {
             assert!(pipeline.contains(want), "bench pipeline --help lacks {want}:\n{pipeline}");
+        }
+        for path in [&["search"][..], &["alert", "add"][..]] {
+            let text = help(&mut cmd, path);
+            assert!(text.contains("black, white, grey, red"), "{path:?} --help lacks the colours:\n{text}");
         }
         let completions = help(&mut cmd, &["completions"]);
         assert!(completions.contains("bash") && completions.contains("zsh"), "{completions}");
