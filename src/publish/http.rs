@@ -275,7 +275,8 @@ fn answer(mut stream: std::net::TcpStream, site: &Site) {
         r.body.len(),
         r.extra
     );
-    let _ = stream.write_all(top.as_bytes()).and_then(|()| stream.write_all(&r.body));
+    let body: &[u8] = if head.starts_with("HEAD ") { &[] } else { &r.body };
+    let _ = stream.write_all(top.as_bytes()).and_then(|()| stream.write_all(body));
 }
 
 /// The answer to the request whose head (request line and headers) is `head`.
