@@ -69,18 +69,10 @@ impl Embedding {
         Embedding::normalised(&v)
     }
 
-    /// The query form for [`similarity_i8`]: the stored bytes.
+    /// The query form for [`Query`]: the stored bytes.
     pub fn quantised(&self) -> Vec<i8> {
         self.to_bytes().into_iter().map(|b| b as i8).collect()
     }
-}
-
-/// Cosine similarity of two stored embeddings (bytes of [`Embedding::to_bytes`]),
-/// in integers; 0 when the lengths differ or one is all zeros. Each has its own scale,
-/// so the dot product is divided by both lengths. For one query against many rows,
-/// [`Query`] computes the query's length once.
-pub fn similarity_i8(a: &[i8], b: &[u8]) -> f32 {
-    Query::new(a.to_vec()).similarity(b)
 }
 
 /// A stored embedding asked about many others (`search --like`, a million rows): its
@@ -97,7 +89,8 @@ impl Query {
         Query { v, norm }
     }
 
-    /// Cosine similarity with the stored bytes `b`; 0 for another length or all zeros.
+    /// Cosine similarity with the stored bytes `b` (each side has its own scale, so the
+    /// dot product is divided by both lengths); 0 for another length or all zeros.
     pub fn similarity(&self, b: &[u8]) -> f32 {
         if self.v.len() != b.len() || self.norm == 0.0 {
             return 0.0;
@@ -197,10 +190,10 @@ mod tests {
         let a = Embedding::normalised(&(0..512).map(|i| ((i * 7919) % 101) as f32 - 50.0).collect::<Vec<_>>());
         let b = Embedding::normalised(&(0..512).map(|i| ((i * 104_729) % 97) as f32 - 40.0).collect::<Vec<_>>());
         let exact = a.similarity(&b);
-        let stored = similarity_i8(&a.quantised(), &b.to_bytes());
+        let stored = Query::new(a.quantised()).similarity(&b.to_bytes());
         assert!((exact - stored).abs() < 0.02, "{exact} vs {stored}");
         assert!((Embedding::from_bytes(&a.to_bytes()).similarity(&a) - 1.0).abs() < 1e-3);
-        assert_eq!(similarity_i8(&a.quantised(), &[0u8; 3]), 0.0);
+        assert_eq!(Query::new(a.quantised()).similarity(&[0u8; 3]), 0.0);
     }
 
     #[test]
