@@ -23,8 +23,8 @@ for n in ${BENCH_CAMERAS:-1 2 4 8 16}; do
   echo "bench: pipeline, $n camera(s)" >&2
   "$bin" bench pipeline --cameras "$n" --fps 2 --duration "$duration" --models "$models" --json > "$out/pipeline-$n.json"
 done
-echo "bench: pipeline, 4 cameras asking for more than the model can do (saturation)" >&2
-"$bin" bench pipeline --cameras 4 --fps 8 --duration "$duration" --models "$models" --json > "$out/saturation-4x8.json"
+echo "bench: pipeline, 4 cameras asking for more than the model can do (saturation), then the Python peer on them" >&2
+"$bin" bench pipeline --cameras 4 --fps 8 --duration "$duration" --models "$models" --peer --json > "$out/saturation-4x8.json"
 # Intermittent traffic: empty road, a car for 4 s, empty road, another car for 4 s.
 traffic="8:; 4:front/audi/a4@0.3,0.3,0.4,0.5; 8:; 4:rear/bmw/x5@0.2,0.3,0.4,0.5"
 for motion in off on; do

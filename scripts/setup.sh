@@ -50,6 +50,12 @@ if [ "$have" != "$torch_version" ]; then
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q "torch==$torch_version"
 fi
+# The Python peer of `bench pipeline --peer` (bench/peer.py): OpenCV's FFmpeg decoder
+# and numpy, pinned, beside torch.
+if ! "$venv/bin/python" -c 'import cv2, numpy' 2>/dev/null; then
+  echo "setup: installing opencv-python-headless and numpy into $venv (bench/peer.py)"
+  "$venv/bin/pip" install -q opencv-python-headless==4.12.0.88 numpy==2.2.6
+fi
 # A stable path to libtorch for .cargo/config.toml, whatever the Python minor version.
 torch_dir=$("$venv/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))' 2>/dev/null)
 ln -sfn "$torch_dir" "$venv/libtorch"

@@ -282,6 +282,7 @@ fn bench_short_runs_give_every_field() {
         "--json",
         "--device",
         "cpu",
+        "--peer",
     ]);
     cmd.arg("--models").arg(&t.models);
     let o = run(cmd, Duration::from_secs(300));
@@ -304,6 +305,12 @@ fn bench_short_runs_give_every_field() {
         assert!(r.get(f).is_some(), "bench pipeline lacks {f}: {r}");
     }
     assert!(r["analysed_fps"].as_f64().unwrap() > 1.0, "{r}");
+    // The Python peer ran on the same camera after carwatch: its figure and the ratio.
+    let peer = r["peer_frames_per_s"].as_f64().unwrap_or_else(|| panic!("no peer figure: {r}"));
+    assert!(peer > 0.5, "the peer analysed {peer} frames/s of a 2 fps camera: {r}");
+    let ratio = r["ratio_to_peer"].as_f64().unwrap_or_else(|| panic!("no ratio: {r}"));
+    assert!((ratio - r["analysed_fps"].as_f64().unwrap() / peer).abs() < 1e-9, "{r}");
+    assert_eq!(r["peer"]["cameras"].as_object().map(|c| c.len()), Some(1), "{r}");
     assert!(r["latency_ms_p50"].as_f64().unwrap() > 0.0, "{r}");
     // `batch.max_size = "auto"` (the default): the worker measured sizes from 1 up at
     // start-up (stopping early once throughput falls), said so, and uses the one it chose.

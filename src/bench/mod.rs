@@ -343,6 +343,13 @@ pub struct PipelineResult {
     /// `locate = "motion"`).
     pub cpu_ms_per_frame_locate: f64,
     pub seconds: f64,
+    /// The Python peer's analysed frames/s on the same cameras, right after carwatch's
+    /// span (`--peer`); `None` when it was not run.
+    pub peer_frames_per_s: Option<f64>,
+    /// `analysed_fps / peer_frames_per_s`: above 1, carwatch did more with the machine.
+    pub ratio_to_peer: Option<f64>,
+    /// Everything the peer reported (dropped frames, CPU per frame, its model).
+    pub peer: Option<serde_json::Value>,
 }
 
 /// What `bench pipeline` measures.
@@ -370,6 +377,57 @@ pub struct PipelineOptions {
     pub motion: bool,
     /// Every camera's `locate`.
     pub locate: crate::locate::Method,
+    /// Runs the Python peer on the same cameras after carwatch.
+    pub peer: Option<Peer>,
+}
+
+/// How to run the Python peer (bench/peer.py).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The interpreter with torch, numpy and OpenCV (the project venv's).
+    pub python: PathBuf,
+    pub script: PathBuf,
+}
+
+impl Peer {
+    /// Runs the peer against `urls` for the same span as carwatch and returns its JSON.
+    fn run(&self, opts: &PipelineOptions, urls: &[String]) -> Result<serde_json::Value, String> {
+        for (what, path) in [("--peer-python", &self.python), ("--peer-script", &self.script)] {
+            if !path.exists() {
+                return Err(format!(
+                    "{} does not exist ({what}): run from the carwatch checkout after `make setup`, or pass {what}",
+                    path.display()
+                ));
+            }
+        }
+        let models = std::path::absolute(&opts.models).map_err(err)?;
+        let mut cmd = Command::new(&self.python);
+        cmd.arg(&self.script).arg("--models").arg(&models).args([
+            "--fps",
+            &opts.fps.to_string(),
+            "--duration",
+            &opts.duration.as_secs_f64().to_string(),
+            "--warmup",
+            &opts.warmup.as_secs_f64().to_string(),
+        ]);
+        for u in urls {
+            cmd.args(["--url", u]);
+        }
+        if let Some(t) = opts.threads {
+            cmd.env("OMP_NUM_THREADS", t.to_string());
+        }
+        let out = cmd
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot run the peer {}: {e}", self.python.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            return Err(format!("the peer {} failed ({}): {}", self.script.display(), out.status, text.trim()));
+        }
+        let line = text.lines().rev().find(|l| l.starts_with('{')).unwrap_or_default();
+        serde_json::from_str(line).map_err(|e| format!("the peer printed no JSON object ({e}): {}", text.trim()))
+    }
 }
 
 /// Per-thread CPU time (seconds) by thread name, from /proc.
@@ -517,12 +575,23 @@ pub fn pipeline(opts: &PipelineOptions) -> Result<PipelineResult, String> {
     let _ = stop_tx.send(0);
     let result = watcher.join().map_err(|_| "the watcher panicked".to_string())?;
     result?;
+    let analysed_fps = analysed as f64 / secs;
+    // The peer takes the machine after carwatch has stopped: the same cameras, served by
+    // the same process, for the same span.
+    let peer = match &opts.peer {
+        Some(p) => {
+            let urls: Vec<String> = (0..opts.cameras).map(|i| format!("rtsp://127.0.0.1:{rtsp_port}/cam{i}")).collect();
+            Some(p.run(opts, &urls)?)
+        }
+        None => None,
+    };
+    let peer_frames_per_s = peer.as_ref().and_then(|p| p["frames_per_s"].as_f64());
     let per_frame = |cpu: f64| if analysed > 0 { 1000.0 * cpu / analysed as f64 } else { 0.0 };
     Ok(PipelineResult {
         cameras: opts.cameras,
         fps: opts.fps,
         resolution: format!("{}x{}", opts.width, opts.height),
-        analysed_fps: analysed as f64 / secs,
+        analysed_fps,
         dropped,
         latency_ms_p50: percentile(&latencies, 0.50),
         latency_ms_p95: percentile(&latencies, 0.95),
@@ -538,6 +607,9 @@ pub fn pipeline(opts: &PipelineOptions) -> Result<PipelineResult, String> {
         locate: opts.locate.name().to_string(),
         cpu_ms_per_frame_locate: if located > 0 { locate_ns as f64 / 1e6 / located as f64 } else { 0.0 },
         seconds: secs,
+        peer_frames_per_s,
+        ratio_to_peer: peer_frames_per_s.filter(|p| *p > 0.0).map(|p| analysed_fps / p),
+        peer,
     })
 }
 
@@ -608,11 +680,13 @@ fn daemon_config(
         make
     );
     std::fs::write(&alerts, alert).map_err(err)?;
+    // Relative paths in a config resolve against its directory, which is `scratch`.
+    let models = std::path::absolute(&opts.models).map_err(err)?;
     let mut text = format!(
         "state_dir = \"{}\"\nalerts = \"{}\"\n[model]\ndir = \"{}\"\ndevice = \"{}\"\n[broker]\nlisten = \"127.0.0.1:{}\"\n[snapshots]\nquality = 70\n",
         scratch.display(),
         alerts.display(),
-        opts.models.display(),
+        models.display(),
         opts.device,
         free_port()?,
     );

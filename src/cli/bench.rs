@@ -196,6 +196,7 @@ fn pipeline(a: BenchPipelineArgs) -> Result<ExitCode> {
         locate: toml::Value::String(a.locate.clone())
             .try_into()
             .map_err(|_| anyhow::anyhow!("--locate takes frame, motion, regions or detector, not `{}`", a.locate))?,
+        peer: a.peer.then(|| carwatch::bench::Peer { python: a.peer_python, script: a.peer_script }),
     };
     let r = carwatch::bench::pipeline(&opts).map_err(anyhow::Error::msg)?;
     let mut out = std::io::stdout().lock();
@@ -223,6 +224,18 @@ fn pipeline(a: BenchPipelineArgs) -> Result<ExitCode> {
             r.cpu_ms_per_frame_infer,
             r.peak_rss_mb
         )?;
+        if let (Some(p), Some(ratio), Some(peer)) = (r.peer_frames_per_s, r.ratio_to_peer, &r.peer) {
+            writeln!(
+                out,
+                "Python peer on the same cameras ({}, {}): {:.2} frames/s analysed, {} dropped, CPU {:.1} ms per frame; carwatch/peer {:.2}x",
+                peer["model"].as_str().unwrap_or("?"),
+                peer["decoder"].as_str().unwrap_or("?"),
+                p,
+                peer["dropped"],
+                peer["cpu_ms_per_frame"].as_f64().unwrap_or(0.0),
+                ratio
+            )?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

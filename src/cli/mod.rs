@@ -189,6 +189,17 @@ struct BenchPipelineArgs {
     /// wide:angled/bmw/3-series
     #[arg(long, default_value = "frame", value_parser = clap::builder::PossibleValuesParser::new(["frame", "motion", "regions", "detector"]))]
     locate: String,
+    /// Also run the Python peer (bench/peer.py: OpenCV decoding, the same int8
+    /// TorchScript backbone and heads) on the same cameras for the same span, and report
+    /// its frames/s and carwatch's ratio to it.
+    #[arg(long)]
+    peer: bool,
+    /// Python with torch, numpy and OpenCV for --peer (what `make setup` installs).
+    #[arg(long, default_value = ".venv/bin/python", requires = "peer")]
+    peer_python: PathBuf,
+    /// The peer program for --peer.
+    #[arg(long, default_value = "bench/peer.py", requires = "peer")]
+    peer_script: PathBuf,
     /// One JSON object on stdout instead of the summary line.
     #[arg(long)]
     json: bool,

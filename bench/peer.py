@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""The Python peer of `carwatch bench pipeline --peer`.
+
+What a competent user would write in an afternoon to do carwatch's job, so that
+carwatch's figures have something to be compared with on the same machine, in the
+same run, on the same cameras: one thread per camera reading RTSP with OpenCV's FFmpeg
+decoder (every frame decoded by `grab`, only frames due at the analysis rate converted
+by `retrieve`), a bounded queue that drops the oldest frame, and one inference loop
+that batches what is queued, resizes whole frames to 224x224, normalises them as
+carwatch does, runs the same backbone file carwatch runs (the int8 TorchScript written
+by `carwatch train --int8`, or the fp32 VGG features from the safetensors when the
+cascade has none), and the cascade's heads along each image's most likely path (view,
+make, model: three small MLPs).
+
+Prints one JSON object: analysed frames per second over the measured span, frames
+dropped by the queue, CPU time per analysed frame, and what ran. Needs torch, numpy and
+opencv-python-headless (installed by `make setup`).
+"""
+
+import argparse
+import collections
+import json
+import os
+import struct
+import sys
+import threading
+import time
+import tomllib
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+CONVS_PER_BLOCK = [2, 2, 4, 4, 4]
+DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def read_safetensors(path):
+    """Name -> fp32 tensor (the safetensors format is a JSON header and raw data)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        t = torch.frombuffer(bytearray(data[8 + n + start : 8 + n + end]), dtype=DTYPES[info["dtype"]])
+        out[name] = t.reshape(info["shape"]).to(torch.float32)
+    return out
+
+
+def vgg_features(weights, widths):
+    prefix = "features." if "features.0.weight" in weights else ""
+    layers, c_in, index = [], 3, 0
+    for block, n in enumerate(CONVS_PER_BLOCK):
+        for _ in range(n):
+            conv = nn.Conv2d(c_in, widths[block], 3, padding=1)
+            conv.weight.data = weights[f"{prefix}{index}.weight"]
+            conv.bias.data = weights[f"{prefix}{index}.bias"]
+            layers += [conv, nn.ReLU(inplace=True)]
+            c_in, index = widths[block], index + 2
+        layers.append(nn.MaxPool2d(2, 2))
+        index += 1
+    return nn.Sequential(*layers).eval()
+
+
+class Cascade:
+    """The heads of cascade.toml, evaluated along each image's greedy path."""
+
+    def __init__(self, models):
+        with open(os.path.join(models, "cascade.toml"), "rb") as f:
+            self.toml = tomllib.load(f)
+        self.heads = {}
+        for h in self.toml["head"]:
+            w = read_safetensors(os.path.join(models, h["weights"])) if h.get("weights") else None
+            mlp = None
+            if w is not None:
+                mlp = (w["0.weight"], w["0.bias"], w["3.weight"], w["3.bias"])
+            self.heads[h["id"]] = (h["labels"], h.get("next", {}), mlp)
+        self.root = self.toml["root"]
+
+    def run(self, features):
+        x = features.float().flatten(1)
+        answers = [[] for _ in range(x.shape[0])]
+        todo = {self.root: list(range(x.shape[0]))}
+        while todo:
+            head, rows = todo.popitem()
+            labels, nxt, mlp = self.heads[head]
+            if mlp is None:
+                best = [0] * len(rows)
+            else:
+                w1, b1, w2, b2 = mlp
+                h = torch.relu(torch.nn.functional.linear(x[rows], w1, b1))
+                best = torch.softmax(torch.nn.functional.linear(h, w2, b2), -1).argmax(-1).tolist()
+            for r, b in zip(rows, best):
+                answers[r].append(labels[b])
+                if labels[b] in nxt:
+                    todo.setdefault(nxt[labels[b]], []).append(r)
+        return answers
+
+
+class Queue:
+    """Bounded; a push onto a full queue drops the oldest frame."""
+
+    def __init__(self, capacity):
+        self.items = collections.deque()
+        self.capacity = capacity
+        self.cond = threading.Condition()
+        self.dropped = 0
+
+    def push(self, item):
+        with self.cond:
+            if len(self.items) >= self.capacity:
+                self.items.popleft()
+                self.dropped += 1
+            self.items.append(item)
+            self.cond.notify()
+
+    def take(self, most, timeout):
+        with self.cond:
+            if not self.items:
+                self.cond.wait(timeout)
+            out = []
+            while self.items and len(out) < most:
+                out.append(self.items.popleft())
+            return out
+
+
+def camera(url, fps, queue, stop, status):
+    cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
+    if not cap.isOpened():
+        status[url] = "cannot open"
+        return
+    status[url] = "streaming"
+    period, due = 1.0 / fps, time.monotonic()
+    while not stop.is_set():
+        if not cap.grab():
+            status[url] = "stream ended"
+            break
+        now = time.monotonic()
+        if now >= due:
+            ok, frame = cap.retrieve()
+            if ok:
+                queue.push(frame)
+            due = max(due + period, now)
+    cap.release()
+
+
+def preprocess(frames):
+    batch = np.empty((len(frames), 224, 224, 3), dtype=np.float32)
+    for i, f in enumerate(frames):
+        rgb = cv2.cvtColor(cv2.resize(f, (224, 224), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+        batch[i] = (rgb.astype(np.float32) / 255.0 - MEAN) / STD
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", required=True, help="a carwatch models directory (cascade.toml)")
+    p.add_argument("--url", action="append", required=True, help="a camera (repeat)")
+    p.add_argument("--fps", type=float, default=2.0, help="frames analysed per second per camera")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds measured")
+    p.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring")
+    p.add_argument("--batch", type=int, default=8, help="most frames per batch")
+    p.add_argument("--queue", type=int, default=16, help="frames queued before the oldest is dropped")
+    a = p.parse_args()
+
+    os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+    cascade = Cascade(a.models)
+    backbone = cascade.toml["backbone"]
+    if backbone.get("int8"):
+        torch.backends.quantized.engine = "x86"
+        model = torch.jit.load(os.path.join(a.models, backbone["int8"])).eval()
+        kind = "int8 TorchScript"
+    else:
+        weights = read_safetensors(os.path.join(a.models, backbone["file"]))
+        model = vgg_features(weights, backbone.get("widths", [64, 128, 256, 512, 512]))
+        kind = "fp32"
+
+    queue, stop, status = Queue(a.queue), threading.Event(), {}
+    threads = [threading.Thread(target=camera, args=(u, a.fps, queue, stop, status), daemon=True) for u in a.url]
+    for t in threads:
+        t.start()
+
+    analysed, hits = 0, collections.Counter()
+    start = time.monotonic()
+    measuring_from, base = start + a.warmup, None
+    end = measuring_from + a.duration
+    with torch.inference_mode():
+        while time.monotonic() < end:
+            frames = queue.take(a.batch, 0.5)
+            if not frames:
+                continue
+            answers = cascade.run(model(preprocess(frames)))
+            now = time.monotonic()
+            if now >= measuring_from:
+                if base is None:
+                    base = (now, time.process_time(), queue.dropped)
+                    continue
+                analysed += len(frames)
+                hits.update("/".join(x) for x in answers)
+    stop.set()
+    for t in threads:
+        t.join(5)
+    if base is None:
+        sys.exit(f"peer: no frame analysed in {a.warmup + a.duration:.0f} s; cameras: {status}")
+    span = time.monotonic() - base[0]
+    cpu = time.process_time() - base[1]
+    print(
+        json.dumps(
+            {
+                "frames_per_s": analysed / span,
+                "analysed": analysed,
+                "dropped": queue.dropped - base[2],
+                "cpu_ms_per_frame": 1000.0 * cpu / analysed if analysed else 0.0,
+                "seconds": span,
+                "model": kind,
+                "decoder": "OpenCV " + cv2.__version__ + " FFmpeg",
+                "threads": torch.get_num_threads(),
+                "cameras": status,
+                "answers": dict(hits.most_common(3)),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
