@@ -196,7 +196,7 @@ fn pipeline(a: BenchPipelineArgs) -> Result<ExitCode> {
         locate: toml::Value::String(a.locate.clone())
             .try_into()
             .map_err(|_| anyhow::anyhow!("--locate takes frame, motion, regions or detector, not `{}`", a.locate))?,
-        peer: a.peer.then(|| carwatch::bench::Peer { python: a.peer_python, script: a.peer_script }),
+        peer: a.peer.then_some(carwatch::bench::Peer { python: a.peer_python, script: a.peer_script }),
     };
     let r = carwatch::bench::pipeline(&opts).map_err(anyhow::Error::msg)?;
     let mut out = std::io::stdout().lock();
