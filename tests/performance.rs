@@ -183,6 +183,48 @@ fn keyframe_only_decoding_analyses_keyframes_and_still_hits() {
 }
 
 #[test]
+fn auto_decoding_skips_to_keyframes_only_when_the_analysis_rate_allows() {
+    let dir = support::tempdir();
+    let broker = Mosquitto::start();
+    // 10 fps with a keyframe every second; one camera analyses 1 frame/s (keyframes are
+    // enough), the other 4 (they are not). Both say `decode = "auto"`.
+    let rtsp = RtspServer::start(
+        vec![("/s".into(), single("front", "volvo", "c30")), ("/f".into(), single("front", "volvo", "c30"))],
+        0,
+        None,
+    )
+    .unwrap();
+    let cameras = format!("[[camera]]\nname = \"slow\"\nurl = \"{}\"\nfps = 1\nlocate = \"frame\"\n\n", rtsp.url("/s"))
+        + &camera("fast", &rtsp.url("/f"), "");
+    let alerts = "[[alert]]\nid = \"c30\"\nmake = \"volvo\"\nmodel = \"c30\"\ncameras = [\"slow\"]\n";
+    let config = Scenario::new(dir.path())
+        .mqtt(broker.port)
+        .cameras(&cameras)
+        .alerts(alerts)
+        .matcher("confirm_frames = 2\ncooldown_s = 60")
+        .write();
+    let mut sub = Subscriber::connect(broker.port, "carwatch/#");
+    let watcher = Watcher::start(&config);
+    let slow = status(&mut sub, "slow", |s| s["skipped_before_decode"].as_u64().unwrap_or(0) > 10)
+        .unwrap_or_else(|| panic!("the 1 fps camera decodes every frame\n{}", watcher.logs()));
+    assert_eq!(slow["decode"], "auto", "{slow}");
+    assert_eq!(slow["decoding"], "keyframes", "{slow}");
+    let interval = slow["keyframe_interval_s"].as_f64().unwrap_or_default();
+    assert!((interval - 1.0).abs() < 0.05, "keyframe interval {interval} s, the encoder's GOP is 1 s: {slow}");
+    assert!(
+        sub.wait_for("carwatch/hits/c30", LONG, |_| true).is_some(),
+        "no hit from keyframes alone\n{}",
+        watcher.logs()
+    );
+    let fast = status(&mut sub, "fast", |s| s["keyframe_interval_s"].as_f64().is_some())
+        .unwrap_or_else(|| panic!("the 4 fps camera never measured its keyframes\n{}", watcher.logs()));
+    assert_eq!(fast["decoding"], "every frame", "{fast}");
+    assert_eq!(fast["skipped_before_decode"], 0, "{fast}");
+    assert!(fast["fps_in"].as_f64().unwrap_or(0.0) >= 3.0, "the 4 fps camera gets {fast}");
+    assert!(watcher.logs().contains("decoding keyframes only"), "{}", watcher.logs());
+}
+
+#[test]
 fn motion_gating_skips_still_scenes_and_still_hits() {
     let dir = support::tempdir();
     let broker = Mosquitto::start();

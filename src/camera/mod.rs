@@ -19,7 +19,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -81,7 +81,9 @@ pub struct CameraConfig {
 #[serde(rename_all = "lowercase")]
 pub enum DecodeMode {
     /// The decoder GStreamer ranks first: NVDEC (nvh264dec, nvh265dec) where the
-    /// nvcodec plugin is registered, software otherwise.
+    /// nvcodec plugin is registered, software otherwise. Only keyframes are decoded
+    /// while the stream's keyframes come at least as often as `fps` asks for frames
+    /// (measured between keyframes; every frame again as soon as they do not).
     #[default]
     Auto,
     /// Software decoding only.
@@ -457,6 +459,12 @@ pub struct CameraShared {
     pub located: AtomicU64,
     /// The decoder element GStreamer chose (e.g. `avdec_h264`, `nvh264dec`).
     pub decoder: Mutex<Option<String>>,
+    /// Whether only keyframes reach the decoder now: always with `decode = "keyframes"`;
+    /// with `"auto"`, while the stream's keyframes come at least as often as frames are
+    /// analysed (see [`pipeline::KeyframeGate`]). The status topic says which.
+    pub keyframes_only: AtomicBool,
+    /// The last interval between two keyframes, milliseconds (0 until measured).
+    pub keyframe_interval_ms: AtomicU64,
     pub state: Mutex<StateInfo>,
     /// State changes not yet published, oldest first: a state that lasts a millisecond
     /// (stalled, then backing off) still reaches the status topic.
@@ -469,6 +477,7 @@ const MAX_TRANSITIONS: usize = 64;
 impl CameraShared {
     pub fn new(camera: Camera) -> Arc<CameraShared> {
         let state = if camera.enabled { State::Connecting } else { State::Disabled };
+        let keyframes = camera.decode == DecodeMode::Keyframes;
         Arc::new(CameraShared {
             camera,
             frames_in: AtomicU64::new(0),
@@ -482,6 +491,8 @@ impl CameraShared {
             locate_ns: AtomicU64::new(0),
             located: AtomicU64::new(0),
             decoder: Mutex::new(None),
+            keyframes_only: AtomicBool::new(keyframes),
+            keyframe_interval_ms: AtomicU64::new(0),
             state: Mutex::new(StateInfo { state, since: SystemTime::now(), reason: None }),
             transitions: Mutex::new(Vec::new()),
         })

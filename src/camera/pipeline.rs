@@ -17,6 +17,7 @@
 //! with types and the URI is never parsed as pipeline syntax.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use gstreamer as gst;
@@ -124,26 +125,93 @@ fn steer_decoding(src: &gst::Element, shared: &Arc<CameraShared>) -> Result<(), 
                 *d = Some(name);
             }
         }
-        if mode == DecodeMode::Keyframes && klass.contains("Parser") && klass.contains("Video") {
-            // Only keyframes go on to the decoder.
+        if matches!(mode, DecodeMode::Keyframes | DecodeMode::Auto)
+            && klass.contains("Parser")
+            && klass.contains("Video")
+            && let Some(pad) = element.static_pad("src")
+        {
+            // Between parser and decoder: frames the gate drops are never decoded.
+            let gate = std::sync::Mutex::new(KeyframeGate::new(mode, cam.camera.fps));
             let counter = Arc::downgrade(&cam);
-            if let Some(pad) = element.static_pad("src") {
-                pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-                    let delta = info.buffer().is_some_and(|b| b.flags().contains(gst::BufferFlags::DELTA_UNIT));
-                    if delta {
-                        if let Some(c) = counter.upgrade() {
-                            c.skipped_decode.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        gst::PadProbeReturn::Drop
+            pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
+                let delta = buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+                let pts = buffer.pts().map(|t| Duration::from_nanos(t.nseconds()));
+                let Ok(mut gate) = gate.lock() else { return gst::PadProbeReturn::Ok };
+                let pass = gate.pass(pts, delta);
+                let Some(c) = counter.upgrade() else { return gst::PadProbeReturn::Ok };
+                let was = c.keyframes_only.swap(gate.keyframes_only(), Ordering::Relaxed);
+                if was != gate.keyframes_only() {
+                    let interval = gate.interval().map_or(0.0, |i| i.as_secs_f64());
+                    if gate.keyframes_only() {
+                        tracing::info!(camera = %c.name(), "camera {}: keyframes every {interval:.2} s are enough for fps = {}: decoding keyframes only", c.name(), c.camera.fps);
                     } else {
-                        gst::PadProbeReturn::Ok
+                        tracing::info!(camera = %c.name(), "camera {}: keyframes every {interval:.2} s are too few for fps = {}: decoding every frame", c.name(), c.camera.fps);
                     }
-                });
-            }
+                }
+                if let Some(i) = gate.interval() {
+                    c.keyframe_interval_ms.store(i.as_millis() as u64, Ordering::Relaxed);
+                }
+                if pass {
+                    gst::PadProbeReturn::Ok
+                } else {
+                    c.skipped_decode.fetch_add(1, Ordering::Relaxed);
+                    gst::PadProbeReturn::Drop
+                }
+            });
         }
         None
     });
     Ok(())
+}
+
+/// Decides, buffer by buffer between parser and decoder, whether a frame is decoded.
+///
+/// `decode = "keyframes"` passes keyframes only. `"auto"` passes every frame until it
+/// has measured the interval between two keyframes; from a keyframe on whose interval
+/// is at most the analysis period (within 2%), it passes keyframes only, and from the
+/// first keyframe that comes later than that, every frame again. Switching only at
+/// keyframes means the decoder never gets a frame whose references it lacks.
+#[derive(Debug)]
+pub struct KeyframeGate {
+    /// `None` for `"keyframes"`: no measuring, keyframes only.
+    period: Option<Duration>,
+    last_keyframe: Option<Duration>,
+    interval: Option<Duration>,
+    keyframes_only: bool,
+}
+
+impl KeyframeGate {
+    pub fn new(mode: DecodeMode, fps: f64) -> KeyframeGate {
+        let fixed = mode == DecodeMode::Keyframes;
+        let period = (!fixed && fps > 0.0).then(|| Duration::from_secs_f64(1.0 / fps));
+        KeyframeGate { period, last_keyframe: None, interval: None, keyframes_only: fixed }
+    }
+
+    /// Whether the buffer (stream time `pts`, a delta unit or a keyframe) is decoded.
+    pub fn pass(&mut self, pts: Option<Duration>, delta: bool) -> bool {
+        if !delta {
+            if let (Some(period), Some(pts)) = (self.period, pts) {
+                if let Some(last) = self.last_keyframe.filter(|l| pts > *l) {
+                    let interval = pts - last;
+                    self.interval = Some(interval);
+                    self.keyframes_only = interval.as_secs_f64() <= period.as_secs_f64() * 1.02;
+                }
+                self.last_keyframe = Some(pts);
+            }
+            return true;
+        }
+        !self.keyframes_only
+    }
+
+    pub fn keyframes_only(&self) -> bool {
+        self.keyframes_only
+    }
+
+    /// The last interval measured between two keyframes.
+    pub fn interval(&self) -> Option<Duration> {
+        self.interval
+    }
 }
 
 /// Hands the camera's credentials (and RTSP transport) to the source element that
@@ -213,6 +281,8 @@ impl Pipeline {
         gst::Element::link_many([&rate, &rate_caps, &convert, appsink.upcast_ref()]).map_err(PipelineError::Build)?;
 
         pass_credentials(&src, camera);
+        // A new stream: `auto` measures its keyframes again before skipping any.
+        shared.keyframes_only.store(camera.decode == DecodeMode::Keyframes, Ordering::Relaxed);
         steer_decoding(&src, shared)?;
         // Link the first video pad uridecodebin exposes. The closure holds a weak
         // reference: a strong one would keep the pipeline alive forever.
@@ -344,5 +414,58 @@ fn teardown(pipeline: gst::Pipeline, name: &str, limit: Option<Duration>) {
         }
         (Ok(_), None) => {}
         (Err(e), _) => tracing::error!(camera = %name, "cannot start teardown thread: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: u64) -> Option<Duration> {
+        Some(Duration::from_millis(v))
+    }
+
+    /// Frames at 10 per second with a keyframe every `gop`; what the gate passes.
+    fn run(gate: &mut KeyframeGate, from: u64, frames: u64, gop: u64) -> Vec<bool> {
+        (from..from + frames).map(|i| gate.pass(ms(i * 100), i % gop != 0)).collect()
+    }
+
+    #[test]
+    fn auto_decodes_keyframes_only_when_they_come_as_often_as_frames_are_analysed() {
+        // Keyframes every second, 1 frame analysed per second: keyframes are enough,
+        // from the second keyframe on (the first interval has to be measured).
+        let mut gate = KeyframeGate::new(DecodeMode::Auto, 1.0);
+        let passed = run(&mut gate, 0, 30, 10);
+        assert!(passed[..10].iter().all(|p| *p), "every frame until an interval is measured");
+        assert!(gate.keyframes_only());
+        assert_eq!(gate.interval(), Some(Duration::from_secs(1)));
+        assert_eq!(passed[10..].iter().filter(|p| **p).count(), 2, "keyframes only after that: {passed:?}");
+
+        // 2 frames analysed per second: keyframes once a second are too few.
+        let mut gate = KeyframeGate::new(DecodeMode::Auto, 2.0);
+        assert!(run(&mut gate, 0, 30, 10).iter().all(|p| *p));
+        assert!(!gate.keyframes_only());
+
+        // The stream's keyframes thin out (at 3 s, then 6 s): every frame again from the
+        // first keyframe that came late (6 s, index 39 of this run).
+        let mut gate = KeyframeGate::new(DecodeMode::Auto, 1.0);
+        run(&mut gate, 0, 21, 10);
+        assert!(gate.keyframes_only());
+        let passed = run(&mut gate, 21, 60, 30);
+        assert!(!gate.keyframes_only());
+        assert_eq!(passed[..39].iter().filter(|p| **p).count(), 1, "only the keyframe at 3 s before: {passed:?}");
+        assert!(passed[39..].iter().all(|p| *p), "every frame from the late keyframe at 6 s: {passed:?}");
+
+        // Without timestamps nothing can be measured: every frame.
+        let mut gate = KeyframeGate::new(DecodeMode::Auto, 0.5);
+        assert!((0..40).all(|i| gate.pass(None, i % 10 != 0)));
+    }
+
+    #[test]
+    fn keyframes_mode_passes_keyframes_only_from_the_start() {
+        let mut gate = KeyframeGate::new(DecodeMode::Keyframes, 25.0);
+        let passed = run(&mut gate, 0, 30, 10);
+        assert_eq!(passed.iter().filter(|p| **p).count(), 3);
+        assert!(gate.keyframes_only());
     }
 }

@@ -307,6 +307,11 @@ fn camera_status(cam: &CameraShared, s: &StateInfo, fps_in: f64, fps_analysed: f
         "fps_analysed": (fps_analysed * 100.0).round() / 100.0,
         "dropped": cam.dropped.load(Ordering::Relaxed),
         "decode": cam.camera.decode.name(),
+        "decoding": if cam.keyframes_only.load(Ordering::Relaxed) { "keyframes" } else { "every frame" },
+        "keyframe_interval_s": match cam.keyframe_interval_ms.load(Ordering::Relaxed) {
+            0 => serde_json::Value::Null,
+            ms => serde_json::json!(ms as f64 / 1000.0),
+        },
         "decoder": cam.decoder(),
         "motion_skipped": cam.motion_skipped.load(Ordering::Relaxed),
         "skipped_before_decode": cam.skipped_decode.load(Ordering::Relaxed),
