@@ -26,7 +26,7 @@ use crate::matcher::{Hit, Matcher, RegionPrediction};
 use crate::metrics::{Metrics, Stage};
 use crate::model::feed::{Feeder, Staged};
 use crate::model::sizing;
-use crate::model::{Crop, DeviceChoice, ModelError, PrecisionChoice, Prediction, Recognizer, RgbImage};
+use crate::model::{Crop, DeviceChoice, ModelError, Picture, PrecisionChoice, Prediction, Recognizer};
 use crate::publish::Event;
 use crate::sightings::{Ended, Recorder};
 use crate::track::{Parked, TrackerConfig, Vehicles};
@@ -45,9 +45,7 @@ impl Thumbnail {
             let y = crop.y + (ty * crop.height + crop.height / 2) / THUMB;
             for tx in 0..THUMB {
                 let x = crop.x + (tx * crop.width + crop.width / 2) / THUMB;
-                let i = (y as usize * frame.width as usize + x as usize) * 3;
-                let px = &frame.rgb[i..i + 3];
-                out.push(((px[0] as u32 * 77 + px[1] as u32 * 150 + px[2] as u32 * 29) >> 8) as u8);
+                out.push(frame.grey(x, y));
             }
         }
         Thumbnail(out)
@@ -202,8 +200,10 @@ impl Worker {
         // One test batch, through the same path as camera frames, before anyone relies
         // on the model: shapes, device and kernels fail here, at start-up, rather than
         // on the first car.
-        let blank = image::RgbImage::new(64, 48);
-        let view = RgbImage::from_image(&blank);
+        let blank = vec![128u8; crate::pixels::i420_len(64, 48)];
+        let view = Picture::I420(
+            crate::pixels::I420::new(&blank, 64, 48, crate::pixels::YuvMatrix::BT709).map_err(ModelError::Device)?,
+        );
         recognizer.classify_fed(&mut feeder, &[(view, view.full())])?;
         metrics.heartbeat.beat();
         if let Some(cap) = auto_batch {
@@ -395,9 +395,7 @@ impl Worker {
             let mut views = Vec::with_capacity(todo.len());
             for &k in &todo {
                 let f = &frames[items[k].frame];
-                let image =
-                    RgbImage::new(&f.rgb, f.width, f.height, f.width as usize * 3).map_err(ModelError::Device)?;
-                views.push((image, items[k].crop));
+                views.push((f.picture().map_err(ModelError::Device)?, items[k].crop));
             }
             Some(self.feeder.stage(&views)?)
         };
@@ -415,8 +413,10 @@ impl Worker {
         }
         let Some(detector) = &self.detector else { return Ok(located) };
         let t = Instant::now();
+        // The detector reads whole RGB frames: converted here, for its cameras only.
+        let rgb: Vec<_> = wanted.iter().map(|&i| frames[i].rgb()).collect();
         let inputs: Vec<(&[u8], u32, u32)> =
-            wanted.iter().map(|&i| (frames[i].rgb.as_slice(), frames[i].width, frames[i].height)).collect();
+            wanted.iter().zip(&rgb).map(|(&i, rgb)| (rgb.as_ref(), frames[i].width, frames[i].height)).collect();
         let found = detector.detect(&inputs)?;
         for (&i, detections) in wanted.iter().zip(found) {
             let cam = &frames[i].camera.camera;

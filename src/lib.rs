@@ -67,6 +67,7 @@ pub mod matcher;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod pixels;
 pub mod publish;
 pub mod rule;
 pub mod sightings;

@@ -167,7 +167,7 @@ impl Matcher {
             }
             let p = mean.get_or_insert_with(|| average.prediction());
             let b = best.bounds;
-            let colour = || crate::colour::estimate(&best.frame.rgb, best.frame.width, (b.x, b.y, b.width, b.height));
+            let colour = || best.frame.colour((b.x, b.y, b.width, b.height));
             let Some(verdict) = alert.verdict(p, colour) else { continue };
             self.hit.insert(key);
             hits.push(Hit {
@@ -227,7 +227,7 @@ impl Matcher {
                 .iter()
                 .filter_map(|r| {
                     let c = r.crop;
-                    let colour = || crate::colour::estimate(&frame.rgb, frame.width, (c.x, c.y, c.width, c.height));
+                    let colour = || frame.colour((c.x, c.y, c.width, c.height));
                     alert.verdict(&r.prediction, colour).map(|v| (r, v))
                 })
                 .max_by(|a, b| a.1.confidence.total_cmp(&b.1.confidence));

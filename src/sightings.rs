@@ -216,7 +216,7 @@ impl Sighting {
         let ((make, model), confidence) =
             pairs.first().map(|((m, o), p)| ((m.to_string(), o.to_string()), *p)).unwrap_or_default();
         let b = best.bounds;
-        let colour = crate::colour::estimate(&best.frame.rgb, best.frame.width, (b.x, b.y, b.width, b.height));
+        let colour = best.frame.colour((b.x, b.y, b.width, b.height));
         Some(Sighting {
             camera: camera.to_string(),
             track_id: vehicle.track,
@@ -959,8 +959,9 @@ fn thumbnail(dir: &Path, ended: &Ended, s: &Sighting) -> Option<PathBuf> {
     let best = ended.vehicle.best.as_ref()?;
     let f = &best.frame;
     let b: Bounds = best.bounds;
-    let img = image::RgbImage::from_raw(f.width, f.height, f.rgb.clone())?;
-    let crop = image::imageops::crop_imm(&img, b.x, b.y, b.width.max(1), b.height.max(1)).to_image();
+    let (x, y) = (b.x.min(f.width.saturating_sub(1)), b.y.min(f.height.saturating_sub(1)));
+    let (w, h) = (b.width.clamp(1, f.width - x), b.height.clamp(1, f.height - y));
+    let crop = image::RgbImage::from_raw(w, h, f.rgb_of((x, y, w, h)))?;
     let side = 160u32;
     let scale = side as f32 / crop.width().max(crop.height()).max(1) as f32;
     let small = if scale < 1.0 {

@@ -86,10 +86,17 @@ pub fn encode(frame: &Frame, crop: Crop, quality: u8) -> Result<Vec<u8>, String>
     jpeg(&outlined(frame, crop)?, quality)
 }
 
+/// The whole frame as an RGB image (converted from the camera's YUV here, per hit).
+fn whole(frame: &Frame) -> Result<RgbImage, String> {
+    let rgb = frame.rgb().into_owned();
+    let bytes = rgb.len();
+    RgbImage::from_raw(frame.width, frame.height, rgb)
+        .ok_or_else(|| format!("frame of {bytes} bytes is not {}x{} RGB", frame.width, frame.height))
+}
+
 /// The frame as an image with `crop` outlined in red.
 pub fn outlined(frame: &Frame, crop: Crop) -> Result<RgbImage, String> {
-    let mut img = RgbImage::from_raw(frame.width, frame.height, frame.rgb.clone())
-        .ok_or_else(|| format!("frame of {} bytes is not {}x{} RGB", frame.rgb.len(), frame.width, frame.height))?;
+    let mut img = whole(frame)?;
     let thickness = (frame.width.min(frame.height) / 200).clamp(2, 6);
     for t in 0..thickness {
         if crop.width > 2 * t && crop.height > 2 * t {
@@ -120,8 +127,7 @@ pub fn jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>, String> {
 /// margin of a quarter of its size, scaled down to `mqtt_height`.
 pub fn for_mqtt(config: &SnapshotConfig, frame: &Frame, crop: Crop, file: Option<&[u8]>) -> Result<Vec<u8>, String> {
     let img = if config.mqtt_crop {
-        let whole = RgbImage::from_raw(frame.width, frame.height, frame.rgb.clone())
-            .ok_or_else(|| format!("frame of {} bytes is not {}x{} RGB", frame.rgb.len(), frame.width, frame.height))?;
+        let whole = whole(frame)?;
         let (mx, my) = (crop.width / 4, crop.height / 4);
         let (x0, y0) = (crop.x.saturating_sub(mx), crop.y.saturating_sub(my));
         let x1 = (crop.x + crop.width + mx).min(frame.width);
@@ -296,7 +302,7 @@ mod tests {
             pts: None,
             width,
             height,
-            rgb: vec![40; (width * height * 3) as usize],
+            pixels: crate::pixels::Pixels::Rgb(vec![40; (width * height * 3) as usize]),
             boxes: None,
         }
     }

@@ -28,7 +28,9 @@ use crate::camera::{Camera, CameraConfig, CameraShared, Frame};
 use crate::locate::motion::{Motion, MotionLocator};
 use crate::locate::{Bounds, LocateConfig, square_crop};
 use crate::matcher::Matcher;
-use crate::model::{Average, DeviceChoice, PrecisionChoice, Prediction, Recognizer, RgbImage};
+use crate::model::preprocess::Picture;
+use crate::model::{Average, DeviceChoice, PrecisionChoice, Prediction, Recognizer};
+use crate::pixels::{Pixels, YuvMatrix, rgb_to_i420};
 use crate::rule::MatcherConfig;
 use crate::synthetic::video::{Truth, wide_view};
 use crate::track::Vehicles;
@@ -128,11 +130,15 @@ pub fn accuracy(opts: &AccuracyOptions) -> Result<AccuracyResult, String> {
             pts: None,
             width: w,
             height: h,
-            rgb: image.into_raw(),
+            // As a camera sends it: the locator and the model read I420, as in `watch`.
+            pixels: Pixels::I420 {
+                data: rgb_to_i420(image.as_raw(), w, h, YuvMatrix::BT709),
+                matrix: YuvMatrix::BT709,
+            },
             boxes: None,
         });
         let t = Instant::now();
-        let mut boxes = match locator.observe(&frame.rgb, w, h) {
+        let mut boxes = match locator.observe_pixels(&frame.pixels, w, h) {
             Motion::Boxes(b) => b,
             _ => Vec::new(),
         };
@@ -150,10 +156,10 @@ pub fn accuracy(opts: &AccuracyOptions) -> Result<AccuracyResult, String> {
             hits.extend(matcher.vehicle_gone(&frame, v, jiff::Timestamp::now()).iter().map(|_| v.track));
         }
         let segment = scene.position(n).0;
-        let views: Vec<(RgbImage, crate::model::Crop)> = boxes
+        let views: Vec<(Picture, crate::model::Crop)> = boxes
             .iter()
             .map(|&b| {
-                let image = RgbImage::new(&frame.rgb, w, h, w as usize * 3).map_err(|e| e.to_string())?;
+                let image = frame.picture()?;
                 let c = square_crop(b, w, h, locate.crop_margin);
                 Ok((image, crate::model::Crop { x: c.x, y: c.y, width: c.width, height: c.height }))
             })

@@ -15,6 +15,7 @@
 pub mod pipeline;
 pub mod supervisor;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::locate::{Bounds, Method};
 use crate::model::Crop;
+use crate::model::preprocess::{Picture, RgbImage};
+use crate::pixels::{I420, Pixels};
 use crate::values::{Credentials, Name, Secret};
 
 /// A `[[camera]]` entry as the operator wrote it.
@@ -553,7 +556,7 @@ impl CameraShared {
     }
 }
 
-/// One decoded frame, tightly packed RGB.
+/// One decoded frame, in the format the pipeline gave (I420 from cameras).
 pub struct Frame {
     pub camera: Arc<CameraShared>,
     /// Wall-clock time the frame left the pipeline (what hits report).
@@ -565,10 +568,85 @@ pub struct Frame {
     pub pts: Option<Duration>,
     pub width: u32,
     pub height: u32,
-    pub rgb: Vec<u8>,
+    pub pixels: Pixels,
     /// What the camera's motion locator proposed (largest first, inside the masks);
     /// `None` where the camera does not locate by motion.
     pub boxes: Option<Vec<Bounds>>,
+}
+
+impl Frame {
+    /// The whole frame as tightly packed RGB: converted here for I420 frames, so only
+    /// for what needs whole frames (snapshots, colour, detectors), not on the frame path.
+    pub fn rgb(&self) -> Cow<'_, [u8]> {
+        match &self.pixels {
+            Pixels::Rgb(d) => Cow::Borrowed(d),
+            Pixels::I420 { .. } => {
+                let mut out = Vec::new();
+                if let Ok(i) = self.i420() {
+                    i.to_rgb((0, 0, self.width, self.height), &mut out);
+                }
+                Cow::Owned(out)
+            }
+        }
+    }
+
+    fn i420(&self) -> Result<I420<'_>, String> {
+        match &self.pixels {
+            Pixels::I420 { data, matrix } => I420::new(data, self.width, self.height, *matrix),
+            Pixels::Rgb(_) => Err("an RGB frame".into()),
+        }
+    }
+
+    /// The frame as the model's preprocessing reads it (no conversion, no copy).
+    pub fn picture(&self) -> Result<Picture<'_>, String> {
+        match &self.pixels {
+            Pixels::Rgb(d) => RgbImage::new(d, self.width, self.height, self.width as usize * 3).map(Picture::Rgb),
+            Pixels::I420 { .. } => self.i420().map(Picture::I420),
+        }
+    }
+
+    /// Grey (0-255) at a pixel inside the frame: luma for I420.
+    pub fn grey(&self, x: u32, y: u32) -> u8 {
+        match &self.pixels {
+            Pixels::Rgb(d) => {
+                let i = (y as usize * self.width as usize + x as usize) * 3;
+                ((d[i] as u32 * 77 + d[i + 1] as u32 * 150 + d[i + 2] as u32 * 29) >> 8) as u8
+            }
+            Pixels::I420 { .. } => self.i420().map_or(0, |i| i.grey(x, y)),
+        }
+    }
+
+    /// Bytes the frame holds (what the frame queue's byte limit counts).
+    pub fn bytes(&self) -> usize {
+        self.pixels.len()
+    }
+
+    /// The colour of the vehicle in `bounds` (x, y, width, height; clipped to the
+    /// frame), converting only those pixels.
+    pub fn colour(&self, (x, y, w, h): (u32, u32, u32, u32)) -> crate::colour::Estimate {
+        let (x, y) = (x.min(self.width), y.min(self.height));
+        let (w, h) = (w.min(self.width - x), h.min(self.height - y));
+        crate::colour::estimate(&self.rgb_of((x, y, w, h)), w, (0, 0, w, h))
+    }
+
+    /// Packed RGB of `bounds` only (colour estimates of a vehicle).
+    pub fn rgb_of(&self, (x, y, w, h): (u32, u32, u32, u32)) -> Vec<u8> {
+        let mut out = Vec::new();
+        match &self.pixels {
+            Pixels::Rgb(d) => {
+                for row in y..y + h {
+                    let start = (row as usize * self.width as usize + x as usize) * 3;
+                    out.extend_from_slice(&d[start..start + w as usize * 3]);
+                }
+            }
+            Pixels::I420 { .. } => {
+                if let Ok(i) = self.i420() {
+                    i.to_rgb((x, y, w, h), &mut out);
+                }
+            }
+        }
+        out
+    }
 }
 
 impl fmt::Debug for Frame {
@@ -604,7 +682,7 @@ impl Frames {
 
     /// `frame` left the queue.
     pub fn taken(&self, frame: &Frame) {
-        self.bytes.fetch_sub(frame.rgb.len() as u64, Ordering::Relaxed);
+        self.bytes.fetch_sub(frame.bytes() as u64, Ordering::Relaxed);
     }
 }
 
@@ -621,7 +699,7 @@ impl FrameQueue {
     /// Queues `frame`, evicting the oldest if needed. Never blocks. (The queue keeps a
     /// receiver of its own, so it never disconnects: cameras stop on their stop message.)
     pub fn push(&self, frame: Arc<Frame>) {
-        let size = frame.rgb.len() as u64;
+        let size = frame.bytes() as u64;
         while self.bytes.load(Ordering::Relaxed) + size > self.max_bytes && self.evict_oldest() {}
         let mut frame = frame;
         loop {
@@ -643,7 +721,7 @@ impl FrameQueue {
     fn evict_oldest(&self) -> bool {
         match self.rx.try_recv() {
             Ok(old) => {
-                self.bytes.fetch_sub(old.rgb.len() as u64, Ordering::Relaxed);
+                self.bytes.fetch_sub(old.bytes() as u64, Ordering::Relaxed);
                 old.camera.dropped.fetch_add(1, Ordering::Relaxed);
                 true
             }
@@ -672,7 +750,7 @@ pub(crate) mod testing {
             pts: None,
             width,
             height,
-            rgb: vec![0; (width * height * 3) as usize],
+            pixels: Pixels::Rgb(vec![0; (width * height * 3) as usize]),
             boxes: None,
         }
     }
@@ -745,7 +823,7 @@ mod tests {
                 pts: Some(Duration::from_secs(i)),
                 width: 1,
                 height: 1,
-                rgb: vec![0; 3],
+                pixels: Pixels::Rgb(vec![0; 3]),
                 boxes: None,
             })
         };

@@ -3,12 +3,13 @@
 //! ```text
 //! uridecodebin uri=... (video only; rtspsrc set up in source-setup)
 //!   ! videorate drop-only=true ! video/x-raw,framerate=<fps>
-//!   ! videoconvert ! video/x-raw,format=RGB
+//!   ! videoconvert ! video/x-raw,format=I420
 //!   ! appsink max-buffers=1 drop=true
 //! ```
 //!
-//! Frames are dropped to the analysis rate *before* colour conversion, so conversion
-//! costs only what is analysed. Decoding picks the highest-ranked decoder, so hardware
+//! Frames stay in the decoder's YUV (videoconvert passes I420 through untouched and
+//! converts other formats, NV12 from NVDEC say): only crops are converted to RGB, at
+//! the model's size ([`crate::pixels`]). Decoding picks the highest-ranked decoder, so hardware
 //! decoders (nvh264dec) are used where GStreamer ranks them first. The appsink keeps
 //! one buffer and drops older ones: a slow consumer never stalls the decoder, and the
 //! freshest frame wins. Credentials go to rtspsrc as properties, never in the URI.
@@ -29,6 +30,7 @@ use gstreamer_video::prelude::*;
 use gstreamer::glib;
 
 use super::{Camera, CameraShared, DecodeMode, Frame, RtspTransport};
+use crate::pixels::{Pixels, YuvMatrix};
 
 /// What a pipeline has to say between frames.
 #[derive(Debug)]
@@ -165,6 +167,17 @@ fn steer_decoding(src: &gst::Element, shared: &Arc<CameraShared>) -> Result<(), 
     Ok(())
 }
 
+/// The stream's YUV matrix and range, from its caps (BT.709 when they do not say).
+fn matrix(info: &gst_video::VideoInfo) -> YuvMatrix {
+    let c = info.colorimetry();
+    let m = match c.matrix() {
+        gst_video::VideoColorMatrix::Bt601 | gst_video::VideoColorMatrix::Smpte240m => YuvMatrix::BT601,
+        gst_video::VideoColorMatrix::Bt2020 => YuvMatrix::BT2020,
+        _ => YuvMatrix::BT709,
+    };
+    m.full_range(c.range() == gst_video::VideoColorRange::Range0_255)
+}
+
 /// Decides, buffer by buffer between parser and decoder, whether a frame is decoded.
 ///
 /// `decode = "keyframes"` passes keyframes only. `"auto"` passes every frame until it
@@ -270,7 +283,7 @@ impl Pipeline {
             .set_property("caps", gst::Caps::builder("video/x-raw").field("framerate", fraction(camera.fps)).build());
         let convert = element("videoconvert")?;
         let appsink = gst_app::AppSink::builder()
-            .caps(&gst_video::VideoCapsBuilder::new().format(gst_video::VideoFormat::Rgb).build())
+            .caps(&gst_video::VideoCapsBuilder::new().format(gst_video::VideoFormat::I420).build())
             .max_buffers(1)
             .drop(true)
             .sync(!camera.source.live)
@@ -337,14 +350,18 @@ impl Pipeline {
         let pts = buffer.pts().map(|t| Duration::from_nanos(t.nseconds()));
         let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info).ok()?;
         let (width, height) = (frame.width(), frame.height());
-        let stride = frame.plane_stride()[0] as usize;
-        let data = frame.plane_data(0).ok()?;
-        let row = width as usize * 3;
-        let mut rgb = Vec::with_capacity(row * height as usize);
-        for y in 0..height as usize {
-            rgb.extend_from_slice(&data[y * stride..y * stride + row]);
+        // The planes packed tightly (decoders pad rows): half the bytes of RGB.
+        let mut data = Vec::with_capacity(crate::pixels::i420_len(width, height));
+        let (cw, ch) = (width.div_ceil(2) as usize, height.div_ceil(2) as usize);
+        for (plane, (row, rows)) in [(width as usize, height as usize), (cw, ch), (cw, ch)].into_iter().enumerate() {
+            let stride = frame.plane_stride()[plane] as usize;
+            let bytes = frame.plane_data(plane as u32).ok()?;
+            for y in 0..rows {
+                data.extend_from_slice(bytes.get(y * stride..y * stride + row)?);
+            }
         }
-        Some(Frame { camera: Arc::clone(&self.camera), captured_at, seen, pts, width, height, rgb, boxes: None })
+        let pixels = Pixels::I420 { data, matrix: matrix(&info) };
+        Some(Frame { camera: Arc::clone(&self.camera), captured_at, seen, pts, width, height, pixels, boxes: None })
     }
 
     /// Errors and end-of-stream waiting on the bus.

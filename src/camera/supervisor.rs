@@ -231,7 +231,7 @@ fn check_masks(camera: &CameraShared, width: u32, height: u32) {
 /// Motion boxes of `frame`, inside the camera's regions (masks), largest first.
 fn locate(motion: &mut MotionLocator, camera: &CameraShared, frame: &mut Frame) {
     let t = Instant::now();
-    let boxes = match motion.observe(&frame.rgb, frame.width, frame.height) {
+    let boxes = match motion.observe_pixels(&frame.pixels, frame.width, frame.height) {
         Motion::Boxes(b) => b,
         Motion::Seeded | Motion::SceneChanged => Vec::new(),
     };

@@ -17,6 +17,7 @@
 //! does not become background while it crosses, but one that parks eventually does.
 
 use super::Bounds;
+use crate::pixels::{I420, Pixels};
 
 /// `[locate.motion]`: how motion is found. Defaults suit 720p street cameras analysed
 /// at a few frames a second.
@@ -134,6 +135,27 @@ impl MotionLocator {
             return Motion::Boxes(Vec::new());
         }
         self.reduce(rgb, width, height);
+        self.compare(width, height)
+    }
+
+    /// Looks at one frame as the camera gave it: I420 frames are block-averaged in YUV
+    /// and only the averages converted (the same colours, within rounding, as averaging
+    /// the converted frame).
+    pub fn observe_pixels(&mut self, pixels: &Pixels, width: u32, height: u32) -> Motion {
+        match pixels {
+            Pixels::Rgb(rgb) => self.observe(rgb, width, height),
+            Pixels::I420 { data, matrix } => match I420::new(data, width, height, *matrix) {
+                Ok(image) => {
+                    self.reduce_i420(&image);
+                    self.compare(width, height)
+                }
+                Err(_) => Motion::Boxes(Vec::new()),
+            },
+        }
+    }
+
+    /// Compares the reduced frame with the background.
+    fn compare(&mut self, width: u32, height: u32) -> Motion {
         if self.frame != (width, height) || self.background.len() != self.pixels.len() {
             self.frame = (width, height);
             self.background.clone_from(&self.pixels);
@@ -186,6 +208,46 @@ impl MotionLocator {
                 let at = (y * w + x) * 3;
                 for (dst, s) in self.pixels[at..at + 3].iter_mut().zip(sum) {
                     *dst = s as f32 / n.max(1) as f32;
+                }
+            }
+        }
+    }
+
+    /// [`Self::reduce`] for an I420 frame: Y, U and V averaged over the same samples
+    /// (even rows and columns, each with its chroma sample), then converted.
+    fn reduce_i420(&mut self, image: &I420<'_>) {
+        let (width, height) = (image.width(), image.height());
+        let w = (self.config.width.min(width).max(1)) as usize;
+        let h = ((height as u64 * w as u64 / width as u64).max(1)) as usize;
+        let (fw, fh) = (width as usize, height as usize);
+        let cw = image.chroma_size().0 as usize;
+        let (yp, up, vp) = (image.y(), image.u(), image.v());
+        let (m, o) = image.matrix().coefficients();
+        self.w = w;
+        self.h = h;
+        self.pixels.clear();
+        self.pixels.resize(w * h * 3, 0.0);
+        for y in 0..h {
+            let (y0, y1) = (y * fh / h, ((y + 1) * fh / h).max(y * fh / h + 1));
+            for x in 0..w {
+                let (x0, x1) = (x * fw / w, ((x + 1) * fw / w).max(x * fw / w + 1));
+                let mut sum = [0u32; 3];
+                let mut n = 0u32;
+                for yy in (y0..y1).step_by(2) {
+                    let (row, crow) = (yy * fw, (yy / 2) * cw);
+                    for xx in (x0..x1).step_by(2) {
+                        sum[0] += yp[row + xx] as u32;
+                        sum[1] += up[crow + xx / 2] as u32;
+                        sum[2] += vp[crow + xx / 2] as u32;
+                        n += 1;
+                    }
+                }
+                let n = n.max(1) as f32;
+                let yuv = [sum[0] as f32 / n, sum[1] as f32 / n, sum[2] as f32 / n];
+                let at = (y * w + x) * 3;
+                for c in 0..3 {
+                    let v = m[c][0] * yuv[0] + m[c][1] * yuv[1] + m[c][2] * yuv[2] + o[c];
+                    self.pixels[at + c] = v.clamp(0.0, 255.0);
                 }
             }
         }

@@ -18,7 +18,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::cuda::{self, Event, Stream};
-use super::preprocess::{self, Crop, INPUT_SIDE, RgbImage};
+use super::preprocess::{self, Crop, INPUT_SIDE, Picture};
 use super::{ModelError, Placement};
 
 /// Stages batches for one placement; owned by the thread that owns the model.
@@ -55,7 +55,7 @@ impl Feeder {
 
     /// Starts moving `images` to the device. At most two batches may be staged and not
     /// yet input.
-    pub fn stage(&mut self, images: &[(RgbImage<'_>, Crop)]) -> Result<Staged, ModelError> {
+    pub fn stage(&mut self, images: &[(Picture<'_>, Crop)]) -> Result<Staged, ModelError> {
         match &mut self.gpu {
             None => Ok(Staged(Inner::Ready(preprocess::batch(images, self.placement)?))),
             Some(gpu) => gpu.stage(images),
@@ -108,7 +108,7 @@ impl GpuFeeder {
         Ok(GpuFeeder { device, side: Stream::from_pool(device)?, slots: [slot()?, slot()?], next: 0 })
     }
 
-    fn stage(&mut self, images: &[(RgbImage<'_>, Crop)]) -> Result<Staged, ModelError> {
+    fn stage(&mut self, images: &[(Picture<'_>, Crop)]) -> Result<Staged, ModelError> {
         // Before any byte is packed: `pack` relies on every crop fitting.
         preprocess::check_crops(images)?;
         let device = self.device;
@@ -214,7 +214,7 @@ mod tests {
         ]
     }
 
-    fn crops(imgs: &[image::RgbImage]) -> Vec<(RgbImage<'_>, Crop)> {
+    fn crops(imgs: &[image::RgbImage]) -> Vec<(Picture<'_>, Crop)> {
         let mut v = preprocess::whole(imgs);
         // A crop that is not the whole image, with an odd offset.
         v[0].1 = Crop { x: 17, y: 9, width: 251, height: 183 };
@@ -257,8 +257,12 @@ mod tests {
         }
         let imgs = images();
         let mixed = crops(&imgs);
-        let same: Vec<(RgbImage<'_>, Crop)> =
-            imgs.iter().map(|i| (RgbImage::from_image(i), Crop { x: 5, y: 7, width: 200, height: 150 })).collect();
+        let same: Vec<(Picture<'_>, Crop)> = imgs
+            .iter()
+            .map(|i| {
+                (Picture::Rgb(crate::model::RgbImage::from_image(i)), Crop { x: 5, y: 7, width: 200, height: 150 })
+            })
+            .collect();
         let cpu = Placement { device: Device::Cpu, precision: Precision::Fp32 };
         let gpu = Placement { device: Device::Cuda(0), precision: Precision::Fp32 };
         let mut feeder = Feeder::new(gpu).unwrap();

@@ -36,7 +36,7 @@ pub use backbone::{Backbone, VggSpec};
 pub use cascade::{Average, Cascade, Choice, Prediction};
 pub use labels::{Label, Leaf, Level};
 pub use manifest::Manifest;
-pub use preprocess::{Crop, RgbImage};
+pub use preprocess::{Crop, Picture, RgbImage};
 
 /// What went wrong loading or running the model, with the file and tensor it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -321,7 +321,7 @@ impl Recognizer {
     }
 
     /// Classifies each (image, crop) pair. The backbone runs once for the whole batch.
-    pub fn classify(&self, images: &[(RgbImage<'_>, Crop)]) -> Result<Vec<Prediction>, ModelError> {
+    pub fn classify(&self, images: &[(Picture<'_>, Crop)]) -> Result<Vec<Prediction>, ModelError> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
@@ -335,7 +335,7 @@ impl Recognizer {
     pub fn classify_fed(
         &self,
         feeder: &mut feed::Feeder,
-        images: &[(RgbImage<'_>, Crop)],
+        images: &[(Picture<'_>, Crop)],
     ) -> Result<Vec<Prediction>, ModelError> {
         let staged = feeder.stage(images)?;
         let features = self.backbone.features(&feeder.input(staged)?)?;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::{ModelError, Placement};
+use crate::pixels::I420;
 
 /// Side of the square network input.
 pub const INPUT_SIDE: i64 = 224;
@@ -96,14 +97,143 @@ impl<'a> RgbImage<'a> {
     }
 }
 
+/// What a crop is read from: an RGB image (photos, training) or a camera's I420 frame,
+/// which is resized in YUV and converted to RGB only at 224x224.
+#[derive(Clone, Copy)]
+pub enum Picture<'a> {
+    Rgb(RgbImage<'a>),
+    I420(I420<'a>),
+}
+
+impl<'a> From<RgbImage<'a>> for Picture<'a> {
+    fn from(image: RgbImage<'a>) -> Self {
+        Picture::Rgb(image)
+    }
+}
+
+impl Picture<'_> {
+    pub fn width(&self) -> u32 {
+        match self {
+            Picture::Rgb(i) => i.width,
+            Picture::I420(i) => i.width(),
+        }
+    }
+
+    pub fn height(&self) -> u32 {
+        match self {
+            Picture::Rgb(i) => i.height,
+            Picture::I420(i) => i.height(),
+        }
+    }
+
+    /// The whole picture as a crop.
+    pub fn full(&self) -> Crop {
+        Crop { x: 0, y: 0, width: self.width(), height: self.height() }
+    }
+
+    /// Packed RGB of `crop` into `dst` (`width * height * 3` bytes). The caller checks
+    /// that `crop` fits.
+    pub(crate) fn pack(&self, crop: Crop, dst: &mut [u8]) {
+        match self {
+            Picture::Rgb(i) => i.pack(crop, dst),
+            Picture::I420(i) => {
+                let mut rgb = Vec::new();
+                i.to_rgb((crop.x, crop.y, crop.width, crop.height), &mut rgb);
+                dst.copy_from_slice(&rgb);
+            }
+        }
+    }
+
+    /// `crop` resized to `[1, 3, 224, 224]`, fp32 values 0-255, on `device`. The caller
+    /// checks that `crop` fits.
+    fn resized(&self, crop: Crop, device: Device) -> Result<Tensor, tch::TchError> {
+        match self {
+            Picture::Rgb(image) => {
+                let t = image.borrowed_view(crop)?;
+                if device.is_cuda() {
+                    resize(&t.f_to_device(device)?.f_to_kind(Kind::Float)?)
+                } else {
+                    // libtorch resizes channels-last uint8 on the CPU with SIMD, about
+                    // 7x faster than in fp32 (1.2 ms for a 720p frame); the result
+                    // differs by at most one level of 255.
+                    resize(&t)?.f_to_kind(Kind::Float)
+                }
+            }
+            Picture::I420(image) => resized_i420(image, crop, device),
+        }
+    }
+}
+
+/// One plane's region as a `[1, 1, h, w]` uint8 tensor over the plane's memory.
+fn plane_view(plane: &[u8], plane_width: u32, (x, y, w, h): (u32, u32, u32, u32)) -> Result<Tensor, tch::TchError> {
+    let stride = plane_width as usize;
+    let offset = y as usize * stride + x as usize;
+    let reach = offset + (h as usize - 1) * stride + w as usize;
+    if w == 0 || h == 0 || reach > plane.len() {
+        return Err(tch::TchError::Shape(format!(
+            "plane region {x},{y} {w}x{h} reaches byte {reach} of {}",
+            plane.len()
+        )));
+    }
+    let (h, w) = (h as i64, w as i64);
+    // SAFETY: every addressed byte lies in `plane` (checked above), which outlives the
+    // view: `resized_i420` resizes out of it before returning, and nothing writes to it.
+    unsafe {
+        Tensor::f_from_blob(
+            plane[offset..].as_ptr(),
+            &[1, 1, h, w],
+            &[h * stride as i64, h * stride as i64, stride as i64, 1],
+            Kind::Uint8,
+            Device::Cpu,
+        )
+    }
+}
+
+/// Resizes the crop's Y, U and V planes (uint8, antialiased) to 224x224 and converts
+/// only then: 224x224 pixels converted instead of the whole frame, and half the bytes
+/// read by the resize. The crop is first widened to even edges (at most one pixel on
+/// each side), so that luma and chroma cover exactly the same area.
+fn resized_i420(image: &I420<'_>, crop: Crop, device: Device) -> Result<Tensor, tch::TchError> {
+    let (x1, y1) = ((crop.x + crop.width).next_multiple_of(2), (crop.y + crop.height).next_multiple_of(2));
+    let (x0, y0) = (crop.x & !1, crop.y & !1);
+    let (x1, y1) = (x1.min(image.width()), y1.min(image.height()));
+    let crop = Crop { x: x0, y: y0, width: x1 - x0, height: y1 - y0 };
+    let (cx0, cy0) = (crop.x / 2, crop.y / 2);
+    let (cx1, cy1) = ((crop.x + crop.width).div_ceil(2), (crop.y + crop.height).div_ceil(2));
+    let chroma = (cx0, cy0, cx1 - cx0, cy1 - cy0);
+    let cw = image.chroma_size().0;
+    let on_device = |t: Tensor| -> Result<Tensor, tch::TchError> {
+        if device.is_cuda() {
+            resize(&t.f_to_device(device)?.f_to_kind(Kind::Float)?)
+        } else {
+            resize(&t)?.f_to_kind(Kind::Float)
+        }
+    };
+    let y = on_device(plane_view(image.y(), image.width(), (crop.x, crop.y, crop.width, crop.height))?)?;
+    let u = on_device(plane_view(image.u(), cw, chroma)?)?;
+    let v = on_device(plane_view(image.v(), cw, chroma)?)?;
+    let (m, o) = image.matrix().coefficients();
+    let channel = |c: usize| -> Result<Tensor, tch::TchError> {
+        let mut t = y.f_mul_scalar(m[c][0] as f64)?;
+        if m[c][1] != 0.0 {
+            t = t.f_add(&u.f_mul_scalar(m[c][1] as f64)?)?;
+        }
+        if m[c][2] != 0.0 {
+            t = t.f_add(&v.f_mul_scalar(m[c][2] as f64)?)?;
+        }
+        t.f_add_scalar(o[c] as f64)
+    };
+    Tensor::f_cat(&[channel(0)?, channel(1)?, channel(2)?], 1)?.f_clamp(0.0, 255.0)
+}
+
 /// Each image whole, as the (image, crop) pairs [`batch`] takes: what training,
 /// `classify` and the benchmarks feed the model (`watch` crops regions instead).
-pub fn whole<'a>(images: impl IntoIterator<Item = &'a image::RgbImage>) -> Vec<(RgbImage<'a>, Crop)> {
+pub fn whole<'a>(images: impl IntoIterator<Item = &'a image::RgbImage>) -> Vec<(Picture<'a>, Crop)> {
     images
         .into_iter()
         .map(|i| {
             let v = RgbImage::from_image(i);
-            (v, v.full())
+            (Picture::Rgb(v), v.full())
         })
         .collect()
 }
@@ -128,14 +258,15 @@ impl Crop {
 }
 
 /// Every crop is non-empty and inside its image; the error names the first that is not.
-pub(crate) fn check_crops(images: &[(RgbImage<'_>, Crop)]) -> Result<(), ModelError> {
-    match images.iter().position(|(image, crop)| !crop.fits(image.width, image.height)) {
+pub(crate) fn check_crops(images: &[(Picture<'_>, Crop)]) -> Result<(), ModelError> {
+    match images.iter().position(|(image, crop)| !crop.fits(image.width(), image.height())) {
         None => Ok(()),
         Some(i) => {
             let (image, crop) = &images[i];
             Err(ModelError::Device(format!(
                 "batch item {i}: crop {crop:?} does not fit a {}x{} image",
-                image.width, image.height
+                image.width(),
+                image.height()
             )))
         }
     }
@@ -143,7 +274,7 @@ pub(crate) fn check_crops(images: &[(RgbImage<'_>, Crop)]) -> Result<(), ModelEr
 
 /// One normalised batch `[N, 3, 224, 224]` (fp32 values, in the placement's precision,
 /// on its device) from (image, crop) pairs.
-pub fn batch(images: &[(RgbImage<'_>, Crop)], placement: Placement) -> Result<Tensor, ModelError> {
+pub fn batch(images: &[(Picture<'_>, Crop)], placement: Placement) -> Result<Tensor, ModelError> {
     let device = placement.device;
     let n = images.len() as i64;
     // The one tensor the batch is written into; each item is read straight from the
@@ -153,17 +284,7 @@ pub fn batch(images: &[(RgbImage<'_>, Crop)], placement: Placement) -> Result<Te
         .map_err(ModelError::torch("allocating the batch"))?;
     for (i, (image, crop)) in images.iter().enumerate() {
         image
-            .borrowed_view(*crop)
-            .and_then(|t| {
-                if device.is_cuda() {
-                    resize(&t.f_to_device(device)?.f_to_kind(Kind::Float)?)
-                } else {
-                    // libtorch resizes channels-last uint8 on the CPU with SIMD, about
-                    // 7x faster than in fp32 (1.2 ms for a 720p frame); the result
-                    // differs by at most one level of 255.
-                    resize(&t)?.f_to_kind(Kind::Float)
-                }
-            })
+            .resized(*crop, device)
             .and_then(|t| {
                 let mut slot = out.f_narrow(0, i as i64, 1)?;
                 slot.f_copy_(&t)
@@ -208,7 +329,7 @@ mod tests {
         // A pure red 224x224 image: R = 255, G = B = 0.
         let img = image::RgbImage::from_pixel(224, 224, image::Rgb([255, 0, 0]));
         let view = RgbImage::from_image(&img);
-        let b = batch(&[(view, view.full())], cpu()).unwrap();
+        let b = batch(&[(view.into(), view.full())], cpu()).unwrap();
         assert_eq!(b.size(), vec![1, 3, 224, 224]);
         let px = |c: i64| b.double_value(&[0, c, 100, 100]) as f32;
         assert!((px(0) - (1.0 - 0.485) / 0.229).abs() < 1e-4, "red channel {}", px(0));
@@ -229,7 +350,7 @@ mod tests {
         }
         let view = RgbImage::new(&data, w, h, stride).unwrap();
         let crop = Crop { x: 2, y: 1, width: 2, height: 1 };
-        let b = batch(&[(view, crop)], cpu()).unwrap();
+        let b = batch(&[(view.into(), crop)], cpu()).unwrap();
         let min = b.min().double_value(&[]);
         let white_r = (1.0 - 0.485) / 0.229;
         assert!((min - (1.0 - 0.406) / 0.225).abs() < 1e-3 || min > 1.5, "crop saw black pixels: min {min}");
@@ -242,7 +363,7 @@ mod tests {
             image::Rgb([(x % 256) as u8, (y * 3 % 256) as u8, ((x ^ y) % 256) as u8])
         });
         let view = RgbImage::from_image(&img);
-        let fast = batch(&[(view, view.full())], cpu()).unwrap();
+        let fast = batch(&[(view.into(), view.full())], cpu()).unwrap();
         let reference = Tensor::from_data_size(img.as_raw(), &[360, 640, 3], Kind::Uint8)
             .permute([2, 0, 1])
             .unsqueeze(0)
@@ -257,12 +378,131 @@ mod tests {
         assert!(levels <= 1.0 + 1e-3, "uint8 resize differs from fp32 by {levels} levels");
     }
 
+    /// `img` through GStreamer's converter to `format` with `colorimetry` (what an
+    /// encoder, or the old `videoconvert ! RGB` pipeline, did), as packed bytes.
+    fn gst_convert(
+        data: &[u8],
+        from: gstreamer_video::VideoFormat,
+        to: gstreamer_video::VideoFormat,
+        w: u32,
+        h: u32,
+    ) -> Vec<u8> {
+        use gstreamer as gst;
+        use gstreamer_video::prelude::*;
+        gst::init().unwrap();
+        let colorimetry: gstreamer_video::VideoColorimetry = "bt709".parse().unwrap();
+        // RGB keeps its own default colorimetry (sRGB); the YUV side says BT.709.
+        let info = |f: gstreamer_video::VideoFormat| {
+            let b = gstreamer_video::VideoInfo::builder(f, w, h);
+            if f == gstreamer_video::VideoFormat::Rgb { b.build() } else { b.colorimetry(&colorimetry).build() }
+                .unwrap()
+        };
+        let (src_info, dst_info) = (info(from), info(to));
+        let mut src = gst::Buffer::with_size(src_info.size()).unwrap();
+        {
+            let mut frame =
+                gstreamer_video::VideoFrameRef::from_buffer_ref_writable(src.get_mut().unwrap(), &src_info).unwrap();
+            // Plane by plane, row by row: `data` is tightly packed, the frame may pad.
+            let mut at = 0;
+            for p in 0..src_info.n_planes() {
+                let stride = frame.plane_stride()[p as usize] as usize;
+                let (comp_w, comp_h) = match (from, p) {
+                    (gstreamer_video::VideoFormat::Rgb, _) => (w as usize * 3, h as usize),
+                    (_, 0) => (w as usize, h as usize),
+                    _ => (w.div_ceil(2) as usize, h.div_ceil(2) as usize),
+                };
+                let plane = frame.plane_data_mut(p).unwrap();
+                for y in 0..comp_h {
+                    plane[y * stride..y * stride + comp_w].copy_from_slice(&data[at..at + comp_w]);
+                    at += comp_w;
+                }
+            }
+        }
+        let mut dst = gst::Buffer::with_size(dst_info.size()).unwrap();
+        let converter = gstreamer_video::VideoConverter::new(&src_info, &dst_info, None).unwrap();
+        {
+            let s = gstreamer_video::VideoFrameRef::from_buffer_ref_readable(src.as_ref(), &src_info).unwrap();
+            let mut d =
+                gstreamer_video::VideoFrameRef::from_buffer_ref_writable(dst.get_mut().unwrap(), &dst_info).unwrap();
+            converter.frame_ref(&s, &mut d);
+        }
+        let frame = gstreamer_video::VideoFrameRef::from_buffer_ref_readable(dst.as_ref(), &dst_info).unwrap();
+        let mut out = Vec::new();
+        for p in 0..dst_info.n_planes() {
+            let stride = frame.plane_stride()[p as usize] as usize;
+            let (comp_w, comp_h) = match (to, p) {
+                (gstreamer_video::VideoFormat::Rgb, _) => (w as usize * 3, h as usize),
+                (_, 0) => (w as usize, h as usize),
+                _ => (w.div_ceil(2) as usize, h.div_ceil(2) as usize),
+            };
+            let plane = frame.plane_data(p).unwrap();
+            for y in 0..comp_h {
+                out.extend_from_slice(&plane[y * stride..y * stride + comp_w]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn i420_crops_equal_the_rgb_path_within_rounding() {
+        use crate::pixels::{I420, YuvMatrix};
+        use gstreamer_video::VideoFormat;
+        // A generated street with a vehicle, as a camera sends it (I420, BT.709, from
+        // GStreamer's converter), converted to RGB whole and then resized (the RGB
+        // path), and resized in YUV and converted at 224x224 (the I420 path).
+        let (w, h) = (640u32, 360u32);
+        let scene = crate::synthetic::video::Scene::parse("1:front/audi/a4@0.1,0.2,0.5,0.6", w, h, 10).unwrap();
+        let (frame, _) = scene.frame(0);
+        let yuv = gst_convert(frame.as_raw(), VideoFormat::Rgb, VideoFormat::I420, w, h);
+        let image = I420::new(&yuv, w, h, YuvMatrix::BT709).unwrap();
+        let mut rgb = Vec::new();
+        image.to_rgb((0, 0, w, h), &mut rgb);
+        let i420 = Picture::I420(image);
+        let rgb_view = Picture::Rgb(RgbImage::new(&rgb, w, h, w as usize * 3).unwrap());
+        let original = Picture::Rgb(RgbImage::from_image(&frame));
+        // Even edges: the I420 path widens odd ones to the chroma grid (by one pixel).
+        let crops = [
+            Crop { x: 0, y: 0, width: w, height: h },         // whole frame, downscaled
+            Crop { x: 62, y: 72, width: 228, height: 220 },   // about the model's size
+            Crop { x: 352, y: 108, width: 194, height: 182 }, // smaller than 224: upscaled
+        ];
+        let std = Tensor::from_slice(&IMAGENET_STD).view([1, 3, 1, 1]);
+        for crop in crops {
+            let a = batch(&[(rgb_view, crop)], cpu()).unwrap();
+            let b = batch(&[(i420, crop)], cpu()).unwrap();
+            // Differences in levels of 255.
+            let levels = ((&a - &b) * &std * 255.0).abs().view([-1]);
+            let mean = levels.mean(Kind::Float).double_value(&[]);
+            let sorted = levels.sort(0, false).0;
+            let p99 = sorted.double_value(&[(sorted.size()[0] as f64 * 0.99) as i64]);
+            let max = sorted.double_value(&[sorted.size()[0] - 1]);
+            // Per pixel the two differ only where 4:2:0 colour is interpolated twice
+            // (upsampled, then resized) against once, at sharp colour edges.
+            assert!(mean < 1.0 && p99 <= 6.0, "{crop:?}: mean {mean:.2}, p99 {p99:.2}, max {max:.1} levels");
+            // And close to the generated frame itself: 4:2:0 halves colour resolution.
+            let o = batch(&[(original, crop)], cpu()).unwrap();
+            let mean = ((&o - &b) * &std * 255.0).abs().mean(Kind::Float).double_value(&[]);
+            assert!(mean < 3.0, "{crop:?}: {mean:.2} levels from the generated RGB frame");
+            // Nothing like a swapped channel or a wrong matrix: those move means by tens.
+            for c in 0..3 {
+                let (ma, mb) = (
+                    a.get(0).get(c).mean(Kind::Float).double_value(&[]),
+                    b.get(0).get(c).mean(Kind::Float).double_value(&[]),
+                );
+                assert!(
+                    ((ma - mb) * IMAGENET_STD[c as usize] as f64 * 255.0).abs() < 0.5,
+                    "{crop:?} channel {c}: means {ma} {mb}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn rejects_crops_outside_the_image() {
         let img = image::RgbImage::new(10, 10);
         let view = RgbImage::from_image(&img);
         let crop = Crop { x: 5, y: 5, width: 6, height: 2 };
-        assert!(batch(&[(view, crop)], cpu()).is_err());
+        assert!(batch(&[(view.into(), crop)], cpu()).is_err());
         assert!(RgbImage::new(&[0u8; 10], 4, 1, 12).is_err());
     }
 }

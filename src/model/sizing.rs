@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use super::feed::Feeder;
-use super::preprocess::RgbImage;
+use super::preprocess::Picture;
 use super::{ModelError, Recognizer};
 
 /// A batch this close to the best throughput is good enough.
@@ -46,7 +46,7 @@ pub fn measure(
     let views = super::preprocess::whole(&photos);
     let mut out: Vec<Measured> = Vec::new();
     for &batch in candidates {
-        let items: &[(RgbImage<'_>, super::Crop)] = &views[..batch];
+        let items: &[(Picture<'_>, super::Crop)] = &views[..batch];
         let mut call = || recognizer.classify_fed(feeder, items).map(drop);
         call()?;
         let start = Instant::now();

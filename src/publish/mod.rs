@@ -182,7 +182,7 @@ pub fn hit_payload(hit: &Hit, snapshot: Option<&str>, inline: Option<&[u8]>) -> 
     let model_p =
         if make_p > 0.0 { p.probability(None, &hit.leaf.make, Some(hit.leaf.model.as_str())) / make_p } else { 0.0 };
     let c = hit.region.crop;
-    let colour = crate::colour::estimate(&hit.frame.rgb, hit.frame.width, (c.x, c.y, c.width, c.height));
+    let colour = hit.frame.colour((c.x, c.y, c.width, c.height));
     let bounds = message::Bounds { x: c.x, y: c.y, width: c.width, height: c.height };
     let m = message::HitMessage {
         hit_id: hit.hit_id.to_string(),

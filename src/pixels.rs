@@ -1,0 +1,278 @@
+//! Decoded pixels in the decoder's own format, and the colour conversions carwatch does
+//! itself.
+//!
+//! Cameras send YUV 4:2:0. Converting every analysed frame to RGB (and copying it) cost
+//! as much CPU as a small model, while the model only ever sees 224x224 crops: so frames
+//! stay I420, crops are resized in YUV and converted afterwards
+//! ([`crate::model::preprocess`]), motion is measured on block averages of the planes,
+//! and a whole RGB frame is made only for what needs one (a snapshot, a detector).
+//!
+//! Conversion is linear before clamping, so resizing and then converting gives what
+//! converting and then resizing gives, within rounding (a unit test and
+//! `model::preprocess`'s test against GStreamer's own conversion hold it to that).
+
+/// How a stream's YUV maps to RGB: the matrix (BT.601 for SD, BT.709 for HD) and
+/// whether Y spans 16-235 (limited, what cameras send) or 0-255.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct YuvMatrix {
+    kr: f32,
+    kb: f32,
+    full_range: bool,
+}
+
+impl YuvMatrix {
+    pub const BT601: YuvMatrix = YuvMatrix { kr: 0.299, kb: 0.114, full_range: false };
+    pub const BT709: YuvMatrix = YuvMatrix { kr: 0.2126, kb: 0.0722, full_range: false };
+    pub const BT2020: YuvMatrix = YuvMatrix { kr: 0.2627, kb: 0.0593, full_range: false };
+
+    /// The same matrix with Y and chroma over the full 0-255 range.
+    pub fn full_range(self, full: bool) -> YuvMatrix {
+        YuvMatrix { full_range: full, ..self }
+    }
+
+    /// `rgb = m * (y, u, v) + offset` in 0-255 units: rows R, G, B; columns Y, U, V.
+    pub fn coefficients(&self) -> ([[f32; 3]; 3], [f32; 3]) {
+        let (kr, kb) = (self.kr, self.kb);
+        let kg = 1.0 - kr - kb;
+        let (ys, cs, y0) = if self.full_range { (1.0, 1.0, 0.0) } else { (255.0 / 219.0, 255.0 / 224.0, 16.0) };
+        let m = [
+            [ys, 0.0, 2.0 * (1.0 - kr) * cs],
+            [ys, -2.0 * kb * (1.0 - kb) / kg * cs, -2.0 * kr * (1.0 - kr) / kg * cs],
+            [ys, 2.0 * (1.0 - kb) * cs, 0.0],
+        ];
+        let mut offset = [0.0; 3];
+        for (o, row) in offset.iter_mut().zip(&m) {
+            *o = -row[0] * y0 - (row[1] + row[2]) * 128.0;
+        }
+        (m, offset)
+    }
+
+    /// The inverse (RGB to YUV, 0-255 units), for generating test frames.
+    fn encode(&self, rgb: [f32; 3]) -> [f32; 3] {
+        let (kr, kb) = (self.kr, self.kb);
+        let kg = 1.0 - kr - kb;
+        let y = kr * rgb[0] + kg * rgb[1] + kb * rgb[2];
+        let pb = (rgb[2] - y) / (2.0 * (1.0 - kb));
+        let pr = (rgb[0] - y) / (2.0 * (1.0 - kr));
+        if self.full_range {
+            [y, pb + 128.0, pr + 128.0]
+        } else {
+            [16.0 + y * 219.0 / 255.0, 128.0 + pb * 224.0 / 255.0, 128.0 + pr * 224.0 / 255.0]
+        }
+    }
+}
+
+/// A frame's pixels as they left the pipeline.
+#[derive(Debug, Clone)]
+pub enum Pixels {
+    /// Tightly packed RGB (generated frames, images).
+    Rgb(Vec<u8>),
+    /// Tightly packed I420: the Y plane, then U and V at half width and height
+    /// (rounded up).
+    I420 { data: Vec<u8>, matrix: YuvMatrix },
+}
+
+impl Pixels {
+    pub fn len(&self) -> usize {
+        match self {
+            Pixels::Rgb(d) | Pixels::I420 { data: d, .. } => d.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Bytes of a tightly packed I420 frame.
+pub fn i420_len(width: u32, height: u32) -> usize {
+    let (cw, ch) = (width.div_ceil(2) as usize, height.div_ceil(2) as usize);
+    width as usize * height as usize + 2 * cw * ch
+}
+
+/// A borrowed, tightly packed I420 image.
+#[derive(Debug, Clone, Copy)]
+pub struct I420<'a> {
+    data: &'a [u8],
+    width: u32,
+    height: u32,
+    matrix: YuvMatrix,
+}
+
+impl<'a> I420<'a> {
+    /// Checks that `data` holds a `width` x `height` I420 image.
+    pub fn new(data: &'a [u8], width: u32, height: u32, matrix: YuvMatrix) -> Result<Self, String> {
+        if width == 0 || height == 0 {
+            return Err(format!("empty image ({width}x{height})"));
+        }
+        if data.len() < i420_len(width, height) {
+            return Err(format!("{} bytes cannot hold a {width}x{height} I420 image", data.len()));
+        }
+        Ok(I420 { data, width, height, matrix })
+    }
+
+    pub fn width(&self) -> u32 {
+        self.width
+    }
+
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+
+    pub fn matrix(&self) -> YuvMatrix {
+        self.matrix
+    }
+
+    /// Width and height of the chroma planes.
+    pub fn chroma_size(&self) -> (u32, u32) {
+        (self.width.div_ceil(2), self.height.div_ceil(2))
+    }
+
+    pub fn y(&self) -> &'a [u8] {
+        &self.data[..self.width as usize * self.height as usize]
+    }
+
+    pub fn u(&self) -> &'a [u8] {
+        let (cw, ch) = self.chroma_size();
+        let start = self.width as usize * self.height as usize;
+        &self.data[start..start + cw as usize * ch as usize]
+    }
+
+    pub fn v(&self) -> &'a [u8] {
+        let (cw, ch) = self.chroma_size();
+        let start = self.width as usize * self.height as usize + cw as usize * ch as usize;
+        &self.data[start..start + cw as usize * ch as usize]
+    }
+
+    /// The region `(x, y, width, height)` as packed RGB. Chroma is interpolated
+    /// bilinearly (samples centred on their 2x2 pixels), as resizing the planes does, so
+    /// the two paths agree at colour edges too. The caller checks that the region fits.
+    pub fn to_rgb(&self, (x0, y0, w, h): (u32, u32, u32, u32), out: &mut Vec<u8>) {
+        let (m, o) = self.matrix.coefficients();
+        let (yp, up, vp) = (self.y(), self.u(), self.v());
+        let width = self.width as usize;
+        let (cw, ch) = (self.chroma_size().0 as usize, self.chroma_size().1 as usize);
+        // Where pixel `i` falls between chroma samples: the two neighbours and the weight
+        // of the second.
+        let taps = |i: usize, n: usize| -> (usize, usize, f32) {
+            let c = (i as f32 + 0.5) / 2.0 - 0.5;
+            let lo = c.floor();
+            let a = (lo.max(0.0) as usize).min(n - 1);
+            let b = ((lo + 1.0).max(0.0) as usize).min(n - 1);
+            (a, b, c - lo)
+        };
+        let columns: Vec<(usize, usize, f32)> = (x0 as usize..(x0 + w) as usize).map(|x| taps(x, cw)).collect();
+        out.clear();
+        out.reserve(w as usize * h as usize * 3);
+        for y in y0 as usize..(y0 + h) as usize {
+            let (r0, r1, fy) = taps(y, ch);
+            let (r0, r1) = (r0 * cw, r1 * cw);
+            for (x, &(c0, c1, fx)) in (x0 as usize..).zip(&columns) {
+                let lerp = |p: &[u8]| {
+                    let top = p[r0 + c0] as f32 + fx * (p[r0 + c1] as f32 - p[r0 + c0] as f32);
+                    let bottom = p[r1 + c0] as f32 + fx * (p[r1 + c1] as f32 - p[r1 + c0] as f32);
+                    top + fy * (bottom - top)
+                };
+                let (luma, u, v) = (yp[y * width + x] as f32, lerp(up), lerp(vp));
+                for c in 0..3 {
+                    let value = m[c][0] * luma + m[c][1] * u + m[c][2] * v + o[c];
+                    out.push(value.round().clamp(0.0, 255.0) as u8);
+                }
+            }
+        }
+    }
+
+    /// Grey (0-255, full range) at one pixel: what motion thumbnails compare.
+    pub fn grey(&self, x: u32, y: u32) -> u8 {
+        let luma = self.data[y as usize * self.width as usize + x as usize] as f32;
+        let (m, o) = self.matrix.coefficients();
+        // Y is the grey of the pixel; only its range needs mapping.
+        (m[0][0] * luma + o[0] + m[0][2] * 128.0).round().clamp(0.0, 255.0) as u8
+    }
+}
+
+/// Packed RGB to tightly packed I420 (chroma averaged over each 2x2 block): generated
+/// frames for tests and benchmarks.
+pub fn rgb_to_i420(rgb: &[u8], width: u32, height: u32, matrix: YuvMatrix) -> Vec<u8> {
+    let (w, h) = (width as usize, height as usize);
+    let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+    let mut out = vec![0u8; i420_len(width, height)];
+    let px = |x: usize, y: usize| {
+        let i = (y * w + x) * 3;
+        matrix.encode([rgb[i] as f32, rgb[i + 1] as f32, rgb[i + 2] as f32])
+    };
+    for y in 0..h {
+        for x in 0..w {
+            out[y * w + x] = px(x, y)[0].round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    for cy in 0..ch {
+        for cx in 0..cw {
+            let (mut u, mut v, mut n) = (0.0, 0.0, 0.0);
+            for y in 2 * cy..(2 * cy + 2).min(h) {
+                for x in 2 * cx..(2 * cx + 2).min(w) {
+                    let p = px(x, y);
+                    u += p[1];
+                    v += p[2];
+                    n += 1.0;
+                }
+            }
+            out[w * h + cy * cw + cx] = (u / n).round().clamp(0.0, 255.0) as u8;
+            out[w * h + cw * ch + cy * cw + cx] = (v / n).round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversion_round_trips_within_rounding() {
+        // Flat 4x4 blocks of one colour each: inside them chroma subsampling and its
+        // interpolation lose nothing, so only rounding separates the round trip from
+        // the original.
+        let (w, h) = (16u32, 12u32);
+        let colours = [[200u8, 30, 40], [10, 220, 90], [90, 90, 250], [128, 128, 128], [16, 16, 16], [240, 240, 10]];
+        let mut rgb = Vec::new();
+        for y in 0..h {
+            for x in 0..w {
+                rgb.extend_from_slice(&colours[((y / 4) * 4 + x / 4) as usize % colours.len()]);
+            }
+        }
+        let inner = |i: usize| {
+            let (x, y) = ((i / 3) % w as usize, (i / 3) / w as usize);
+            (1..=2).contains(&(x % 4)) && (1..=2).contains(&(y % 4))
+        };
+        for matrix in [YuvMatrix::BT601, YuvMatrix::BT709, YuvMatrix::BT709.full_range(true)] {
+            let yuv = rgb_to_i420(&rgb, w, h, matrix);
+            let image = I420::new(&yuv, w, h, matrix).unwrap();
+            let mut back = Vec::new();
+            image.to_rgb((0, 0, w, h), &mut back);
+            let worst = rgb
+                .iter()
+                .zip(&back)
+                .enumerate()
+                .filter(|(i, _)| inner(*i))
+                .map(|(_, (a, b))| a.abs_diff(*b))
+                .max()
+                .unwrap();
+            assert!(worst <= 2, "{matrix:?}: round trip off by {worst} levels");
+            // Grey is Y in full range.
+            let g = image.grey(0, 0) as i32;
+            let expected = (0.2126 * 200.0 + 0.7152 * 30.0 + 0.0722 * 40.0) as i32;
+            if matrix == YuvMatrix::BT709 {
+                assert!((g - expected).abs() <= 2, "grey {g}, expected {expected}");
+            }
+        }
+        // A region: the same pixels as the whole frame's.
+        let yuv = rgb_to_i420(&rgb, w, h, YuvMatrix::BT601);
+        let image = I420::new(&yuv, w, h, YuvMatrix::BT601).unwrap();
+        let (mut whole, mut part) = (Vec::new(), Vec::new());
+        image.to_rgb((0, 0, w, h), &mut whole);
+        image.to_rgb((2, 2, 3, 2), &mut part);
+        assert_eq!(&part[..9], &whole[(2 * 16 + 2) * 3..(2 * 16 + 5) * 3]);
+        assert!(I420::new(&yuv[..10], w, h, YuvMatrix::BT601).is_err());
+    }
+}
