@@ -7,9 +7,10 @@
 //! ([`crate::model::preprocess`]), motion is measured on block averages of the planes,
 //! and a whole RGB frame is made only for what needs one (a snapshot, a detector).
 //!
-//! Conversion is linear before clamping, so resizing and then converting gives what
-//! converting and then resizing gives, within rounding (a unit test and
-//! `model::preprocess`'s test against GStreamer's own conversion hold it to that).
+//! Conversion is affine before clamping, so resizing and then converting gives what
+//! converting and then resizing gives, within rounding (`model::preprocess` tests it on
+//! a generated frame made I420 by GStreamer's converter, as a camera's encoder would).
+//! Chroma is not interpolated: each sample serves its 2x2 pixels, in both paths.
 
 /// How a stream's YUV maps to RGB: the matrix (BT.601 for SD, BT.709 for HD) and
 /// whether Y spans 16-235 (limited, what cameras send) or 0-255.
@@ -144,57 +145,57 @@ impl<'a> I420<'a> {
         &self.data[start..start + cw as usize * ch as usize]
     }
 
-    /// The region `(x, y, width, height)` as packed RGB. Chroma is interpolated
-    /// bilinearly (samples centred on their 2x2 pixels, so weights are always 3/4 and
-    /// 1/4), as resizing the planes does, so the two paths agree at colour edges too.
-    /// Fixed-point: a 720p frame (a snapshot) takes a few milliseconds. The caller
-    /// checks that the region fits.
-    pub fn to_rgb(&self, (x0, y0, w, h): (u32, u32, u32, u32), out: &mut Vec<u8>) {
-        let (m, o) = self.matrix.coefficients();
+    /// The region `(x, y, width, height)` as packed YUV, one chroma sample per pixel
+    /// (each shared by its 2x2 block): what the model's resize reads, three channels
+    /// interleaved as RGB would be, so that libtorch's fast uint8 path takes it. The
+    /// caller checks that the region fits.
+    pub fn to_yuv444(&self, (x0, y0, w, h): (u32, u32, u32, u32), out: &mut Vec<u8>) {
         let (yp, up, vp) = (self.y(), self.u(), self.v());
-        let width = self.width as usize;
-        let (cw, ch) = (self.chroma_size().0 as usize, self.chroma_size().1 as usize);
-        // Pixel `i`'s two chroma neighbours and the weight (in quarters) of the first.
-        let taps = |i: usize, n: usize| -> (usize, usize, i32) {
-            let k = i / 2;
-            let (far, near) = if i % 2 == 0 { (k.saturating_sub(1), k) } else { ((k + 1).min(n - 1), k) };
-            (near, far, 3)
-        };
-        // rgb = (Y * cy + U16 * cu + V16 * cv + bias) >> 12, chroma in sixteenths.
-        const ONE: f32 = 4096.0;
-        let cy = [m[0][0] * ONE, m[1][0] * ONE, m[2][0] * ONE].map(|v| v.round() as i32);
-        let cu = [m[0][1] * ONE / 16.0, m[1][1] * ONE / 16.0, m[2][1] * ONE / 16.0].map(|v| v.round() as i32);
-        let cv = [m[0][2] * ONE / 16.0, m[1][2] * ONE / 16.0, m[2][2] * ONE / 16.0].map(|v| v.round() as i32);
-        let bias = [o[0], o[1], o[2]].map(|v| (v * ONE + ONE / 2.0).round() as i32);
-        let columns: Vec<(usize, usize, i32)> = (x0 as usize..(x0 + w) as usize).map(|x| taps(x, cw)).collect();
-        let (c_lo, c_hi) =
-            columns.iter().fold((usize::MAX, 0), |(lo, hi), c| (lo.min(c.0.min(c.1)), hi.max(c.0.max(c.1))));
-        let mut urow = vec![0i32; c_hi.saturating_sub(c_lo) + 1];
-        let mut vrow = urow.clone();
-        let (mut ufull, mut vfull) = (vec![0i32; w as usize], vec![0i32; w as usize]);
+        let (width, cw) = (self.width as usize, self.chroma_size().0 as usize);
         out.clear();
         out.resize(w as usize * h as usize * 3, 0);
-        let rows = out.chunks_exact_mut(w as usize * 3);
-        for (y, dst) in (y0 as usize..(y0 + h) as usize).zip(rows) {
-            let (near, far, wn) = taps(y, ch);
-            // This row's chroma, interpolated vertically (in quarters).
-            for (i, c) in (c_lo..=c_hi).enumerate() {
-                urow[i] = wn * up[near * cw + c] as i32 + (4 - wn) * up[far * cw + c] as i32;
-                vrow[i] = wn * vp[near * cw + c] as i32 + (4 - wn) * vp[far * cw + c] as i32;
+        for (y, dst) in (y0 as usize..(y0 + h) as usize).zip(out.chunks_exact_mut(w as usize * 3)) {
+            let (luma, crow) = (&yp[y * width..(y + 1) * width], (y / 2) * cw);
+            let (u, v) = (&up[crow..crow + cw], &vp[crow..crow + cw]);
+            // An odd first pixel alone, then two pixels per chroma sample.
+            let (mut x, mut dst) = (x0 as usize, &mut dst[..]);
+            if x % 2 == 1 {
+                dst[..3].copy_from_slice(&[luma[x], u[x / 2], v[x / 2]]);
+                (x, dst) = (x + 1, &mut dst[3..]);
             }
-            // Then horizontally, into full-resolution rows (sixteenths).
-            for ((&(near, far, wn), uf), vf) in columns.iter().zip(&mut ufull).zip(&mut vfull) {
-                let (n, f) = (near - c_lo, far - c_lo);
-                *uf = wn * urow[n] + (4 - wn) * urow[f];
-                *vf = wn * vrow[n] + (4 - wn) * vrow[f];
+            let pairs = dst.chunks_exact_mut(6);
+            let c0 = x / 2;
+            let n = pairs.len();
+            for (((px, l), &u), &v) in
+                pairs.zip(luma[x..x + 2 * n].chunks_exact(2)).zip(&u[c0..c0 + n]).zip(&v[c0..c0 + n])
+            {
+                px.copy_from_slice(&[l[0], u, v, l[1], u, v]);
             }
-            let luma = &yp[y * width + x0 as usize..y * width + (x0 + w) as usize];
-            for (((&l, &u), &v), px) in luma.iter().zip(&ufull).zip(&vfull).zip(dst.chunks_exact_mut(3)) {
-                let l = l as i32;
-                px[0] = ((l * cy[0] + u * cu[0] + v * cv[0] + bias[0]) >> 12).clamp(0, 255) as u8;
-                px[1] = ((l * cy[1] + u * cu[1] + v * cv[1] + bias[1]) >> 12).clamp(0, 255) as u8;
-                px[2] = ((l * cy[2] + u * cu[2] + v * cv[2] + bias[2]) >> 12).clamp(0, 255) as u8;
+            let done = x + 2 * n;
+            if done < (x0 + w) as usize {
+                let last = dst.len() - 3;
+                dst[last..].copy_from_slice(&[luma[done], u[done / 2], v[done / 2]]);
             }
+        }
+    }
+
+    /// The region `(x, y, width, height)` as packed RGB, each chroma sample shared by
+    /// its 2x2 block as in [`Self::to_yuv444`] (so that converting then resizing and
+    /// resizing then converting agree within rounding). Fixed-point. The caller checks
+    /// that the region fits.
+    pub fn to_rgb(&self, region: (u32, u32, u32, u32), out: &mut Vec<u8>) {
+        // rgb = (Y * cy + U * cu + V * cv + bias) >> 12
+        let (m, o) = self.matrix.coefficients();
+        const ONE: f32 = 4096.0;
+        let k = |c: usize, i: usize| (m[c][i] * ONE).round() as i32;
+        let (cy, cu, cv) = ([k(0, 0), k(1, 0), k(2, 0)], [k(0, 1), k(1, 1), k(2, 1)], [k(0, 2), k(1, 2), k(2, 2)]);
+        let bias = [o[0], o[1], o[2]].map(|v| (v * ONE + ONE / 2.0).round() as i32);
+        self.to_yuv444(region, out);
+        for px in out.chunks_exact_mut(3) {
+            let (l, u, v) = (px[0] as i32, px[1] as i32, px[2] as i32);
+            px[0] = ((l * cy[0] + v * cv[0] + bias[0]) >> 12).clamp(0, 255) as u8;
+            px[1] = ((l * cy[1] + u * cu[1] + v * cv[1] + bias[1]) >> 12).clamp(0, 255) as u8;
+            px[2] = ((l * cy[2] + u * cu[2] + bias[2]) >> 12).clamp(0, 255) as u8;
         }
     }
 
@@ -240,29 +241,79 @@ pub fn rgb_to_i420(rgb: &[u8], width: u32, height: u32, matrix: YuvMatrix) -> Ve
     out
 }
 
+/// GStreamer's own conversion (what `videoconvert` does) between tightly packed `RGB`
+/// and `I420` (BT.709 for the YUV side): how tests and `bench frame` make camera-like
+/// frames, and the old whole-frame RGB path they compare against.
+pub fn gstreamer_convert(
+    data: &[u8],
+    from: gstreamer_video::VideoFormat,
+    to: gstreamer_video::VideoFormat,
+    w: u32,
+    h: u32,
+) -> Result<Vec<u8>, String> {
+    use gstreamer as gst;
+    use gstreamer_video::prelude::*;
+    use gstreamer_video::{VideoFormat, VideoFrameRef, VideoInfo};
+    gst::init().map_err(|e| e.to_string())?;
+    let err = |e: gst::glib::BoolError| e.to_string();
+    let colorimetry: gstreamer_video::VideoColorimetry = "bt709".parse().map_err(err)?;
+    // RGB keeps its own default colorimetry (sRGB); the YUV side says BT.709.
+    let info = |f: VideoFormat| {
+        let b = VideoInfo::builder(f, w, h);
+        if f == VideoFormat::Rgb { b.build() } else { b.colorimetry(&colorimetry).build() }
+    };
+    let (src_info, dst_info) = (info(from).map_err(err)?, info(to).map_err(err)?);
+    // Each plane's bytes per row and rows, tightly packed.
+    let planes = |f: VideoFormat| -> Vec<(usize, usize)> {
+        let (w, h, cw, ch) = (w as usize, h as usize, w.div_ceil(2) as usize, h.div_ceil(2) as usize);
+        if f == VideoFormat::Rgb { vec![(w * 3, h)] } else { vec![(w, h), (cw, ch), (cw, ch)] }
+    };
+    let mut src = gst::Buffer::with_size(src_info.size()).map_err(err)?;
+    {
+        let buffer = src.get_mut().ok_or("a new buffer is writable")?;
+        let mut frame = VideoFrameRef::from_buffer_ref_writable(buffer, &src_info).map_err(err)?;
+        let mut at = 0;
+        for (p, (row, rows)) in planes(from).into_iter().enumerate() {
+            let stride = frame.plane_stride()[p] as usize;
+            let plane = frame.plane_data_mut(p as u32).map_err(err)?;
+            for y in 0..rows {
+                let line = data.get(at..at + row).ok_or("too few bytes for the frame")?;
+                plane[y * stride..y * stride + row].copy_from_slice(line);
+                at += row;
+            }
+        }
+    }
+    let mut dst = gst::Buffer::with_size(dst_info.size()).map_err(err)?;
+    let converter = gstreamer_video::VideoConverter::new(&src_info, &dst_info, None).map_err(err)?;
+    {
+        let s = VideoFrameRef::from_buffer_ref_readable(src.as_ref(), &src_info).map_err(err)?;
+        let buffer = dst.get_mut().ok_or("a new buffer is writable")?;
+        let mut d = VideoFrameRef::from_buffer_ref_writable(buffer, &dst_info).map_err(err)?;
+        converter.frame_ref(&s, &mut d);
+    }
+    let frame = VideoFrameRef::from_buffer_ref_readable(dst.as_ref(), &dst_info).map_err(err)?;
+    let mut out = Vec::with_capacity(dst_info.size());
+    for (p, (row, rows)) in planes(to).into_iter().enumerate() {
+        let stride = frame.plane_stride()[p] as usize;
+        let plane = frame.plane_data(p as u32).map_err(err)?;
+        for y in 0..rows {
+            out.extend_from_slice(&plane[y * stride..y * stride + row]);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The floating-point conversion, bilinear chroma centred on 2x2 blocks: what the
-    /// fixed-point `to_rgb` must equal within a level.
+    /// The floating-point conversion, each chroma sample shared by its 2x2 block: what
+    /// the fixed-point `to_rgb` must equal within a level.
     fn reference(image: &I420<'_>, x: u32, y: u32) -> [f32; 3] {
         let (m, o) = image.matrix().coefficients();
-        let (cw, ch) = image.chroma_size();
-        let sample = |p: &[u8], cx: f32, cy: f32| {
-            let at = |cx: f32, cy: f32| {
-                let (cx, cy) = (cx.clamp(0.0, cw as f32 - 1.0) as usize, cy.clamp(0.0, ch as f32 - 1.0) as usize);
-                p[cy * cw as usize + cx] as f32
-            };
-            let (x0, y0) = (cx.floor(), cy.floor());
-            let (fx, fy) = (cx - x0, cy - y0);
-            let top = at(x0, y0) * (1.0 - fx) + at(x0 + 1.0, y0) * fx;
-            let bottom = at(x0, y0 + 1.0) * (1.0 - fx) + at(x0 + 1.0, y0 + 1.0) * fx;
-            top * (1.0 - fy) + bottom * fy
-        };
-        let (cx, cy) = ((x as f32 + 0.5) / 2.0 - 0.5, (y as f32 + 0.5) / 2.0 - 0.5);
-        let (l, u, v) =
-            (image.y()[(y * image.width() + x) as usize] as f32, sample(image.u(), cx, cy), sample(image.v(), cx, cy));
+        let cw = image.chroma_size().0;
+        let c = ((y / 2) * cw + x / 2) as usize;
+        let (l, u, v) = (image.y()[(y * image.width() + x) as usize] as f32, image.u()[c] as f32, image.v()[c] as f32);
         [0, 1, 2].map(|c| (m[c][0] * l + m[c][1] * u + m[c][2] * v + o[c]).clamp(0.0, 255.0))
     }
 

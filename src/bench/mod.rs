@@ -756,6 +756,120 @@ pub fn locate(frames: usize, width: u32, height: u32) -> LocateResult {
     }
 }
 
+/// One `bench frame` measurement: the work done per analysed frame outside the model,
+/// the old way (whole frame to RGB) and the current way (I420 kept), on one thread.
+#[derive(Debug, Clone, Serialize)]
+pub struct FrameResult {
+    pub resolution: String,
+    pub frames: usize,
+    /// GStreamer's I420 to RGB conversion of the whole frame and the copy out of the
+    /// buffer (what `videoconvert ! RGB ! appsink` and `pull` did), milliseconds.
+    pub rgb_convert_ms: f64,
+    /// The whole RGB frame resized and normalised to the model's input.
+    pub rgb_preprocess_ms: f64,
+    /// The motion locator on the RGB frame.
+    pub rgb_motion_ms: f64,
+    /// Copying the I420 planes out of the buffer (what `pull` does now).
+    pub i420_copy_ms: f64,
+    /// The whole I420 frame resized in YUV and converted at 224x224.
+    pub i420_preprocess_ms: f64,
+    /// The motion locator on the I420 planes.
+    pub i420_motion_ms: f64,
+    /// carwatch's own whole-frame conversion to RGB (a snapshot, per hit).
+    pub snapshot_rgb_ms: f64,
+}
+
+/// Runs `bench frame` on `frames` generated frames (a vehicle crossing a street).
+pub fn frame_work(frames: usize, width: u32, height: u32) -> Result<FrameResult, String> {
+    use crate::locate::motion::{MotionConfig, MotionLocator};
+    use crate::model::preprocess::{self, Crop, Picture, RgbImage};
+    use crate::pixels::{I420, Pixels, YuvMatrix};
+    use gstreamer_video::prelude::*;
+    use gstreamer_video::{VideoFormat, VideoFrameRef, VideoInfo};
+    let scene = crate::synthetic::video::Scene::parse(
+        &format!("street; {}:front/audi/a4@0.1,0.3,0.3,0.4>0.6,0.3", frames.max(1)),
+        width,
+        height,
+        1,
+    )?;
+    let painter = crate::synthetic::video::Painter::new(&scene);
+    let mut yuv = Vec::new();
+    for n in 0..frames.min(8) as u64 {
+        let (img, _) = painter.frame(n * (frames as u64 / 8).max(1));
+        yuv.push(crate::pixels::gstreamer_convert(img.as_raw(), VideoFormat::Rgb, VideoFormat::I420, width, height)?);
+    }
+    let gerr = |e: gstreamer::glib::BoolError| e.to_string();
+    let colorimetry: gstreamer_video::VideoColorimetry = "bt709".parse().map_err(gerr)?;
+    let in_info =
+        VideoInfo::builder(VideoFormat::I420, width, height).colorimetry(&colorimetry).build().map_err(gerr)?;
+    let out_info = VideoInfo::builder(VideoFormat::Rgb, width, height).build().map_err(gerr)?;
+    let converter = gstreamer_video::VideoConverter::new(&in_info, &out_info, None).map_err(gerr)?;
+    let buffers: Vec<gstreamer::Buffer> = yuv.iter().map(|y| gstreamer::Buffer::from_slice(y.clone())).collect();
+    let mut out = gstreamer::Buffer::with_size(out_info.size()).map_err(gerr)?;
+    let place = Placement { device: Device::Cpu, precision: Precision::Fp32 };
+    let full = Crop { x: 0, y: 0, width, height };
+    let per_frame = |t: Duration| 1000.0 * t.as_secs_f64() / frames.max(1) as f64;
+    let (mut convert, mut pre, mut motion) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut locator = MotionLocator::new(MotionConfig::default());
+    for i in 0..frames {
+        let t = Instant::now();
+        let rgb = {
+            let src =
+                VideoFrameRef::from_buffer_ref_readable(buffers[i % buffers.len()].as_ref(), &in_info).map_err(gerr)?;
+            let buffer = out.get_mut().ok_or("the output buffer is shared")?;
+            let mut dst = VideoFrameRef::from_buffer_ref_writable(buffer, &out_info).map_err(gerr)?;
+            converter.frame_ref(&src, &mut dst);
+            let (stride, row) = (dst.plane_stride()[0] as usize, width as usize * 3);
+            let data = dst.plane_data(0).map_err(gerr)?;
+            let mut rgb = Vec::with_capacity(row * height as usize);
+            for y in 0..height as usize {
+                rgb.extend_from_slice(&data[y * stride..y * stride + row]);
+            }
+            rgb
+        };
+        convert += t.elapsed();
+        let t = Instant::now();
+        let view = Picture::Rgb(RgbImage::new(&rgb, width, height, width as usize * 3)?);
+        let _ = preprocess::batch(&[(view, full)], place).map_err(err)?;
+        pre += t.elapsed();
+        let t = Instant::now();
+        locator.observe(&rgb, width, height);
+        motion += t.elapsed();
+    }
+    let (rgb_convert_ms, rgb_preprocess_ms, rgb_motion_ms) = (per_frame(convert), per_frame(pre), per_frame(motion));
+    let (mut copy, mut pre, mut motion, mut snapshot) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut locator = MotionLocator::new(MotionConfig::default());
+    let mut rgb = Vec::new();
+    for i in 0..frames {
+        let t = Instant::now();
+        let data = buffers[i % buffers.len()].map_readable().map_err(gerr)?.as_slice().to_vec();
+        copy += t.elapsed();
+        let t = Instant::now();
+        let image = I420::new(&data, width, height, YuvMatrix::BT709)?;
+        let _ = preprocess::batch(&[(Picture::I420(image), full)], place).map_err(err)?;
+        pre += t.elapsed();
+        let t = Instant::now();
+        image.to_rgb((0, 0, width, height), &mut rgb);
+        snapshot += t.elapsed();
+        let pixels = Pixels::I420 { data, matrix: YuvMatrix::BT709 };
+        let t = Instant::now();
+        locator.observe_pixels(&pixels, width, height);
+        motion += t.elapsed();
+    }
+    Ok(FrameResult {
+        resolution: format!("{width}x{height}"),
+        frames,
+        rgb_convert_ms,
+        rgb_preprocess_ms,
+        rgb_motion_ms,
+        i420_copy_ms: per_frame(copy),
+        i420_preprocess_ms: per_frame(pre),
+        i420_motion_ms: per_frame(motion),
+        snapshot_rgb_ms: per_frame(snapshot),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -766,6 +880,15 @@ mod tests {
         assert_eq!((r.frames, r.resolution.as_str()), (30, "640x360"));
         assert!(r.ms_per_frame > 0.0);
         assert!(r.boxed >= 27, "boxed in {} of 30 frames", r.boxed);
+    }
+
+    #[test]
+    fn bench_frame_times_both_paths() {
+        let r = frame_work(4, 320, 180).unwrap();
+        assert_eq!(r.frames, 4);
+        for v in [r.rgb_convert_ms, r.rgb_preprocess_ms, r.i420_preprocess_ms, r.i420_motion_ms, r.snapshot_rgb_ms] {
+            assert!(v > 0.0, "{r:?}");
+        }
     }
 
     #[test]

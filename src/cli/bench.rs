@@ -26,6 +26,25 @@ pub(super) fn bench_cmd(cmd: BenchCommand) -> Result<ExitCode> {
                 )
             })
         }
+        BenchCommand::Frame { frames, resolution, json } => {
+            let (width, height) = resolution.size();
+            let r = carwatch::bench::frame_work(frames, width, height).map_err(anyhow::Error::msg)?;
+            emit(json, &r, |r| {
+                format!(
+                    "per frame at {} (ms, one thread): whole frame to RGB {:.2} + preprocess {:.2} (+ motion {:.2}) = {:.2}; I420 kept: copy {:.2} + preprocess {:.2} (+ motion {:.2}) = {:.2}; a snapshot's conversion {:.2}",
+                    r.resolution,
+                    r.rgb_convert_ms,
+                    r.rgb_preprocess_ms,
+                    r.rgb_motion_ms,
+                    r.rgb_convert_ms + r.rgb_preprocess_ms,
+                    r.i420_copy_ms,
+                    r.i420_preprocess_ms,
+                    r.i420_motion_ms,
+                    r.i420_copy_ms + r.i420_preprocess_ms,
+                    r.snapshot_rgb_ms
+                )
+            })
+        }
         BenchCommand::Locate { frames, resolution, json } => {
             let (width, height) = resolution.size();
             let r = carwatch::bench::locate(frames, width, height);

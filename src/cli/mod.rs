@@ -104,6 +104,19 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The work per analysed frame outside the model, the old way (whole frame to RGB)
+    /// against the current one (I420 kept), on generated frames (one thread).
+    Frame {
+        /// Generated frames timed.
+        #[arg(long, default_value_t = 100)]
+        frames: usize,
+        /// Frame size.
+        #[arg(long, value_enum, default_value_t = Resolution::R720p)]
+        resolution: Resolution,
+        /// One JSON object on stdout instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// The motion locator alone, per frame, on a generated street (one thread).
     Locate {
         /// Frames of the generated street timed.
