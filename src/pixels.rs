@@ -342,20 +342,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "a timing, not a test: cargo test --lib conversion_speed -- --ignored --nocapture"]
-    fn conversion_speed() {
-        let (w, h) = (1280u32, 720u32);
-        let data = vec![100u8; i420_len(w, h)];
-        let image = I420::new(&data, w, h, YuvMatrix::BT709).unwrap();
-        let mut out = Vec::new();
-        let t = std::time::Instant::now();
-        for _ in 0..20 {
-            image.to_rgb((0, 0, w, h), &mut out);
-        }
-        eprintln!("720p to RGB: {:.2} ms", t.elapsed().as_secs_f64() * 1000.0 / 20.0);
-    }
-
-    #[test]
     fn conversion_round_trips_within_rounding() {
         // Flat 4x4 blocks of one colour each: inside them chroma subsampling and its
         // interpolation lose nothing, so only rounding separates the round trip from
