@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make bench`: every measurement in docs/benchmarks.md, on this machine, in one run.
+# `make bench`: every measurement in docs/benchmarks.md, on this machine, in one run,
+# carwatch and its Python peer (bench/peer.py) side by side.
 # Results (JSON) go to bench/results/<host>-<date>/. Needs the demo model (make run once)
 # or trained models in models/.
 set -euo pipefail
@@ -43,6 +44,10 @@ for locate in frame motion; do
   "$bin" bench pipeline --cameras 4 --fps 4 --source-fps 10 --duration "$duration" --locate "$locate" \
     --scene wide:angled/bmw/3-series --models "$models" --json > "$out/wide-$locate.json"
 done
+echo "bench: per-frame work outside the model, whole-frame RGB against I420 kept" >&2
+"$bin" bench frame --json > "$out/frame.json"
+echo "bench: 8 cameras at 1 fps (keyframes once a second: decode = auto decodes only those)" >&2
+"$bin" bench pipeline --cameras 8 --fps 1 --duration "$duration" --models "$models" --json > "$out/auto-8x1.json"
 echo "bench: sightings store, 1,000,000 rows" >&2
 "$bin" bench sightings --rows 1000000 --json > "$out/sightings.json"
 echo "bench: results in $out" >&2
