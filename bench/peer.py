@@ -21,7 +21,6 @@ import argparse
 import collections
 import json
 import os
-import struct
 import sys
 import threading
 import time
@@ -30,43 +29,16 @@ import tomllib
 import cv2
 import numpy as np
 import torch
-from torch import nn
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-CONVS_PER_BLOCK = [2, 2, 4, 4, 4]
-DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
-def read_safetensors(path):
-    """Name -> fp32 tensor (the safetensors format is a JSON header and raw data)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + n])
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        t = torch.frombuffer(bytearray(data[8 + n + start : 8 + n + end]), dtype=DTYPES[info["dtype"]])
-        out[name] = t.reshape(info["shape"]).to(torch.float32)
-    return out
-
-
-def vgg_features(weights, widths):
-    prefix = "features." if "features.0.weight" in weights else ""
-    layers, c_in, index = [], 3, 0
-    for block, n in enumerate(CONVS_PER_BLOCK):
-        for _ in range(n):
-            conv = nn.Conv2d(c_in, widths[block], 3, padding=1)
-            conv.weight.data = weights[f"{prefix}{index}.weight"]
-            conv.bias.data = weights[f"{prefix}{index}.bias"]
-            layers += [conv, nn.ReLU(inplace=True)]
-            c_in, index = widths[block], index + 2
-        layers.append(nn.MaxPool2d(2, 2))
-        index += 1
-    return nn.Sequential(*layers).eval()
+# The safetensors reader and the VGG builder are carwatch's own quantizer's (models/),
+# so that the peer's fp32 fallback is the network the int8 file was made from.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models"))
+from quantize_int8 import build as vgg_features  # noqa: E402
+from quantize_int8 import read_safetensors  # noqa: E402
 
 
 class Cascade:

@@ -181,48 +181,51 @@ impl MotionLocator {
 
     /// Block-averages `rgb` to the configured width (keeping the aspect).
     fn reduce(&mut self, rgb: &[u8], width: u32, height: u32) {
-        let w = (self.config.width.min(width).max(1)) as usize;
-        let h = ((height as u64 * w as u64 / width as u64).max(1)) as usize;
-        let (fw, fh) = (width as usize, height as usize);
-        self.w = w;
-        self.h = h;
-        self.pixels.clear();
-        self.pixels.resize(w * h * 3, 0.0);
-        for y in 0..h {
-            let (y0, y1) = (y * fh / h, ((y + 1) * fh / h).max(y * fh / h + 1));
-            for x in 0..w {
-                let (x0, x1) = (x * fw / w, ((x + 1) * fw / w).max(x * fw / w + 1));
-                let mut sum = [0u32; 3];
-                // Every other row and column of the block: enough for an average, a
-                // quarter of the reads.
-                let mut n = 0u32;
-                for yy in (y0..y1).step_by(2) {
-                    let row = &rgb[(yy * fw + x0) * 3..(yy * fw + x1) * 3];
-                    for px in row.chunks_exact(3).step_by(2) {
-                        sum[0] += px[0] as u32;
-                        sum[1] += px[1] as u32;
-                        sum[2] += px[2] as u32;
-                        n += 1;
-                    }
-                }
-                let at = (y * w + x) * 3;
-                for (dst, s) in self.pixels[at..at + 3].iter_mut().zip(sum) {
-                    *dst = s as f32 / n.max(1) as f32;
-                }
+        let fw = width as usize;
+        let row_sums = |yy: usize, x0: usize, x1: usize, sum: &mut [u32; 3]| {
+            let row = &rgb[(yy * fw + x0) * 3..(yy * fw + x1) * 3];
+            for px in row.chunks_exact(3).step_by(2) {
+                sum[0] += px[0] as u32;
+                sum[1] += px[1] as u32;
+                sum[2] += px[2] as u32;
             }
-        }
+        };
+        self.reduce_with(width, height, row_sums, |average| average);
     }
 
     /// [`Self::reduce`] for an I420 frame: Y, U and V averaged over the same samples
-    /// (even rows and columns, each with its chroma sample), then converted.
+    /// (each with its chroma sample), then converted.
     fn reduce_i420(&mut self, image: &I420<'_>) {
-        let (width, height) = (image.width(), image.height());
+        let (fw, cw) = (image.width() as usize, image.chroma_size().0 as usize);
+        let (yp, up, vp) = (image.y(), image.u(), image.v());
+        let (m, o) = image.matrix().coefficients();
+        let row_sums = |yy: usize, x0: usize, x1: usize, sum: &mut [u32; 3]| {
+            let (row, crow) = (yy * fw, (yy / 2) * cw);
+            for xx in (x0..x1).step_by(2) {
+                sum[0] += yp[row + xx] as u32;
+                sum[1] += up[crow + xx / 2] as u32;
+                sum[2] += vp[crow + xx / 2] as u32;
+            }
+        };
+        let to_rgb = |yuv: [f32; 3]| {
+            [0, 1, 2].map(|c| (m[c][0] * yuv[0] + m[c][1] * yuv[1] + m[c][2] * yuv[2] + o[c]).clamp(0.0, 255.0))
+        };
+        self.reduce_with(image.width(), image.height(), row_sums, to_rgb);
+    }
+
+    /// The block averaging both formats share: for each block, `row_sums` adds every
+    /// other pixel of every other row (enough for an average, a quarter of the reads),
+    /// and `finish` turns the three averages into RGB.
+    fn reduce_with(
+        &mut self,
+        width: u32,
+        height: u32,
+        row_sums: impl Fn(usize, usize, usize, &mut [u32; 3]),
+        finish: impl Fn([f32; 3]) -> [f32; 3],
+    ) {
         let w = (self.config.width.min(width).max(1)) as usize;
         let h = ((height as u64 * w as u64 / width as u64).max(1)) as usize;
         let (fw, fh) = (width as usize, height as usize);
-        let cw = image.chroma_size().0 as usize;
-        let (yp, up, vp) = (image.y(), image.u(), image.v());
-        let (m, o) = image.matrix().coefficients();
         self.w = w;
         self.h = h;
         self.pixels.clear();
@@ -232,23 +235,14 @@ impl MotionLocator {
             for x in 0..w {
                 let (x0, x1) = (x * fw / w, ((x + 1) * fw / w).max(x * fw / w + 1));
                 let mut sum = [0u32; 3];
-                let mut n = 0u32;
                 for yy in (y0..y1).step_by(2) {
-                    let (row, crow) = (yy * fw, (yy / 2) * cw);
-                    for xx in (x0..x1).step_by(2) {
-                        sum[0] += yp[row + xx] as u32;
-                        sum[1] += up[crow + xx / 2] as u32;
-                        sum[2] += vp[crow + xx / 2] as u32;
-                        n += 1;
-                    }
+                    row_sums(yy, x0, x1, &mut sum);
                 }
-                let n = n.max(1) as f32;
-                let yuv = [sum[0] as f32 / n, sum[1] as f32 / n, sum[2] as f32 / n];
+                // Pixels summed: every other row and column of the block.
+                let n = ((y1 - y0).div_ceil(2) * (x1 - x0).div_ceil(2)).max(1) as f32;
+                let average = finish(sum.map(|s| s as f32 / n));
                 let at = (y * w + x) * 3;
-                for c in 0..3 {
-                    let v = m[c][0] * yuv[0] + m[c][1] * yuv[1] + m[c][2] * yuv[2] + o[c];
-                    self.pixels[at + c] = v.clamp(0.0, 255.0);
-                }
+                self.pixels[at..at + 3].copy_from_slice(&average);
             }
         }
     }
@@ -433,6 +427,25 @@ mod tests {
             }
         }
         assert!(good * 10 >= frames * 9, "{good} of {frames} frames boxed the vehicle");
+    }
+
+    #[test]
+    fn i420_frames_are_boxed_as_their_rgb_is() {
+        use crate::pixels::{YuvMatrix, rgb_to_i420};
+        let i420 =
+            |rgb: &[u8]| Pixels::I420 { data: rgb_to_i420(rgb, W, H, YuvMatrix::BT709), matrix: YuvMatrix::BT709 };
+        let base = street();
+        let (mut from_rgb, mut from_yuv) =
+            (MotionLocator::new(MotionConfig::default()), MotionLocator::new(MotionConfig::default()));
+        assert_eq!(from_rgb.observe(&base, W, H), Motion::Seeded);
+        assert_eq!(from_yuv.observe_pixels(&i420(&base), W, H), Motion::Seeded);
+        for i in 0..6 {
+            let truth = Bounds { x: 100 + i * 120, y: 380, width: 256, height: 130 };
+            let frame = with_vehicle(&base, truth);
+            let (a, b) = (boxes(from_rgb.observe(&frame, W, H)), boxes(from_yuv.observe_pixels(&i420(&frame), W, H)));
+            assert_eq!(a.len(), b.len(), "frame {i}: {a:?} against {b:?}");
+            assert!(b[0].iou(&truth) >= 0.5 && b[0].iou(&a[0]) >= 0.9, "frame {i}: {a:?} against {b:?}");
+        }
     }
 
     #[test]
