@@ -141,27 +141,33 @@ fn status(sub: &mut Subscriber, camera: &str, pred: impl Fn(&serde_json::Value) 
     sub.wait_for(&format!("carwatch/cameras/{camera}/status"), LONG, |m: &Message| pred(&m.json())).map(|m| m.json())
 }
 
-#[test]
-fn keyframe_only_decoding_analyses_keyframes_and_still_hits() {
+/// Two cameras showing a Volvo C30 at 10 fps with a keyframe every second (the
+/// synthetic encoder's GOP is 1 s), `cameras` writing their TOML from the two URLs, and
+/// the c30 alert on `alerted` only; the watcher started and a subscriber on everything.
+fn two_c30_cameras(
+    cameras: impl Fn(&str, &str) -> String,
+    alerted: &str,
+) -> (tempfile::TempDir, Mosquitto, RtspServer, Subscriber, Watcher) {
     let dir = support::tempdir();
     let broker = Mosquitto::start();
-    // 10 fps with a keyframe every second (the synthetic encoder's GOP is 1 s).
-    let rtsp = RtspServer::start(
-        vec![("/k".into(), single("front", "volvo", "c30")), ("/a".into(), single("front", "volvo", "c30"))],
-        0,
-        None,
-    )
-    .unwrap();
-    let cameras = camera("key", &rtsp.url("/k"), "decode = \"keyframes\"") + &camera("all", &rtsp.url("/a"), "");
-    let alerts = "[[alert]]\nid = \"c30\"\nmake = \"volvo\"\nmodel = \"c30\"\ncameras = [\"key\"]\n";
+    let c30 = || single("front", "volvo", "c30");
+    let rtsp = RtspServer::start(vec![("/a".into(), c30()), ("/b".into(), c30())], 0, None).unwrap();
+    let alerts = format!("[[alert]]\nid = \"c30\"\nmake = \"volvo\"\nmodel = \"c30\"\ncameras = [\"{alerted}\"]\n");
     let config = Scenario::new(dir.path())
         .mqtt(broker.port)
-        .cameras(&cameras)
-        .alerts(alerts)
+        .cameras(&cameras(&rtsp.url("/a"), &rtsp.url("/b")))
+        .alerts(&alerts)
         .matcher("confirm_frames = 2\ncooldown_s = 60")
         .write();
-    let mut sub = Subscriber::connect(broker.port, "carwatch/#");
+    let sub = Subscriber::connect(broker.port, "carwatch/#");
     let watcher = Watcher::start(&config);
+    (dir, broker, rtsp, sub, watcher)
+}
+
+#[test]
+fn keyframe_only_decoding_analyses_keyframes_and_still_hits() {
+    let (_dir, _broker, _rtsp, mut sub, watcher) =
+        two_c30_cameras(|a, b| camera("key", a, "decode = \"keyframes\"") + &camera("all", b, ""), "key");
     let hit = sub.wait_for("carwatch/hits/c30", LONG, |_| true);
     assert!(hit.is_some(), "no hit from the keyframe-only camera\n{}", watcher.logs());
     // Rates are measured over a status interval (1 s in these tests): look at a few.
@@ -184,27 +190,15 @@ fn keyframe_only_decoding_analyses_keyframes_and_still_hits() {
 
 #[test]
 fn auto_decoding_skips_to_keyframes_only_when_the_analysis_rate_allows() {
-    let dir = support::tempdir();
-    let broker = Mosquitto::start();
-    // 10 fps with a keyframe every second; one camera analyses 1 frame/s (keyframes are
-    // enough), the other 4 (they are not). Both say `decode = "auto"`.
-    let rtsp = RtspServer::start(
-        vec![("/s".into(), single("front", "volvo", "c30")), ("/f".into(), single("front", "volvo", "c30"))],
-        0,
-        None,
-    )
-    .unwrap();
-    let cameras = format!("[[camera]]\nname = \"slow\"\nurl = \"{}\"\nfps = 1\nlocate = \"frame\"\n\n", rtsp.url("/s"))
-        + &camera("fast", &rtsp.url("/f"), "");
-    let alerts = "[[alert]]\nid = \"c30\"\nmake = \"volvo\"\nmodel = \"c30\"\ncameras = [\"slow\"]\n";
-    let config = Scenario::new(dir.path())
-        .mqtt(broker.port)
-        .cameras(&cameras)
-        .alerts(alerts)
-        .matcher("confirm_frames = 2\ncooldown_s = 60")
-        .write();
-    let mut sub = Subscriber::connect(broker.port, "carwatch/#");
-    let watcher = Watcher::start(&config);
+    // One camera analyses 1 frame/s (keyframes once a second are enough), the other 4
+    // (they are not). Both say `decode = "auto"` (the default).
+    let (_dir, _broker, _rtsp, mut sub, watcher) = two_c30_cameras(
+        |a, b| {
+            format!("[[camera]]\nname = \"slow\"\nurl = \"{a}\"\nfps = 1\nlocate = \"frame\"\n\n")
+                + &camera("fast", b, "")
+        },
+        "slow",
+    );
     let slow = status(&mut sub, "slow", |s| s["skipped_before_decode"].as_u64().unwrap_or(0) > 10)
         .unwrap_or_else(|| panic!("the 1 fps camera decodes every frame\n{}", watcher.logs()));
     assert_eq!(slow["decode"], "auto", "{slow}");
