@@ -148,19 +148,21 @@ impl Picture<'_> {
     /// checks that `crop` fits.
     fn resized(&self, crop: Crop, device: Device) -> Result<Tensor, tch::TchError> {
         match self {
-            Picture::Rgb(image) => {
-                let t = image.borrowed_view(crop)?;
-                if device.is_cuda() {
-                    resize(&t.f_to_device(device)?.f_to_kind(Kind::Float)?)
-                } else {
-                    // libtorch resizes channels-last uint8 on the CPU with SIMD, about
-                    // 7x faster than in fp32 (1.2 ms for a 720p frame); the result
-                    // differs by at most one level of 255.
-                    resize(&t)?.f_to_kind(Kind::Float)
-                }
-            }
+            Picture::Rgb(image) => resized_u8(&image.borrowed_view(crop)?, device),
             Picture::I420(image) => resized_i420(image, crop, device),
         }
+    }
+}
+
+/// A `[1, 3, h, w]` uint8 CPU view resized to 224x224, fp32 0-255, on `device`.
+fn resized_u8(t: &Tensor, device: Device) -> Result<Tensor, tch::TchError> {
+    if device.is_cuda() {
+        resize(&t.f_to_device(device)?.f_to_kind(Kind::Float)?)
+    } else {
+        // libtorch resizes channels-last uint8 on the CPU with SIMD, about 7x faster
+        // than in fp32 (1.2 ms for a 720p frame); the result differs by at most one
+        // level of 255.
+        resize(t)?.f_to_kind(Kind::Float)
     }
 }
 
@@ -178,11 +180,7 @@ fn resized_i420(image: &I420<'_>, crop: Crop, device: Device) -> Result<Tensor, 
     let yuv = unsafe {
         Tensor::f_from_blob(packed.as_ptr(), &[1, 3, h, w], &[h * w * 3, 1, w * 3, 3], Kind::Uint8, Device::Cpu)?
     };
-    let yuv = if device.is_cuda() {
-        resize(&yuv.f_to_device(device)?.f_to_kind(Kind::Float)?)?
-    } else {
-        resize(&yuv)?.f_to_kind(Kind::Float)?
-    };
+    let yuv = resized_u8(&yuv, device)?;
     let (m, o) = image.matrix().coefficients();
     let planes = yuv.f_unbind(1)?;
     let channel = |c: usize| -> Result<Tensor, tch::TchError> {
