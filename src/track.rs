@@ -2,7 +2,11 @@
 //!
 //! Each track predicts where its vehicle is now from its last box and velocity
 //! (constant velocity), and boxes are matched to predictions greedily, best overlap
-//! (IoU) first, down to `min_iou`. A matched track takes the box and updates its
+//! (IoU) first, down to `min_iou`. A track seen only once has no velocity yet: when a
+//! camera is analysed a few times a second or less, its vehicle's next box may not
+//! overlap the first at all, so such a track also takes the nearest box within
+//! `max_speed` of where it was (after every overlapping pair, which always wins). A
+//! matched track takes the box and updates its
 //! velocity; a box no track claims starts a new track, with an id unique over the
 //! camera's life; a track with no box for `lost_after` ends. At most `max_tracks` live at
 //! once: beyond it the track seen longest ago is ended early, and counted.
@@ -32,6 +36,10 @@ pub struct TrackerConfig {
     pub max_tracks: usize,
     /// Least overlap between a track's predicted box and a box for them to match.
     pub min_iou: f32,
+    /// How fast a vehicle seen only once may have moved by its next box, in its own
+    /// sizes (the longer side) per second: about a car's length a second crossing a
+    /// street at walking pace up to a few at town speed.
+    pub max_speed: f32,
 }
 
 impl From<&crate::locate::LocateConfig> for TrackerConfig {
@@ -42,7 +50,7 @@ impl From<&crate::locate::LocateConfig> for TrackerConfig {
 
 impl Default for TrackerConfig {
     fn default() -> Self {
-        TrackerConfig { lost_after: Duration::from_secs(3), max_tracks: 32, min_iou: 0.1 }
+        TrackerConfig { lost_after: Duration::from_secs(3), max_tracks: 32, min_iou: 0.1, max_speed: 2.0 }
     }
 }
 
@@ -116,13 +124,24 @@ impl Tracker {
             }
             keep
         });
+        // Scored so that every overlapping pair (1 + IoU) comes before every pair
+        // matched by distance alone (1 - distance / reach, below 1).
         let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
         for (ti, t) in self.tracks.iter().enumerate() {
             let p = t.predicted(now);
+            let dt = now.saturating_duration_since(t.last_seen).as_secs_f32();
             for (bi, b) in boxes.iter().enumerate() {
                 let iou = overlap(p, b);
                 if iou >= self.config.min_iou {
-                    pairs.push((iou, ti, bi));
+                    pairs.push((1.0 + iou, ti, bi));
+                } else if t.observations == 1 {
+                    let size = t.bounds.width.max(t.bounds.height).max(b.width).max(b.height) as f32;
+                    let reach = self.config.max_speed * size * dt;
+                    let (c0, c1) = (Track::centre(&t.bounds), Track::centre(b));
+                    let distance = (c1.0 - c0.0).hypot(c1.1 - c0.1);
+                    if distance < reach {
+                        pairs.push((1.0 - distance / reach, ti, bi));
+                    }
                 }
             }
         }
@@ -420,6 +439,47 @@ mod tests {
             }
         }
         assert_eq!(tracker.tracks().len(), 2);
+    }
+
+    #[test]
+    fn a_vehicle_analysed_once_a_second_keeps_one_track_though_its_boxes_never_overlap() {
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        let t0 = Instant::now();
+        // 300 px wide, moving 320 px a second (a car crossing a 720p street in 5 s), one
+        // box a second: consecutive boxes are 20 px apart.
+        let mut ids = Vec::new();
+        for i in 0..4u32 {
+            let b = Bounds { x: 10 + 320 * i, y: 300, width: 300, height: 150 };
+            let (id, _) = tracker.update(&[b], t0 + Duration::from_secs(i as u64));
+            ids.push(id[0]);
+        }
+        assert_eq!(ids, vec![ids[0]; 4], "one vehicle, one track");
+        // A box farther than max_speed allows for the time passed is another vehicle:
+        // 2 sizes a second, 300 px, over 0.5 s is 300 px; this one is 400 px off.
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        let (first, _) = tracker.update(&[Bounds { x: 10, y: 300, width: 300, height: 150 }], t0);
+        let (next, _) =
+            tracker.update(&[Bounds { x: 410, y: 300, width: 300, height: 150 }], t0 + Duration::from_millis(500));
+        assert_ne!(next, first);
+    }
+
+    #[test]
+    fn an_overlapping_box_wins_over_a_nearer_one_matched_by_distance() {
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        let t0 = Instant::now();
+        // A parked car (seen once so far) and, a second later, a car passing near it:
+        // the parked car keeps its track and the passing one starts its own.
+        let (parked, _) = tracker.update(&[at(500, 300)], t0);
+        let later = t0 + Duration::from_secs(1);
+        let (ids, _) = tracker.update(&[at(650, 300), at(505, 300)], later);
+        assert_eq!(ids[1], parked[0]);
+        assert_ne!(ids[0], parked[0]);
+        // Two vehicles seen once each keep their own tracks when both move: each box goes
+        // to the nearer track.
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        let (a, _) = tracker.update(&[at(100, 100), at(700, 400)], t0);
+        let (b, _) = tracker.update(&[at(800, 400), at(200, 100)], later);
+        assert_eq!((b[1], b[0]), (a[0], a[1]));
     }
 
     #[test]
