@@ -70,8 +70,6 @@ pub const MAX_CONSECUTIVE_FAILURES: u32 = 5;
 pub struct Links {
     pub batcher: Batcher,
     pub matcher: Matcher,
-    /// Hits and alert announcements, to the publisher.
-    pub events: Sender<Event>,
     /// New alert sets from the reloader.
     pub alert_updates: Receiver<AlertSet>,
     pub metrics: Arc<Metrics>,
@@ -84,6 +82,14 @@ pub struct Links {
     pub locate: LocateConfig,
     /// Loaded with the model when some camera has `locate = "detector"`.
     pub detector: Option<DetectorConfig>,
+}
+
+/// What a loaded worker sends to, given to [`Worker::run`] rather than held while the
+/// model loads: a daemon stopped during a load (which cannot be interrupted) must not
+/// have the publisher and the sightings store waiting on it.
+pub struct Wiring {
+    /// Hits and alert announcements, to the publisher.
+    pub events: Sender<Event>,
     /// Where vehicles whose tracks ended go to be remembered.
     pub sightings: Option<Recorder>,
 }
@@ -95,6 +101,8 @@ pub struct Worker {
     feeder: Feeder,
     batcher: Batcher,
     matcher: Matcher,
+    /// Hits and alert announcements, to the publisher (from [`Wiring`]; a sender to
+    /// nowhere until [`Worker::run`]).
     events: Sender<Event>,
     /// New alert sets from the reloader.
     alert_updates: Receiver<AlertSet>,
@@ -174,18 +182,7 @@ impl Worker {
         precision: PrecisionChoice,
         links: Links,
     ) -> Result<Worker, WorkerError> {
-        let Links {
-            mut batcher,
-            matcher,
-            events,
-            alert_updates,
-            metrics,
-            hang,
-            auto_batch,
-            locate,
-            detector,
-            sightings,
-        } = links;
+        let Links { mut batcher, matcher, alert_updates, metrics, hang, auto_batch, locate, detector } = links;
         let recognizer = Recognizer::load_choosing(models, device, precision)?;
         let placement = recognizer.backbone.placement();
         let detector = match detector {
@@ -233,7 +230,7 @@ impl Worker {
             feeder,
             batcher,
             matcher,
-            events,
+            events: crossbeam_channel::bounded(0).0,
             alert_updates,
             metrics,
             hang,
@@ -244,7 +241,7 @@ impl Worker {
             detector,
             vehicles: HashMap::new(),
             parked: HashMap::new(),
-            sightings,
+            sightings: None,
         })
     }
 
@@ -254,7 +251,8 @@ impl Worker {
     /// uploaded on a side stream) while the GPU still runs the backbone on the previous
     /// one, and only then are the previous one's predictions read. Without a GPU each
     /// batch is finished before the next is taken, as pipelining would gain nothing.
-    pub fn run(mut self) -> Result<(), WorkerError> {
+    pub fn run(mut self, wiring: Wiring) -> Result<(), WorkerError> {
+        (self.events, self.sightings) = (wiring.events, wiring.sightings);
         let initial = self.matcher.alerts().clone();
         self.apply_alerts(initial, &AlertSet::default())?;
         let mut failures = 0;

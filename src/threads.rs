@@ -148,6 +148,24 @@ pub fn list() -> Vec<(String, bool)> {
     registry().threads.lock().map(|t| t.clone()).unwrap_or_default()
 }
 
+/// Ends the process at once with `code` when a supervised thread still runs (a model
+/// load that cannot be interrupted, a thread that did not finish in time): returning
+/// from `main` would run libtorch's static destructors under that thread, which crashes
+/// the process (SIGSEGV) instead of exiting `code`. Returns when none runs.
+pub fn leave_if_any_running(code: i32) {
+    let running: Vec<String> = list().into_iter().filter(|(_, alive)| *alive).map(|(name, _)| name).collect();
+    if running.is_empty() {
+        return;
+    }
+    tracing::info!("leaving thread(s) {} behind", running.join(", "));
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit ends the process without running anything else; nothing in this
+    // process is left unflushed (the outbox and sightings are written as they go).
+    unsafe { libc::_exit(code) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

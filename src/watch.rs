@@ -28,7 +28,7 @@ use crate::batcher::{BatchSize, Batcher};
 use crate::camera::supervisor::{self, GstOpener, Timing};
 use crate::camera::{CameraShared, FrameQueue};
 use crate::config::{Config, Problems};
-use crate::infer::{Links, Worker, WorkerError};
+use crate::infer::{Links, Wiring, Worker, WorkerError};
 use crate::locate::Method;
 use crate::locate::motion::{MotionConfig, MotionLocator};
 use crate::matcher::Matcher;
@@ -61,6 +61,8 @@ pub struct WatchOptions {
 pub struct Seam {
     /// The inference loop stops after start-up (the watchdog test).
     pub hang_inference: bool,
+    /// The model takes a minute to load (the test of stopping meanwhile).
+    pub slow_load: bool,
     /// Receives the cameras and metrics once everything runs.
     pub running: Option<Sender<Running>>,
     /// The supervised thread of this name panics once everything runs (the
@@ -233,6 +235,9 @@ struct Inference {
     handle: JoinHandle<()>,
     stop: Sender<()>,
     ready: Receiver<Result<(), String>>,
+    /// Hands the loaded worker its [`Wiring`]; dropped unsent when the daemon stops
+    /// while the model loads.
+    wire: Sender<Wiring>,
     ended: Receiver<Result<(), WorkerError>>,
     queue: FrameQueue,
     alert_updates: Sender<AlertSet>,
@@ -249,7 +254,7 @@ impl Daemon {
         let output = start_output(config, on_hit)?;
         let matcher = Matcher::new(alert_file.set.clone());
         let (recorder, sightings) = start_sightings(config, &output)?;
-        let inference = start_inference(config, &models, matcher, &output, seam.hang_inference, recorder)?;
+        let inference = start_inference(config, &models, matcher, &output, &seam)?;
         // Wait for the model, still answering SIGTERM: loading can take minutes on a slow
         // disk. A model that fails to load ends the process at once (exit 2, as for any
         // problem the operator must fix in files), after the publisher has said `offline`.
@@ -270,10 +275,21 @@ impl Daemon {
             if let Err(e) = &result {
                 tracing::error!("{e}");
             }
-            // Every sender of the publisher's events must go for it to finish.
-            drop((output.events, inference.stop));
+            // Every sender of the publisher's events must go for it to finish (the
+            // worker has none yet: it gets one once loaded and wired).
+            drop((output.events, recorder, inference.stop, inference.wire));
             join_within("publish", output.publisher, Duration::from_millis(2500));
+            // A load cannot be interrupted: one still under way is left behind, and the
+            // process must then leave without running libtorch's destructors under it
+            // (see `threads::leave`).
+            match inference.ended.recv_timeout(Duration::from_secs(2)) {
+                Ok(_) => join_within("infer", inference.handle, Duration::from_millis(500)),
+                Err(_) => tracing::info!("the model is still loading: not waiting for it"),
+            }
             return result.map(|()| None);
+        }
+        if inference.wire.send(Wiring { events: output.events.clone(), sightings: recorder }).is_err() {
+            return Err(WatchError::LoadAbandoned);
         }
         let AlertThreads { handle: alerts, stop: alerts_stop, inbound } =
             start_alerts(config, alert_file, shutdown.reload, inference.alert_updates, &output)?;
@@ -478,13 +494,14 @@ fn start_inference(
     models: &Path,
     matcher: Matcher,
     output: &Output,
-    hang: bool,
-    sightings: Option<Recorder>,
+    seam: &Seam,
 ) -> Result<Inference, WatchError> {
+    let (hang, slow_load) = (seam.hang_inference, seam.slow_load);
     let gpu = config.model.device.resolve().map(|d| d.is_cuda()).unwrap_or(false);
     let (queue, frames) = FrameQueue::bounded(config.batch.queue_len(gpu), config.batch.queue_bytes);
     let (stop, stop_rx) = crossbeam_channel::bounded::<()>(1);
     let (ready_tx, ready) = crossbeam_channel::bounded::<Result<(), String>>(1);
+    let (wire, wire_rx) = crossbeam_channel::bounded::<Wiring>(1);
     let (ended_tx, ended) = crossbeam_channel::bounded::<Result<(), WorkerError>>(1);
     let (alert_updates, updates_rx) = crossbeam_channel::bounded(4);
     let cap = config.batch.max_size.cap(gpu) as usize;
@@ -492,13 +509,11 @@ fn start_inference(
     let links = Links {
         batcher: Batcher::new(frames, stop_rx, cap, config.batch.max_wait),
         matcher,
-        events: output.events.clone(),
         alert_updates: updates_rx,
         metrics: Arc::clone(&output.metrics),
         hang,
         auto_batch,
         locate: config.locate.clone(),
-        sightings,
         detector: config
             .cameras
             .iter()
@@ -515,10 +530,18 @@ fn start_inference(
             tch::set_num_threads(n.get() as i32);
         }
         tracing::info!("model runs on {} intra-op thread(s)", tch::get_num_threads());
+        if slow_load {
+            tracing::warn!("test fault: the model takes a minute to load");
+            std::thread::sleep(Duration::from_secs(60));
+        }
         let result = match Worker::load(&models, device, precision, links) {
             Ok(worker) => {
                 let _ = ready_tx.send(Ok(()));
-                worker.run()
+                match wire_rx.recv() {
+                    Ok(wiring) => worker.run(wiring),
+                    // The daemon stopped while the model loaded.
+                    Err(_) => Ok(()),
+                }
             }
             Err(e) => {
                 let _ = ready_tx.send(Err(e.to_string()));
@@ -528,7 +551,7 @@ fn start_inference(
         let _ = ended_tx.send(result);
     })
     .map_err(spawn_err("infer"))?;
-    Ok(Inference { handle, stop, ready, ended, queue, alert_updates })
+    Ok(Inference { handle, stop, ready, wire, ended, queue, alert_updates })
 }
 
 /// The `alerts` thread (the file, re-read when it changes) and `alert-errors`, which

@@ -539,3 +539,33 @@ fn a_thread_that_panics_is_named_and_ends_the_process_non_zero() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("thread `mqtt` panicked"), "{err}");
 }
+
+/// SIGTERM while the model loads (minutes on a slow disk, and a load cannot be
+/// interrupted): the publisher says `offline` and the process exits 0 at once. The
+/// loading thread used to hold the publisher open past its shutdown bound, and the
+/// process then ended under it, in libtorch, with SIGSEGV.
+#[test]
+fn sigterm_while_the_model_loads_says_offline_and_exits_zero_at_once() {
+    let dir = support::tempdir();
+    let broker = Mosquitto::start();
+    let config =
+        Scenario::new(dir.path()).mqtt(broker.port).cameras(&camera("gate", "rtsp://127.0.0.1:9/x", "")).write();
+    let mut sub = Subscriber::connect(broker.port, "carwatch/status");
+    let mut cmd = carwatch();
+    cmd.env("RUST_LOG", "info,rumqttd=warn");
+    cmd.arg("watch").arg("--config").arg(&config).args(["--test-fault", "slow-load"]);
+    let mut watcher = Watcher::spawn(cmd);
+    assert!(sub.wait_for("carwatch/status", LONG, |m| m.payload == "online").is_some(), "{}", watcher.logs());
+    let deadline = Instant::now() + LONG;
+    while !watcher.logs().contains("takes a minute to load") {
+        assert!(Instant::now() < deadline, "the model never started loading\n{}", watcher.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    watcher.signal(SIGTERM);
+    let status = watcher.wait(Duration::from_secs(10)).expect("carwatch stops within 10 s while the model loads");
+    let logs = watcher.logs();
+    assert!(status.success(), "{status:?}\n{logs}");
+    assert!(sub.wait_for("carwatch/status", Duration::from_secs(5), |m| m.payload == "offline").is_some(), "{logs}");
+    assert!(logs.contains("stopping while the model loads"), "{logs}");
+    assert!(!logs.contains("did not finish"), "the publisher finished in order, not cut off:\n{logs}");
+}

@@ -366,7 +366,8 @@ struct WatchArgs {
     print_hits: bool,
     /// Test-only fault injection: `hang-inference` (the inference loop stops after
     /// start-up, so the systemd watchdog test can see pings stop), `panic-thread:NAME`
-    /// (that supervised thread panics once everything runs).
+    /// (that supervised thread panics once everything runs), `slow-load` (the model
+    /// takes a minute to load, to stop the daemon meanwhile).
     #[arg(long, hide = true)]
     test_fault: Option<String>,
 }

@@ -17,10 +17,12 @@ pub(super) fn watch_cmd(a: WatchArgs) -> Result<ExitCode> {
     match a.test_fault.as_deref() {
         None => {}
         Some("hang-inference") => seam.hang_inference = true,
+        Some("slow-load") => seam.slow_load = true,
         Some(f) if f.starts_with("panic-thread:") => seam.panic_thread = Some(f["panic-thread:".len()..].to_string()),
         Some(other) => anyhow::bail!("unknown test fault `{other}`"),
     }
     let shutdown = carwatch::watch::Shutdown::signals().context("cannot install signal handlers")?;
     carwatch::watch::run(&config, carwatch::watch::WatchOptions { models: a.models, on_hit, seam }, shutdown)?;
+    carwatch::threads::leave_if_any_running(0);
     Ok(ExitCode::SUCCESS)
 }
