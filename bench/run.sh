@@ -48,6 +48,8 @@ echo "bench: per-frame work outside the model, whole-frame RGB against I420 kept
 "$bin" bench frame --json > "$out/frame.json"
 echo "bench: 8 cameras at 1 fps (keyframes once a second: decode = auto decodes only those)" >&2
 "$bin" bench pipeline --cameras 8 --fps 1 --duration "$duration" --models "$models" --json > "$out/auto-8x1.json"
+echo "bench: cameras per machine on generated traffic (carwatch's defaults), then the Python peer on the same counts" >&2
+"$bin" bench pipeline --find-max --max-cameras "${BENCH_MAX_CAMERAS:-32}" --fps 2 --duration "$duration" --models "$models" --peer --json > "$out/find-max.json"
 echo "bench: sightings store, 1,000,000 rows" >&2
 "$bin" bench sightings --rows 1000000 --json > "$out/sightings.json"
 echo "bench: results in $out" >&2

@@ -356,3 +356,56 @@ fn bench_short_runs_give_every_field() {
         log.lines().find(|l| l.contains("img/s by batch: 1:")).unwrap_or_else(|| panic!("no sizing line:\n{log}"));
     assert!(line.contains(&format!("batch size {batch}:")), "reported batch_max {batch}, log says: {line}");
 }
+
+/// `bench pipeline --find-max` on one camera: the wanted vehicle's passage in the span
+/// is hit by carwatch (with its defaults: motion, tracks, one decision per vehicle),
+/// the peer ran the same count with its own locating, and both are reported.
+#[test]
+fn bench_find_max_counts_passages_for_carwatch_and_the_peer() {
+    let t = trained();
+    let mut cmd = carwatch();
+    cmd.env("RUST_LOG", "carwatch=info");
+    cmd.args([
+        "bench",
+        "pipeline",
+        "--find-max",
+        "--max-cameras",
+        "1",
+        "--duration",
+        "12",
+        "--warmup",
+        "2",
+        "--source-fps",
+        "10",
+        "--json",
+        "--device",
+        "cpu",
+        "--peer",
+    ]);
+    cmd.arg("--models").arg(&t.models);
+    let o = run(cmd, Duration::from_secs(300));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!((r["period_s"].as_f64(), r["seconds"].as_f64()), (Some(12.0), Some(12.0)), "{r}");
+    assert!(r["scene"].as_str().unwrap().starts_with("street;"), "{r}");
+    let step = &r["carwatch"]["steps"][0];
+    assert_eq!((step["cameras"].as_u64(), step["passages"].as_u64()), (Some(1), Some(1)), "{r}");
+    let hits = step["hits_per_camera"].as_array().unwrap();
+    assert!(
+        hits.len() == 1 && hits[0].as_u64() >= Some(1),
+        "carwatch missed the passage: {r}\n{}",
+        stderr(&o)
+            .lines()
+            .filter(|l| l.contains("hit") || l.contains("WARN") || l.contains("find-max"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(step["analysed_fps"].as_f64() > Some(0.5), "{r}");
+    let kept_up = step["kept_up"].as_bool().unwrap();
+    assert_eq!(r["carwatch"]["max_cameras"].as_u64(), Some(kept_up as u64), "{r}");
+    assert_eq!(r["carwatch"]["capped"].as_bool(), Some(kept_up), "{r}");
+    let peer = &r["peer"]["steps"][0];
+    assert_eq!(peer["cameras"].as_u64(), Some(1), "the peer ran on one camera: {r}");
+    assert_eq!(peer["hits_per_camera"].as_array().map(Vec::len), Some(1), "{r}");
+    assert!(peer["analysed_fps"].as_f64() > Some(0.0), "{r}");
+}

@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -350,6 +351,8 @@ pub struct PipelineResult {
     pub ratio_to_peer: Option<f64>,
     /// Everything the peer reported (dropped frames, CPU per frame, its model).
     pub peer: Option<serde_json::Value>,
+    /// Hits published per camera during the span (`--find-max` traffic only).
+    pub hits_per_camera: Option<Vec<u64>>,
 }
 
 /// What `bench pipeline` measures.
@@ -391,7 +394,9 @@ pub struct Peer {
 
 impl Peer {
     /// Runs the peer against `urls` for the same span as carwatch and returns its JSON.
-    fn run(&self, opts: &PipelineOptions, urls: &[String]) -> Result<serde_json::Value, String> {
+    /// With `wanted` (`make/model`), it locates moving vehicles and counts its hits on
+    /// that vehicle per camera (`--find-max`).
+    fn run(&self, opts: &PipelineOptions, urls: &[String], wanted: Option<&str>) -> Result<serde_json::Value, String> {
         for (what, path) in [("--peer-python", &self.python), ("--peer-script", &self.script)] {
             if !path.exists() {
                 return Err(format!(
@@ -412,6 +417,9 @@ impl Peer {
         ]);
         for u in urls {
             cmd.args(["--url", u]);
+        }
+        if let Some(w) = wanted {
+            cmd.args(["--wanted", w]);
         }
         if let Some(t) = opts.threads {
             cmd.env("OMP_NUM_THREADS", t.to_string());
@@ -524,17 +532,221 @@ pub fn pipeline(opts: &PipelineOptions) -> Result<PipelineResult, String> {
     let (vehicle, shown) = shown_vehicle(&manifest)?;
     let rtsp_port = free_port()?;
     let scene = opts.scene.clone().unwrap_or_else(|| format!("3600:{shown}"));
-    let _server = serve_cameras(opts, &scene, rtsp_port)?;
+    let _server = serve_cameras(opts, opts.cameras, &scene, rtsp_port)?;
+    let alert = format!(
+        "[[alert]]\nid = \"bench\"\nmake = \"{}\"\nmin_confidence = 0.0\nconfirm_frames = 1\ncooldown_s = 0\n",
+        vehicle.make
+    );
+    let mut result = run_carwatch(opts, &alert, rtsp_port)?;
+    // The peer takes the machine after carwatch has stopped: the same cameras, served by
+    // the same process, for the same span.
+    if let Some(p) = &opts.peer {
+        let urls: Vec<String> = (0..opts.cameras).map(|i| format!("rtsp://127.0.0.1:{rtsp_port}/cam{i}")).collect();
+        let peer = p.run(opts, &urls, None)?;
+        result.peer_frames_per_s = peer["frames_per_s"].as_f64();
+        result.ratio_to_peer = result.peer_frames_per_s.filter(|p| *p > 0.0).map(|p| result.analysed_fps / p);
+        result.peer = Some(peer);
+    }
+    Ok(result)
+}
 
+/// Seconds between two passages of the wanted vehicle in `--find-max` traffic.
+pub const TRAFFIC_PERIOD_S: f64 = 12.0;
+
+/// `--find-max` traffic: a still street where `wanted` crosses in 5 s, the road stays
+/// empty a second, `other` crosses, and the road is empty a second again; vehicles a
+/// quarter of the frame wide in the near lane, as in the wide-view tests.
+fn traffic(wanted: &str, other: &str) -> String {
+    let lane = "@-0.24,0.5,0.24,0.42>1,0.5";
+    format!("street; 5:{wanted}{lane}; 1:; 5:{other}{lane}; 1:")
+}
+
+/// One camera count tried by `--find-max`, for carwatch or the peer.
+#[derive(Debug, Clone, Serialize)]
+pub struct FindMaxStep {
+    pub cameras: usize,
+    /// Frames analysed per second, all cameras together.
+    pub analysed_fps: f64,
+    pub dropped: u64,
+    /// Hits per camera during the span, and the passages every camera had in it.
+    pub hits_per_camera: Vec<u64>,
+    pub passages: u64,
+    /// Every camera hit every passage and no frame was dropped.
+    pub kept_up: bool,
+}
+
+/// The most cameras one side kept up with, and every step tried.
+#[derive(Debug, Clone, Serialize)]
+pub struct FindMaxSide {
+    /// 0 when even one camera was too many.
+    pub max_cameras: usize,
+    /// Whether `max_cameras` is the `--max-cameras` cap rather than a limit found.
+    pub capped: bool,
+    pub steps: Vec<FindMaxStep>,
+}
+
+/// `bench pipeline --find-max`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FindMaxResult {
+    pub resolution: String,
+    pub fps: f64,
+    /// The scene every camera shows (`synth` syntax) and its period.
+    pub scene: String,
+    pub period_s: f64,
+    pub seconds: f64,
+    pub carwatch: FindMaxSide,
+    pub peer: Option<FindMaxSide>,
+    /// carwatch's cameras over the peer's (`None` without the peer, or when the peer
+    /// kept up with none).
+    pub ratio_to_peer: Option<f64>,
+}
+
+/// Raises the camera count on generated traffic, doubling from 1 then halving the gap,
+/// until a passage of the wanted vehicle is missed or a frame is dropped: carwatch with
+/// its defaults (`locate = "motion"`, `decode = "auto"`, one alert on the wanted make
+/// and model), then the peer (`opts.peer`) locating with OpenCV's background subtractor.
+/// `opts.duration` is rounded to whole periods of the traffic; `opts.cameras` is ignored.
+pub fn find_max(opts: &PipelineOptions, wanted: &str, max_cameras: usize) -> Result<FindMaxResult, String> {
+    let manifest = Manifest::load(&opts.models)
+        .map_err(|e| format!("{e} (train a cascade, or run `make run` once for the demo model)"))?;
+    let catalogue = crate::synthetic::catalogue();
+    let vehicle = catalogue
+        .iter()
+        .find(|c| format!("{}/{}/{}", c.view, c.make, c.model) == wanted)
+        .ok_or_else(|| format!("--wanted {wanted}: not a VIEW/MAKE/MODEL of the synthetic catalogue"))?;
+    if !manifest.leaves().iter().any(|l| l.make == vehicle.make && l.model == vehicle.model) {
+        return Err(format!("the cascade in {} does not know {wanted}: pass another --wanted", opts.models.display()));
+    }
+    let shown = wanted.to_string();
+    // Another make, seen from the same side where the catalogue has one.
+    let other = catalogue
+        .iter()
+        .filter(|c| c.make != vehicle.make)
+        .min_by_key(|c| c.view != vehicle.view)
+        .map(|c| format!("{}/{}/{}", c.view, c.make, c.model))
+        .ok_or("the synthetic catalogue has a single make")?;
+    let scene = traffic(&shown, &other);
+    let periods = (opts.duration.as_secs_f64() / TRAFFIC_PERIOD_S).round().max(1.0);
+    let span = Duration::from_secs_f64(periods * TRAFFIC_PERIOD_S);
+    let passages = periods as u64;
+    let max_cameras = max_cameras.max(1);
+    let rtsp_port = free_port()?;
+    let _server = serve_cameras(opts, max_cameras, &scene, rtsp_port)?;
+    let alert = format!(
+        "[[alert]]\nid = \"bench\"\nmake = \"{}\"\nmodel = \"{}\"\ncooldown_s = 1\n",
+        vehicle.make, vehicle.model
+    );
+    // Every camera's stream starts with the wanted vehicle coming in when it connects:
+    // the span starts half a period before a passage, so that each of its passages,
+    // and only those, is hit inside it (a hit lags its passage's start by a few seconds).
+    let period = TRAFFIC_PERIOD_S;
+    let warmup = ((opts.warmup.as_secs_f64() + period / 2.0) / period).ceil() * period - period / 2.0;
+    let base = PipelineOptions {
+        duration: span,
+        warmup: Duration::from_secs_f64(warmup),
+        locate: crate::locate::Method::Motion,
+        scene: Some(scene.clone()),
+        peer: None,
+        ..opts.clone()
+    };
+    let judge = |cameras: usize, analysed_fps: f64, dropped: u64, hits: Vec<u64>| FindMaxStep {
+        cameras,
+        analysed_fps,
+        dropped,
+        kept_up: dropped == 0 && hits.len() == cameras && hits.iter().all(|&h| h >= passages),
+        hits_per_camera: hits,
+        passages,
+    };
+    let carwatch = search(max_cameras, |n| {
+        let r = run_carwatch(&PipelineOptions { cameras: n, ..base.clone() }, &alert, rtsp_port)?;
+        let step = judge(n, r.analysed_fps, r.dropped, r.hits_per_camera.unwrap_or_default());
+        tracing::info!("find-max: carwatch, {n} camera(s): {step:?}");
+        Ok(step)
+    })?;
+    let peer = match &opts.peer {
+        Some(p) => Some(search(max_cameras, |n| {
+            let urls: Vec<String> = (0..n).map(|i| format!("rtsp://127.0.0.1:{rtsp_port}/cam{i}")).collect();
+            let wanted = format!("{}/{}", vehicle.make, vehicle.model);
+            let r = p.run(&PipelineOptions { cameras: n, ..base.clone() }, &urls, Some(&wanted))?;
+            let hits = r["hits"].as_array().map(|h| h.iter().filter_map(|v| v.as_u64()).collect()).unwrap_or_default();
+            let step =
+                judge(n, r["frames_per_s"].as_f64().unwrap_or(0.0), r["dropped"].as_u64().unwrap_or(u64::MAX), hits);
+            tracing::info!("find-max: peer, {n} camera(s): {step:?}");
+            Ok(step)
+        })?),
+        None => None,
+    };
+    let ratio_to_peer =
+        peer.as_ref().filter(|p| p.max_cameras > 0).map(|p| carwatch.max_cameras as f64 / p.max_cameras as f64);
+    Ok(FindMaxResult {
+        resolution: format!("{}x{}", opts.width, opts.height),
+        fps: opts.fps,
+        scene,
+        period_s: TRAFFIC_PERIOD_S,
+        seconds: span.as_secs_f64(),
+        carwatch,
+        peer,
+        ratio_to_peer,
+    })
+}
+
+/// The largest camera count up to `max` for which `step` keeps up: 1, 2, 4... until it
+/// does not, then halving the gap down to a quarter of the count kept up with.
+fn search(max: usize, mut step: impl FnMut(usize) -> Result<FindMaxStep, String>) -> Result<FindMaxSide, String> {
+    let mut steps = Vec::new();
+    let (mut good, mut bad) = (0usize, None::<usize>);
+    let mut n = 1;
+    loop {
+        let s = step(n)?;
+        let kept_up = s.kept_up;
+        steps.push(s);
+        if !kept_up {
+            bad = Some(n);
+            break;
+        }
+        good = n;
+        if n >= max {
+            break;
+        }
+        n = (n * 2).min(max);
+    }
+    if let Some(mut hi) = bad {
+        while hi - good > (good / 4).max(1) {
+            let mid = (good + hi) / 2;
+            let s = step(mid)?;
+            if s.kept_up {
+                good = mid;
+            } else {
+                hi = mid;
+            }
+            steps.push(s);
+        }
+    }
+    Ok(FindMaxSide { max_cameras: good, capped: bad.is_none(), steps })
+}
+
+/// Runs the daemon in process on the first `opts.cameras` cameras served at
+/// `rtsp_port`, with `alert` as its alert file, and measures it.
+fn run_carwatch(opts: &PipelineOptions, alert: &str, rtsp_port: u16) -> Result<PipelineResult, String> {
     let scratch = tempfile::Builder::new().prefix("carwatch-bench-").tempdir().map_err(err)?;
-    let config = daemon_config(opts, scratch.path(), &vehicle.make, rtsp_port)?;
+    let config = daemon_config(opts, scratch.path(), alert, rtsp_port)?;
     let (stop_tx, shutdown) = crate::watch::Shutdown::channel();
     let (seen_tx, seen_rx) = crossbeam_channel::bounded(1);
+    // When each hit was published, by camera name.
+    let published: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let on_hit: crate::publish::HitCallback = {
+        let published = Arc::clone(&published);
+        Box::new(move |hit| {
+            if let (Some(camera), Ok(mut p)) = (hit["camera"].as_str(), published.lock()) {
+                p.push((camera.to_string(), Instant::now()));
+            }
+        })
+    };
     let watcher = std::thread::Builder::new()
         .name("carwatch".into())
         .spawn(move || {
             let seam = crate::watch::Seam { running: Some(seen_tx), ..Default::default() };
-            let options = crate::watch::WatchOptions { seam, ..Default::default() };
+            let options = crate::watch::WatchOptions { seam, on_hit: Some(on_hit), ..Default::default() };
             crate::watch::run(&config, options, shutdown).map_err(|e| e.to_string())
         })
         .map_err(err)?;
@@ -576,16 +788,16 @@ pub fn pipeline(opts: &PipelineOptions) -> Result<PipelineResult, String> {
     let result = watcher.join().map_err(|_| "the watcher panicked".to_string())?;
     result?;
     let analysed_fps = analysed as f64 / secs;
-    // The peer takes the machine after carwatch has stopped: the same cameras, served by
-    // the same process, for the same span.
-    let peer = match &opts.peer {
-        Some(p) => {
-            let urls: Vec<String> = (0..opts.cameras).map(|i| format!("rtsp://127.0.0.1:{rtsp_port}/cam{i}")).collect();
-            Some(p.run(opts, &urls)?)
-        }
-        None => None,
-    };
-    let peer_frames_per_s = peer.as_ref().and_then(|p| p["frames_per_s"].as_f64());
+    let hits_per_camera = published.lock().ok().map(|p| {
+        (0..opts.cameras)
+            .map(|i| {
+                let name = format!("cam{i}");
+                p.iter()
+                    .filter(|(c, at)| *c == name && *at >= start && at.duration_since(start) <= opts.duration)
+                    .count() as u64
+            })
+            .collect()
+    });
     let per_frame = |cpu: f64| if analysed > 0 { 1000.0 * cpu / analysed as f64 } else { 0.0 };
     Ok(PipelineResult {
         cameras: opts.cameras,
@@ -607,9 +819,10 @@ pub fn pipeline(opts: &PipelineOptions) -> Result<PipelineResult, String> {
         locate: opts.locate.name().to_string(),
         cpu_ms_per_frame_locate: if located > 0 { locate_ns as f64 / 1e6 / located as f64 } else { 0.0 },
         seconds: secs,
-        peer_frames_per_s,
-        ratio_to_peer: peer_frames_per_s.filter(|p| *p > 0.0).map(|p| analysed_fps / p),
-        peer,
+        peer_frames_per_s: None,
+        ratio_to_peer: None,
+        peer: None,
+        hits_per_camera,
     })
 }
 
@@ -632,11 +845,11 @@ fn shown_vehicle(manifest: &Manifest) -> Result<(crate::model::Leaf, String), St
     Ok((vehicle, shown))
 }
 
-/// Starts `synth rtsp` (this executable) serving `scene` on every camera's mount, and
-/// waits until it listens.
-fn serve_cameras(opts: &PipelineOptions, scene: &str, rtsp_port: u16) -> Result<Cameras, String> {
+/// Starts `synth rtsp` (this executable) serving `scene` on `cameras` mounts (`/cam0`...;
+/// every client of a mount sees the scene from its start), and waits until it listens.
+fn serve_cameras(opts: &PipelineOptions, cameras: usize, scene: &str, rtsp_port: u16) -> Result<Cameras, String> {
     let exe = std::env::current_exe().map_err(err)?;
-    let mounts: Vec<String> = (0..opts.cameras).map(|i| format!("/cam{i}={scene}")).collect();
+    let mounts: Vec<String> = (0..cameras).map(|i| format!("/cam{i}={scene}")).collect();
     let mut cmd = Command::new(&exe);
     cmd.args([
         "synth",
@@ -666,19 +879,16 @@ fn serve_cameras(opts: &PipelineOptions, scene: &str, rtsp_port: u16) -> Result<
     Ok(server)
 }
 
-/// The daemon's own configuration, in memory: every analysed frame matches the alert
-/// (no confirmation, no cooldown), so every frame is published and acknowledged.
+/// The daemon's own configuration, in memory, with `alert` as its alert file. For
+/// `bench pipeline` every analysed frame matches the alert (no confirmation, no
+/// cooldown), so every frame is published and acknowledged.
 fn daemon_config(
     opts: &PipelineOptions,
     scratch: &Path,
-    make: &str,
+    alert: &str,
     rtsp_port: u16,
 ) -> Result<crate::config::Config, String> {
     let alerts = scratch.join("alerts.toml");
-    let alert = format!(
-        "[[alert]]\nid = \"bench\"\nmake = \"{}\"\nmin_confidence = 0.0\nconfirm_frames = 1\ncooldown_s = 0\n",
-        make
-    );
     std::fs::write(&alerts, alert).map_err(err)?;
     // Relative paths in a config resolve against its directory, which is `scratch`.
     let models = std::path::absolute(&opts.models).map_err(err)?;
@@ -899,6 +1109,31 @@ mod tests {
         // 1 in 27 rows is a bmw 3-series, 1 in 168 within the last hour, 4 in 7 above 0.6.
         assert!(r.found <= 3000 / 27, "{}", r.found);
         assert!(r.like_ms > 0.0 && r.rss_mb_after_like > 0.0);
+    }
+
+    #[test]
+    fn find_max_doubles_then_halves_the_gap() {
+        let step = |limit: usize| {
+            move |n: usize| {
+                Ok(FindMaxStep {
+                    cameras: n,
+                    analysed_fps: 0.0,
+                    dropped: 0,
+                    hits_per_camera: vec![1; n],
+                    passages: 1,
+                    kept_up: n <= limit,
+                })
+            }
+        };
+        let tried = |s: &FindMaxSide| s.steps.iter().map(|t| t.cameras).collect::<Vec<_>>();
+        let s = search(64, step(11)).unwrap();
+        assert_eq!((s.max_cameras, s.capped), (10, false));
+        assert_eq!(tried(&s), vec![1, 2, 4, 8, 16, 12, 10]);
+        let s = search(6, step(100)).unwrap();
+        assert_eq!((s.max_cameras, s.capped), (6, true));
+        assert_eq!(tried(&s), vec![1, 2, 4, 6]);
+        let s = search(6, step(0)).unwrap();
+        assert_eq!((s.max_cameras, s.capped, tried(&s)), (0, false, vec![1]));
     }
 
     #[test]

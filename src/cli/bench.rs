@@ -217,6 +217,9 @@ fn pipeline(a: BenchPipelineArgs) -> Result<ExitCode> {
             .map_err(|_| anyhow::anyhow!("--locate takes frame, motion, regions or detector, not `{}`", a.locate))?,
         peer: a.peer.then_some(carwatch::bench::Peer { python: a.peer_python, script: a.peer_script }),
     };
+    if a.find_max {
+        return find_max(&opts, &a.wanted, a.max_cameras, a.json);
+    }
     let r = carwatch::bench::pipeline(&opts).map_err(anyhow::Error::msg)?;
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -255,6 +258,38 @@ fn pipeline(a: BenchPipelineArgs) -> Result<ExitCode> {
                 ratio
             )?;
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn find_max(opts: &carwatch::bench::PipelineOptions, wanted: &str, max_cameras: usize, json: bool) -> Result<ExitCode> {
+    let r = carwatch::bench::find_max(opts, wanted, max_cameras).map_err(anyhow::Error::msg)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&r)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let side = |name: &str, s: &carwatch::bench::FindMaxSide| {
+        let tried: Vec<String> = s
+            .steps
+            .iter()
+            .map(|t| format!("{}{}", t.cameras, if t.kept_up { "" } else { " (missed or dropped)" }))
+            .collect();
+        format!(
+            "{name}: {}{} cameras at {} fps with every passage hit and nothing dropped (tried {})",
+            if s.capped { "at least " } else { "" },
+            s.max_cameras,
+            r.fps,
+            tried.join(", ")
+        )
+    };
+    writeln!(out, "{} traffic, {:.0} s per count ({}):", r.resolution, r.seconds, r.scene)?;
+    writeln!(out, "{}", side("carwatch", &r.carwatch))?;
+    if let Some(p) = &r.peer {
+        writeln!(out, "{}", side("Python peer", p))?;
+    }
+    if let Some(ratio) = r.ratio_to_peer {
+        writeln!(out, "carwatch/peer {ratio:.2}x cameras")?;
     }
     Ok(ExitCode::SUCCESS)
 }

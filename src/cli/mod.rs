@@ -213,6 +213,19 @@ struct BenchPipelineArgs {
     /// The peer program for --peer.
     #[arg(long, default_value = "bench/peer.py", requires = "peer")]
     peer_script: PathBuf,
+    /// Cameras per machine: raise the camera count on generated traffic (the wanted
+    /// vehicle crossing every 12 s, another between) until a passage is missed or a
+    /// frame dropped, with carwatch's defaults (locate = "motion"), and with --peer the
+    /// peer too. --duration is rounded to whole 12 s periods; --cameras is ignored.
+    #[arg(long)]
+    find_max: bool,
+    /// The most cameras --find-max tries.
+    #[arg(long, default_value_t = 32, requires = "find_max")]
+    max_cameras: usize,
+    /// The wanted vehicle of --find-max traffic, VIEW/MAKE/MODEL of the synthetic
+    /// catalogue (as `bench accuracy` and the wide-view tests).
+    #[arg(long, default_value = "angled/bmw/3-series", requires = "find_max")]
+    wanted: String,
     /// One JSON object on stdout instead of the summary line.
     #[arg(long)]
     json: bool,
