@@ -460,6 +460,10 @@ impl Worker {
             }
         }
         for (&track, &b) in ids.iter().zip(boxes) {
+            if !vehicles.wants_look(track, frame.seen) {
+                cam.looks_skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let c = square_crop(b, frame.width, frame.height, self.locate.crop_margin);
             let crop = Crop { x: c.x, y: c.y, width: c.width, height: c.height };
             items.push(Item { frame: fi, target: Target::Vehicle { track }, crop });

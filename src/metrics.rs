@@ -152,7 +152,7 @@ const STATES: [State; 6] =
 impl Collector for Cameras {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         type Read = fn(&CameraShared) -> u64;
-        let counters: [(&str, &str, Read); 8] = [
+        let counters: [(&str, &str, Read); 9] = [
             ("carwatch_camera_frames_in", "Frames delivered by the camera's pipeline (after rate limiting).", |c| {
                 c.frames_in.load(Ordering::Relaxed)
             }),
@@ -177,6 +177,11 @@ impl Collector for Cameras {
                 "carwatch_camera_vehicles_skipped",
                 "Located vehicles not classified: beyond locate.max_vehicles_per_frame.",
                 |c| c.vehicles_skipped.load(Ordering::Relaxed),
+            ),
+            (
+                "carwatch_camera_looks_skipped",
+                "Looks at tracked vehicles not classified: settled between relooks, or cut after a whole look.",
+                |c| c.looks_skipped.load(Ordering::Relaxed),
             ),
             ("carwatch_camera_tracks_evicted", "Tracks ended early because locate.max_tracks were alive.", |c| {
                 c.tracks_evicted.load(Ordering::Relaxed)

@@ -27,6 +27,15 @@ use crate::camera::Frame;
 use crate::locate::Bounds;
 use crate::model::{Average, Label, Prediction};
 
+/// Whole looks after which a vehicle whose mean the model is sure of is settled: its
+/// decision needs no more looks, only the occasional one ([`RELOOK`]).
+pub const SETTLED_LOOKS: u32 = 3;
+/// Confidence of a vehicle's mean (its most likely view, make and model together) that
+/// counts as sure.
+pub const SURE: f32 = 0.8;
+/// How often a settled vehicle is looked at again.
+pub const RELOOK: Duration = Duration::from_millis(1500);
+
 /// How boxes become tracks.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrackerConfig {
@@ -213,6 +222,8 @@ pub struct Vehicle {
     /// When it was last handed to the sightings store while alive (long tracks are
     /// remembered every [`Vehicles::refresh_due`] period, not only when they end).
     recorded: Option<SystemTime>,
+    /// When its latest look was sent to the model (the seen time of that frame).
+    looked: Option<Instant>,
 }
 
 /// One frame of a vehicle.
@@ -272,6 +283,7 @@ impl Vehicles {
                 cut: false,
                 best: None,
                 recorded: None,
+                looked: None,
             });
             v.bounds = b;
             v.last_seen = frame.captured_at;
@@ -299,6 +311,28 @@ impl Vehicles {
             }
         }
         Some(v)
+    }
+
+    /// Whether vehicle `id`'s box in the frame just located (seen at `now`) should go
+    /// through the model; if so it is noted as looked at. Not when the look would be
+    /// thrown away (a cut look of a vehicle already seen whole, see
+    /// [`Vehicles::classified`]), nor when the vehicle is settled ([`SETTLED_LOOKS`]
+    /// whole looks whose mean is [`SURE`]) and was looked at less than [`RELOOK`] ago:
+    /// one decision per vehicle needs a few good looks, not every frame, and a look not
+    /// taken is inference another camera can use.
+    pub fn wants_look(&mut self, id: u64, now: Instant) -> bool {
+        let Some(v) = self.vehicles.get_mut(&id) else { return true };
+        if v.whole && v.cut {
+            return false;
+        }
+        let settled = v.whole
+            && v.looks() >= SETTLED_LOOKS
+            && v.average.as_ref().is_some_and(|a| a.prediction().confidence() >= SURE);
+        if settled && v.looked.is_some_and(|t| now.saturating_duration_since(t) < RELOOK) {
+            return false;
+        }
+        v.looked = Some(now);
+        true
     }
 
     /// Tracks ended early because `max_tracks` were alive (since start).
@@ -382,6 +416,7 @@ impl Parked {
                 cut: false,
                 best: Some(Look { frame: Arc::clone(frame), bounds, score: bounds.area() }),
                 recorded: None,
+                looked: Some(frame.seen),
             };
             self.runs.insert(index, Run { make_model, vehicle, last: frame.seen });
         }
@@ -480,6 +515,48 @@ mod tests {
         let (a, _) = tracker.update(&[at(100, 100), at(700, 400)], t0);
         let (b, _) = tracker.update(&[at(800, 400), at(200, 100)], later);
         assert_eq!((b[1], b[0]), (a[0], a[1]));
+    }
+
+    #[test]
+    fn a_settled_vehicle_is_looked_at_again_only_every_relook_and_cut_looks_after_whole_ones_not_at_all() {
+        let cam = crate::camera::testing::camera("street");
+        let frame = |seen: Instant| {
+            let mut f = crate::camera::testing::frame(&cam, 1280, 720);
+            f.seen = seen;
+            Arc::new(f)
+        };
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let b = |x: u32| Bounds { x, y: 300, width: 200, height: 150 };
+        for (p, settles) in [(0.95, true), (0.6, false)] {
+            let mut vehicles = Vehicles::new(TrackerConfig::default());
+            let mut wanted = Vec::new();
+            // A look every 250 ms, whole from the start: three looks, then settled
+            // (when the model is sure) until 1.5 s after the third.
+            for i in 0..10u64 {
+                let (ids, _) = vehicles.locate(&frame(at(250 * i)), &[b(100 + 20 * i as u32)]);
+                let want = vehicles.wants_look(ids[0], at(250 * i));
+                if want {
+                    vehicles.classified(ids[0], &look("bmw", p));
+                }
+                wanted.push(want);
+            }
+            let expected: Vec<bool> = if settles {
+                // Looked at 0, 250, 500 (settled), then again at 2000.
+                (0..10).map(|i| i < 3 || i == 8).collect()
+            } else {
+                vec![true; 10]
+            };
+            assert_eq!(wanted, expected, "p = {p}");
+        }
+        // Seen whole, then cut by the frame's edge: the cut look would be dropped.
+        let mut vehicles = Vehicles::new(TrackerConfig::default());
+        let (first, _) = vehicles.locate(&frame(at(0)), &[b(1000)]);
+        assert!(vehicles.wants_look(first[0], at(0)));
+        vehicles.classified(first[0], &look("bmw", 0.6));
+        let (ids, _) = vehicles.locate(&frame(at(250)), &[Bounds { x: 1100, y: 300, width: 180, height: 150 }]);
+        assert_eq!(ids, first);
+        assert!(!vehicles.wants_look(ids[0], at(250)));
     }
 
     #[test]

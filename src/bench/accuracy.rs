@@ -64,7 +64,10 @@ pub struct AccuracyResult {
     pub located_boxes: usize,
     pub locate_recall: f64,
     pub locate_precision: f64,
+    /// Crops classified, and located boxes of tracked vehicles left out (settled
+    /// vehicles between relooks, cut looks after whole ones: as `watch`).
     pub crops: usize,
+    pub looks_skipped: usize,
     pub crop_accuracy: f64,
     pub tracks: usize,
     pub track_accuracy: f64,
@@ -113,7 +116,7 @@ pub fn accuracy(opts: &AccuracyOptions) -> Result<AccuracyResult, String> {
     let mut tracks: HashMap<u64, TrackTruth> = HashMap::new();
     let mut hits: Vec<u64> = Vec::new();
     let (mut truth_boxes, mut located, mut matched_truth, mut matched_boxes) = (0usize, 0usize, 0usize, 0usize);
-    let (mut crops, mut crops_right) = (0usize, 0usize);
+    let (mut crops, mut crops_right, mut skipped) = (0usize, 0usize, 0usize);
     let mut locate_time = Duration::ZERO;
     let t0 = Instant::now();
     let step = (scene_fps / opts.fps.max(1)).max(1) as u64;
@@ -156,24 +159,32 @@ pub fn accuracy(opts: &AccuracyOptions) -> Result<AccuracyResult, String> {
             hits.extend(matcher.vehicle_gone(&frame, v, jiff::Timestamp::now()).iter().map(|_| v.track));
         }
         let segment = scene.position(n).0;
-        let views: Vec<(Picture, crate::model::Crop)> = boxes
+        // The looks `watch` takes: not those of settled vehicles between relooks.
+        let looked: Vec<usize> = (0..boxes.len()).filter(|&i| vehicles.wants_look(ids[i], frame.seen)).collect();
+        skipped += boxes.len() - looked.len();
+        let views: Vec<(Picture, crate::model::Crop)> = looked
             .iter()
-            .map(|&b| {
+            .map(|&i| {
                 let image = frame.picture()?;
-                let c = square_crop(b, w, h, locate.crop_margin);
+                let c = square_crop(boxes[i], w, h, locate.crop_margin);
                 Ok((image, crate::model::Crop { x: c.x, y: c.y, width: c.width, height: c.height }))
             })
             .collect::<Result<_, String>>()?;
         let predictions = recognizer.classify(&views).map_err(|e| e.to_string())?;
-        for ((&id, p), o) in ids.iter().zip(&predictions).zip(&owner) {
+        for (&id, o) in ids.iter().zip(&owner) {
+            if let Some(vi) = o {
+                *tracks.entry(id).or_default().votes.entry((segment, *vi)).or_default() += 1;
+            }
+        }
+        for (&i, p) in looked.iter().zip(&predictions) {
+            let id = ids[i];
             let entry = tracks.entry(id).or_default();
             match entry.average.as_mut() {
                 Some(a) => a.add(p),
                 None => entry.average = Some(Average::new(p)),
             }
-            if let Some(vi) = o {
-                *entry.votes.entry((segment, *vi)).or_default() += 1;
-                let truth = &scene.segments[segment].vehicles[*vi].class;
+            if let Some(vi) = owner[i] {
+                let truth = &scene.segments[segment].vehicles[vi].class;
                 crops += 1;
                 crops_right += usize::from(same_make_model(p, truth.make, truth.model));
             }
@@ -218,6 +229,7 @@ pub fn accuracy(opts: &AccuracyOptions) -> Result<AccuracyResult, String> {
         locate_recall: ratio(matched_truth, truth_boxes),
         locate_precision: ratio(matched_boxes, located),
         crops,
+        looks_skipped: skipped,
         crop_accuracy: ratio(crops_right, crops),
         tracks: judged,
         track_accuracy: ratio(right, judged),

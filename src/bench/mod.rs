@@ -382,6 +382,11 @@ pub struct PipelineOptions {
     pub locate: crate::locate::Method,
     /// Runs the Python peer on the same cameras after carwatch.
     pub peer: Option<Peer>,
+    /// The alert asks for another make than the cameras show: no frame is a hit, so
+    /// nothing is encoded or published (the peer's terms: it publishes nothing).
+    pub no_hits: bool,
+    /// `batch.max_size` fixed instead of measured at start-up.
+    pub batch: Option<u32>,
 }
 
 /// How to run the Python peer (bench/peer.py).
@@ -533,9 +538,15 @@ pub fn pipeline(opts: &PipelineOptions) -> Result<PipelineResult, String> {
     let rtsp_port = free_port()?;
     let scene = opts.scene.clone().unwrap_or_else(|| format!("3600:{shown}"));
     let _server = serve_cameras(opts, opts.cameras, &scene, rtsp_port)?;
+    let make = if opts.no_hits {
+        let leaves = manifest.leaves();
+        let other = leaves.iter().find(|l| l.make != vehicle.make);
+        other.map(|l| l.make.clone()).ok_or("--no-hits needs a cascade that knows a second make")?
+    } else {
+        vehicle.make.clone()
+    };
     let alert = format!(
-        "[[alert]]\nid = \"bench\"\nmake = \"{}\"\nmin_confidence = 0.0\nconfirm_frames = 1\ncooldown_s = 0\n",
-        vehicle.make
+        "[[alert]]\nid = \"bench\"\nmake = \"{make}\"\nmin_confidence = 0.0\nconfirm_frames = 1\ncooldown_s = 0\n"
     );
     let mut result = run_carwatch(opts, &alert, rtsp_port)?;
     // The peer takes the machine after carwatch has stopped: the same cameras, served by
@@ -912,6 +923,9 @@ fn daemon_config(
     let mut config = crate::config::Config::parse(&scratch.join("bench.toml"), &text).map_err(|p| p.to_string())?;
     config.model.precision = opts.precision;
     config.model.threads = opts.threads;
+    if let Some(n) = opts.batch {
+        config.batch.max_size = crate::batcher::BatchSize::Fixed(n);
+    }
     Ok(config)
 }
 

@@ -454,6 +454,9 @@ pub struct CameraShared {
     pub motion_skipped: AtomicU64,
     /// Located vehicles not classified: beyond `max_vehicles_per_frame`.
     pub vehicles_skipped: AtomicU64,
+    /// Looks at tracked vehicles not taken: settled ones between relooks, and cut looks
+    /// of vehicles already seen whole ([`crate::track::Vehicles::wants_look`]).
+    pub looks_skipped: AtomicU64,
     /// Tracks ended early because `max_tracks` were alive.
     pub tracks_evicted: AtomicU64,
     /// Time spent locating by motion on the camera's thread, nanoseconds, and the
@@ -490,6 +493,7 @@ impl CameraShared {
             skipped_decode: AtomicU64::new(0),
             motion_skipped: AtomicU64::new(0),
             vehicles_skipped: AtomicU64::new(0),
+            looks_skipped: AtomicU64::new(0),
             tracks_evicted: AtomicU64::new(0),
             locate_ns: AtomicU64::new(0),
             located: AtomicU64::new(0),

@@ -113,6 +113,11 @@ fn accuracy(a: BenchAccuracyArgs) -> Result<ExitCode> {
     table.row(vec!["locating: recall (IoU >= 0.5)".into(), pct(r.locate_recall), r.truth_boxes.to_string()]);
     table.row(vec!["locating: precision".into(), pct(r.locate_precision), r.located_boxes.to_string()]);
     table.row(vec!["make+model per crop".into(), pct(r.crop_accuracy), r.crops.to_string()]);
+    table.row(vec![
+        "looks left out (settled, or cut after whole)".into(),
+        r.looks_skipped.to_string(),
+        (r.crops + r.looks_skipped).to_string(),
+    ]);
     table.row(vec!["make+model per track".into(), pct(r.track_accuracy), r.tracks.to_string()]);
     table.row(vec!["wanted passages hit".into(), r.hit.to_string(), r.wanted_passages.to_string()]);
     table.row(vec!["wanted passages missed".into(), r.missed.to_string(), r.wanted_passages.to_string()]);
@@ -216,6 +221,8 @@ fn pipeline(a: BenchPipelineArgs) -> Result<ExitCode> {
             .try_into()
             .map_err(|_| anyhow::anyhow!("--locate takes frame, motion, regions or detector, not `{}`", a.locate))?,
         peer: a.peer.then_some(carwatch::bench::Peer { python: a.peer_python, script: a.peer_script }),
+        no_hits: a.no_hits,
+        batch: a.batch,
     };
     if a.find_max {
         return find_max(&opts, &a.wanted, a.max_cameras, a.json);

@@ -226,6 +226,13 @@ struct BenchPipelineArgs {
     /// catalogue (as `bench accuracy` and the wide-view tests).
     #[arg(long, default_value = "angled/bmw/3-series", requires = "find_max")]
     wanted: String,
+    /// The alert asks for a make the cameras do not show: no frame is a hit, nothing is
+    /// encoded or published (the peer's terms).
+    #[arg(long)]
+    no_hits: bool,
+    /// Fix `batch.max_size` instead of measuring it at start-up.
+    #[arg(long)]
+    batch: Option<u32>,
     /// One JSON object on stdout instead of the summary line.
     #[arg(long)]
     json: bool,

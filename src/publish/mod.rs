@@ -317,6 +317,7 @@ fn camera_status(cam: &CameraShared, s: &StateInfo, fps_in: f64, fps_analysed: f
         "skipped_before_decode": cam.skipped_decode.load(Ordering::Relaxed),
         "locate": cam.camera.locate.name(),
         "vehicles_skipped": cam.vehicles_skipped.load(Ordering::Relaxed),
+        "looks_skipped": cam.looks_skipped.load(Ordering::Relaxed),
         "tracks_evicted": cam.tracks_evicted.load(Ordering::Relaxed),
     })
 }
