@@ -71,7 +71,10 @@ fn receive(socket: &UnixDatagram, span: Duration) -> Vec<(Instant, String)> {
     out
 }
 
-fn notify_run(hang: bool) -> (Vec<(Instant, String)>, Instant, String) {
+/// The notifications of a `watch` run with the watchdog on: every message and when it
+/// came, when READY=1 came (and its wall-clock time, to compare with the log's), and
+/// the whole log.
+fn notify_run(hang: bool) -> (Vec<(Instant, String)>, Instant, jiff::Timestamp, String) {
     let dir = support::tempdir();
     let broker = Mosquitto::start();
     let rtsp = RtspServer::start(vec![("/c".into(), single("front", "bmw", "x5"))], 0, None).unwrap();
@@ -88,20 +91,38 @@ fn notify_run(hang: bool) -> (Vec<(Instant, String)>, Instant, String) {
     let watcher = Watcher::spawn(cmd);
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let ready = loop {
+    let (ready, ready_wall) = loop {
         let batch = receive(&socket, Duration::from_millis(200));
         if let Some((at, _)) = batch.iter().find(|(_, m)| m.lines().any(|l| l == "READY=1")) {
-            let at = *at;
+            let at = (*at, jiff::Timestamp::now());
             got.extend(batch);
             break at;
         }
         got.extend(batch);
         assert!(Instant::now() < deadline, "no READY=1\n{}", watcher.logs());
     };
-    let logs_at_ready = watcher.logs();
     got.extend(receive(&socket, Duration::from_secs(7)));
+    // The log comes through a pipe read by another thread: read when it has caught up,
+    // and its lines' own times compared with READY's.
+    let logs = watcher.logs();
     drop(watcher);
-    (got, ready, logs_at_ready)
+    (got, ready, ready_wall, logs)
+}
+
+/// When the first log line containing `what` was written (its timestamp).
+fn logged_at(logs: &str, what: &str) -> Option<jiff::Timestamp> {
+    let line = logs.lines().find(|l| l.contains(what))?;
+    // The first word once the colour codes (ESC [ ... m) are taken out.
+    let (mut plain, mut in_code) = (String::new(), false);
+    for c in line.chars() {
+        match c {
+            '\u{1b}' => in_code = true,
+            'm' if in_code => in_code = false,
+            _ if !in_code => plain.push(c),
+            _ => {}
+        }
+    }
+    plain.split_whitespace().next()?.parse().ok()
 }
 
 fn watchdog_pings(messages: &[(Instant, String)], after: Instant) -> usize {
@@ -110,16 +131,16 @@ fn watchdog_pings(messages: &[(Instant, String)], after: Instant) -> usize {
 
 #[test]
 fn ready_after_the_test_batch_then_watchdog_pings_that_stop_when_inference_hangs() {
-    let (messages, ready, logs) = notify_run(false);
-    assert!(
-        logs.contains("model loaded") && logs.contains("watching 1 camera(s)"),
-        "READY=1 came before the model ran its test batch and the cameras started:\n{logs}"
-    );
+    let (messages, ready, ready_wall, logs) = notify_run(false);
+    for what in ["model loaded", "watching 1 camera(s)"] {
+        let at = logged_at(&logs, what).unwrap_or_else(|| panic!("never logged `{what}`:\n{logs}"));
+        assert!(at <= ready_wall, "READY=1 ({ready_wall}) came before `{what}` ({at}):\n{logs}");
+    }
     let pings = watchdog_pings(&messages, ready);
     assert!(pings >= 3, "only {pings} WATCHDOG=1 in 7 s with WATCHDOG_USEC=4 s: {messages:?}");
     assert!(messages.iter().any(|(_, m)| m.contains("STATUS=1/1 cameras streaming")), "{messages:?}");
 
-    let (messages, ready, _) = notify_run(true);
+    let (messages, ready, _, _) = notify_run(true);
     // The heartbeat goes stale 2 s (half the watchdog) after the loop stopped.
     let late = watchdog_pings(&messages, ready + Duration::from_secs(3));
     assert_eq!(late, 0, "the watchdog kept being fed by a hung worker: {messages:?}");

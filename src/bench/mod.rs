@@ -351,7 +351,7 @@ pub struct PipelineResult {
     pub ratio_to_peer: Option<f64>,
     /// Everything the peer reported (dropped frames, CPU per frame, its model).
     pub peer: Option<serde_json::Value>,
-    /// Hits published per camera during the span (`--find-max` traffic only).
+    /// Hits published per camera during the span.
     pub hits_per_camera: Option<Vec<u64>>,
 }
 
