@@ -1,6 +1,7 @@
 //! Performance features that must not change answers: reduced precision, keyframe-only
 //! decoding, motion gating, decoder choice; and `bench` in its short mode.
 
+use std::process::Output;
 use std::time::Duration;
 
 use carwatch::model::{DeviceChoice, Placement, Precision, PrecisionChoice, Recognizer, int8};
@@ -300,30 +301,8 @@ fn bench_short_runs_give_every_field() {
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r["cascade"] == t.models.display().to_string() && r["img_per_s"].as_f64() > Some(0.0)));
 
-    let mut cmd = carwatch();
-    cmd.env("RUST_LOG", "carwatch=info");
-    cmd.args([
-        "bench",
-        "pipeline",
-        "--cameras",
-        "1",
-        "--fps",
-        "2",
-        "--duration",
-        "3",
-        "--warmup",
-        "2",
-        "--source-fps",
-        "10",
-        "--json",
-        "--device",
-        "cpu",
-        "--peer",
-    ]);
-    cmd.arg("--models").arg(&t.models);
-    let o = run(cmd, Duration::from_secs(300));
-    assert!(o.status.success(), "{}", stderr(&o));
-    let rows: Vec<serde_json::Value> = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let (o, rows): (_, Vec<serde_json::Value>) =
+        bench_pipeline(&t.models, &["--cameras", "1", "--fps", "2", "--duration", "3"]);
     let r = &rows[0];
     for f in [
         "cameras",
@@ -363,29 +342,8 @@ fn bench_short_runs_give_every_field() {
 #[test]
 fn bench_find_max_counts_passages_for_carwatch_and_the_peer() {
     let t = trained();
-    let mut cmd = carwatch();
-    cmd.env("RUST_LOG", "carwatch=info");
-    cmd.args([
-        "bench",
-        "pipeline",
-        "--find-max",
-        "--max-cameras",
-        "1",
-        "--duration",
-        "12",
-        "--warmup",
-        "2",
-        "--source-fps",
-        "10",
-        "--json",
-        "--device",
-        "cpu",
-        "--peer",
-    ]);
-    cmd.arg("--models").arg(&t.models);
-    let o = run(cmd, Duration::from_secs(300));
-    assert!(o.status.success(), "{}", stderr(&o));
-    let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let (o, r): (_, serde_json::Value) =
+        bench_pipeline(&t.models, &["--find-max", "--max-cameras", "1", "--duration", "12"]);
     assert_eq!((r["period_s"].as_f64(), r["seconds"].as_f64()), (Some(12.0), Some(12.0)), "{r}");
     assert!(r["scene"].as_str().unwrap().starts_with("street;"), "{r}");
     let step = &r["carwatch"]["steps"][0];
@@ -408,4 +366,17 @@ fn bench_find_max_counts_passages_for_carwatch_and_the_peer() {
     assert_eq!(peer["cameras"].as_u64(), Some(1), "the peer ran on one camera: {r}");
     assert_eq!(peer["hits_per_camera"].as_array().map(Vec::len), Some(1), "{r}");
     assert!(peer["analysed_fps"].as_f64() > Some(0.0), "{r}");
+}
+
+/// `carwatch bench pipeline` with `args`, on the CPU with the peer, short warm-up and
+/// 10 fps cameras, models from `models`: its output and the JSON it printed.
+fn bench_pipeline<T: serde::de::DeserializeOwned>(models: &std::path::Path, args: &[&str]) -> (Output, T) {
+    let mut cmd = carwatch();
+    cmd.env("RUST_LOG", "carwatch=info");
+    cmd.args(["bench", "pipeline", "--warmup", "2", "--source-fps", "10", "--json", "--device", "cpu", "--peer"]);
+    cmd.args(args).arg("--models").arg(models);
+    let o = run(cmd, Duration::from_secs(300));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = serde_json::from_str(stdout(&o).trim()).unwrap();
+    (o, r)
 }
