@@ -224,6 +224,9 @@ pub struct Vehicle {
     recorded: Option<SystemTime>,
     /// When its latest look was sent to the model (the seen time of that frame).
     looked: Option<Instant>,
+    /// Settled: [`SETTLED_LOOKS`] whole looks whose mean is [`SURE`] (kept up to date
+    /// per classified look, so that deciding per frame costs nothing).
+    settled: bool,
 }
 
 /// One frame of a vehicle.
@@ -284,6 +287,7 @@ impl Vehicles {
                 best: None,
                 recorded: None,
                 looked: None,
+                settled: false,
             });
             v.bounds = b;
             v.last_seen = frame.captured_at;
@@ -310,6 +314,9 @@ impl Vehicles {
                 v.whole = !v.cut;
             }
         }
+        v.settled = v.whole
+            && v.looks() >= SETTLED_LOOKS
+            && v.average.as_ref().is_some_and(|a| a.prediction().confidence() >= SURE);
         Some(v)
     }
 
@@ -325,10 +332,7 @@ impl Vehicles {
         if v.whole && v.cut {
             return false;
         }
-        let settled = v.whole
-            && v.looks() >= SETTLED_LOOKS
-            && v.average.as_ref().is_some_and(|a| a.prediction().confidence() >= SURE);
-        if settled && v.looked.is_some_and(|t| now.saturating_duration_since(t) < RELOOK) {
+        if v.settled && v.looked.is_some_and(|t| now.saturating_duration_since(t) < RELOOK) {
             return false;
         }
         v.looked = Some(now);
@@ -417,6 +421,7 @@ impl Parked {
                 best: Some(Look { frame: Arc::clone(frame), bounds, score: bounds.area() }),
                 recorded: None,
                 looked: Some(frame.seen),
+                settled: false,
             };
             self.runs.insert(index, Run { make_model, vehicle, last: frame.seen });
         }
