@@ -157,7 +157,7 @@ pub fn leave_if_any_running(code: i32) {
     if running.is_empty() {
         return;
     }
-    tracing::info!("leaving thread(s) {} behind", running.join(", "));
+    tracing::debug!("leaving thread(s) {} behind", running.join(", "));
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();

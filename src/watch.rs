@@ -281,7 +281,7 @@ impl Daemon {
             join_within("publish", output.publisher, Duration::from_millis(2500));
             // A load cannot be interrupted: one still under way is left behind, and the
             // process must then leave without running libtorch's destructors under it
-            // (see `threads::leave`).
+            // (see `threads::leave_if_any_running`).
             match inference.ended.recv_timeout(Duration::from_secs(2)) {
                 Ok(_) => join_within("infer", inference.handle, Duration::from_millis(500)),
                 Err(_) => tracing::info!("the model is still loading: not waiting for it"),
