@@ -16,6 +16,12 @@ use crate::support::{self, carwatch, run, stdout, trained, write};
 
 const LONG: Duration = Duration::from_secs(60);
 
+/// A config in `dir` whose one camera points where nothing listens, publishing to the
+/// broker on `mqtt_port`: for what happens around the cameras.
+fn nowhere(dir: &Path, mqtt_port: u16) -> std::path::PathBuf {
+    Scenario::new(dir).mqtt(mqtt_port).cameras(&camera("gate", "rtsp://127.0.0.1:9/x", "")).write()
+}
+
 fn state_of(m: &crate::support::mqtt::Message) -> String {
     m.json()["state"].as_str().unwrap_or_default().to_string()
 }
@@ -264,8 +270,7 @@ fn a_model_that_fails_to_load_exits_2_naming_it() {
     assert!(cut.contains(backbone), "the manifest names its backbone differently:\n{text}");
     std::fs::write(&manifest_path, cut).unwrap();
 
-    let config =
-        Scenario::new(dir.path()).mqtt(free_port()).cameras(&camera("gate", "rtsp://127.0.0.1:9/x", "")).write();
+    let config = nowhere(dir.path(), free_port());
     let mut cmd = carwatch();
     cmd.arg("watch").arg("--config").arg(&config).arg("--models").arg(&models);
     let started = Instant::now();
@@ -279,8 +284,7 @@ fn a_model_that_fails_to_load_exits_2_naming_it() {
 #[test]
 fn a_second_watcher_on_the_same_state_dir_exits_2_naming_the_first() {
     let dir = support::tempdir();
-    let config =
-        Scenario::new(dir.path()).mqtt(free_port()).cameras(&camera("gate", "rtsp://127.0.0.1:9/x", "")).write();
+    let config = nowhere(dir.path(), free_port());
     let first = Watcher::start(&config);
     let deadline = Instant::now() + LONG;
     while !first.logs().contains("watching 1 camera(s)") {
@@ -529,8 +533,7 @@ fn sigterm_with_hits_unacknowledged_still_says_offline_and_keeps_them() {
 fn a_thread_that_panics_is_named_and_ends_the_process_non_zero() {
     let dir = support::tempdir();
     let broker = Mosquitto::start();
-    let config =
-        Scenario::new(dir.path()).mqtt(broker.port).cameras(&camera("gate", "rtsp://127.0.0.1:9/x", "")).write();
+    let config = nowhere(dir.path(), broker.port);
     let mut cmd = carwatch();
     cmd.env("RUST_LOG", "info");
     cmd.arg("watch").arg("--config").arg(&config).args(["--test-fault", "panic-thread:mqtt"]);
@@ -548,8 +551,7 @@ fn a_thread_that_panics_is_named_and_ends_the_process_non_zero() {
 fn sigterm_while_the_model_loads_says_offline_and_exits_zero_at_once() {
     let dir = support::tempdir();
     let broker = Mosquitto::start();
-    let config =
-        Scenario::new(dir.path()).mqtt(broker.port).cameras(&camera("gate", "rtsp://127.0.0.1:9/x", "")).write();
+    let config = nowhere(dir.path(), broker.port);
     let mut sub = Subscriber::connect(broker.port, "carwatch/status");
     let mut cmd = carwatch();
     cmd.env("RUST_LOG", "info,rumqttd=warn");
