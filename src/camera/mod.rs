@@ -12,6 +12,7 @@
 //! it: when it is full the oldest frame is taken out and counted as dropped for its
 //! camera, and the fresh one goes in (see [`FrameQueue`]).
 
+pub mod nal;
 pub mod pipeline;
 pub mod supervisor;
 

@@ -178,9 +178,14 @@ fn factory(scene: Scene, encoded: Arc<Encoded>, credentials: Option<&Credentials
                     }
                     // Each segment starts at its keyframe and loops its GOP.
                     let chunk = &encoded.chunks[now];
-                    let mut buffer = chunk[((*n - *began) % chunk.len() as u64) as usize].copy();
+                    let len = chunk.len() as u64;
+                    let unit = &chunk[((*n - *began) % len) as usize];
+                    // Decoded in stream order; shown `reorder` frames later, in the
+                    // chunk's own order (B-frames after the frame they precede).
+                    let shown = *began + (*n - *began) / len * len + unit.shown + encoded.reorder;
+                    let mut buffer = unit.buffer.copy();
                     if let Some(b) = buffer.get_mut() {
-                        b.set_pts(gst::ClockTime::from_nseconds(*n * frame_ns));
+                        b.set_pts(gst::ClockTime::from_nseconds(shown * frame_ns));
                         b.set_dts(gst::ClockTime::from_nseconds(*n * frame_ns));
                         b.set_duration(gst::ClockTime::from_nseconds(frame_ns));
                     }

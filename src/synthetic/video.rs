@@ -55,6 +55,9 @@ pub struct Scene {
     /// A still street (with light sensor noise) behind the vehicles rather than a
     /// noisy grey backdrop drawn afresh per segment.
     pub street: bool,
+    /// B-frames between reference frames (0: none, as most IP cameras send); nothing
+    /// refers to them, which the decode gate can use.
+    pub bframes: u32,
 }
 
 /// A vehicle as drawn in one frame: the ground truth of locating.
@@ -78,6 +81,7 @@ impl Scene {
             fps,
             seed: 1,
             street: false,
+            bframes: 0,
             segments: vec![Segment {
                 duration: Duration::from_secs(3600),
                 vehicles: vec![Placement { class, area: [0.0, 0.0, 1.0, 1.0], to: None }],
@@ -90,7 +94,8 @@ impl Scene {
     /// followed by `+`-separated `view/make/model[@x,y,w,h[>x2,y2]]` (area as fractions;
     /// whole frame when omitted; `>x2,y2` moves the area's corner there over the
     /// segment) or nothing for an empty road. A first segment `street` draws a still
-    /// street behind everything.
+    /// street behind everything; `bframes=N` (before the segments, N up to 4) encodes
+    /// N B-frames between reference frames.
     /// Examples: `4:front/bmw/3-series;4:angled/audi/q7@0,0,0.5,1+rear/volvo/xc90@0.5,0,0.5,1;2:`
     /// and `street;5:angled/bmw/3-series@-0.25,0.5,0.25,0.3>1,0.5;2*1.4:`.
     /// `wide:VIEW/MAKE/MODEL` is a generated street ([`wide_view`]): twelve vehicles
@@ -104,9 +109,19 @@ impl Scene {
         }
         let mut segments = Vec::new();
         let mut street = false;
+        let mut bframes = 0;
         for seg in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
             if seg == "street" && segments.is_empty() && !street {
                 street = true;
+                continue;
+            }
+            if let Some(n) = seg.strip_prefix("bframes=").filter(|_| segments.is_empty()) {
+                bframes = n
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| *n <= 4)
+                    .ok_or_else(|| format!("`{seg}`: B-frames must be a number from 0 to 4"))?;
                 continue;
             }
             let (head, rest) =
@@ -133,7 +148,7 @@ impl Scene {
         if segments.is_empty() {
             return Err("a scene needs at least one segment".into());
         }
-        Ok(Scene { width, height, fps, segments, seed: 1, street })
+        Ok(Scene { width, height, fps, segments, seed: 1, street, bframes })
     }
 
     /// Total length of one pass through the segments.
@@ -228,7 +243,7 @@ pub fn wide_view(wanted: &Class, passages: usize, seconds: f32, size: (u32, u32)
             segments.push(Segment { duration: Duration::from_secs(1), vehicles: vec![], gain: 1.35 });
         }
     }
-    Scene { width: size.0, height: size.1, fps, segments, seed, street: true }
+    Scene { width: size.0, height: size.1, fps, segments, seed, street: true, bframes: 0 }
 }
 
 /// Paints a scene's frames, keeping what every frame shares: the street and a few
@@ -343,9 +358,13 @@ fn clip(r: Rect, width: u32, height: u32) -> Option<Bounds> {
 }
 
 /// The x264 settings both the clip writer and the RTSP server use: fast to encode, a
-/// keyframe every second, no B-frames (what IP cameras send).
-pub fn x264_settings(fps: u32) -> String {
-    format!("x264enc tune=zerolatency speed-preset=ultrafast key-int-max={} bframes=0", fps.max(1))
+/// keyframe every second, and `bframes` B-frames that nothing refers to (none by
+/// default, as most IP cameras send).
+pub fn x264_settings(fps: u32, bframes: u32) -> String {
+    format!(
+        "x264enc tune=zerolatency speed-preset=ultrafast key-int-max={} bframes={bframes} b-pyramid=false b-adapt=false",
+        fps.max(1)
+    )
 }
 
 /// A pipeline that takes the scene's RGB frames from `src` and encodes them with
@@ -354,7 +373,7 @@ fn rgb_encoder(scene: &Scene, tail: &str, what: &str) -> Result<(gst::Pipeline, 
     gst::init().map_err(|e| e.to_string())?;
     let launch = format!(
         "appsrc name=src format=time ! videoconvert ! video/x-raw,format=I420 ! {} ! {tail}",
-        x264_settings(scene.fps)
+        x264_settings(scene.fps, scene.bframes)
     );
     let pipeline = gst::parse::launch(&launch)
         .map_err(|e| format!("{what} pipeline: {e}"))?
@@ -415,8 +434,20 @@ pub struct Encoded {
     pub caps: gst::Caps,
     /// Per segment, access units starting with a keyframe that carries SPS/PPS: one GOP
     /// (`fps` frames) for a segment where nothing moves, looped for as long as it lasts;
-    /// every frame of a segment where vehicles move.
-    pub chunks: Vec<Vec<gst::Buffer>>,
+    /// every frame of a segment where vehicles move. In decode order, which B-frames
+    /// make differ from the order frames are shown in.
+    pub chunks: Vec<Vec<Unit>>,
+    /// How many frames decoding runs ahead of showing (0 without B-frames): a unit's
+    /// decoding time is its place in the stream, its showing time that many frames
+    /// later than its place in the chunk's showing order.
+    pub reorder: u64,
+}
+
+/// One coded frame and where it is shown in its chunk.
+pub struct Unit {
+    pub buffer: gst::Buffer,
+    /// Its place in showing order from the chunk's keyframe (0).
+    pub shown: u64,
 }
 
 /// Encodes each segment on its own (so each starts with a keyframe). A still segment is
@@ -429,6 +460,7 @@ pub fn encode_segments(scene: &Scene) -> Result<Encoded, String> {
     let mut chunks = Vec::with_capacity(scene.segments.len());
     let mut caps = None;
     let mut first = 0u64;
+    let mut reorder = 0u64;
     let painter = Painter::new(scene);
     for (si, seg) in scene.segments.iter().enumerate() {
         let frames = scene.segment_frames(seg);
@@ -466,10 +498,21 @@ pub fn encode_segments(scene: &Scene) -> Result<Encoded, String> {
         if units[0].flags().contains(gst::BufferFlags::DELTA_UNIT) {
             return Err(format!("segment {si} does not start with a keyframe"));
         }
+        let start = units[0].pts().map_or(0, |t| t.nseconds());
+        let units: Vec<Unit> = units
+            .into_iter()
+            .map(|buffer| {
+                let at = buffer.pts().map_or(start, |t| t.nseconds()).saturating_sub(start);
+                Unit { shown: (at + frame_ns / 2) / frame_ns, buffer }
+            })
+            .collect();
+        for (k, u) in units.iter().enumerate() {
+            reorder = reorder.max((k as u64).saturating_sub(u.shown));
+        }
         chunks.push(units);
         first += frames;
     }
-    Ok(Encoded { caps: caps.ok_or("the encoder gave no caps")?, chunks })
+    Ok(Encoded { caps: caps.ok_or("the encoder gave no caps")?, chunks, reorder })
 }
 
 /// Caps of the RGB frames a scene produces.
@@ -554,9 +597,36 @@ mod tests {
         assert_eq!(m.chunks[0].len(), 10, "every frame of a moving segment");
         for chunk in &e.chunks {
             assert_eq!(chunk.len(), 5);
-            assert!(!chunk[0].flags().contains(gst::BufferFlags::DELTA_UNIT));
-            assert!(chunk[1..].iter().all(|b| b.flags().contains(gst::BufferFlags::DELTA_UNIT)));
+            assert!(!chunk[0].buffer.flags().contains(gst::BufferFlags::DELTA_UNIT));
+            assert!(chunk[1..].iter().all(|u| u.buffer.flags().contains(gst::BufferFlags::DELTA_UNIT)));
+            assert_eq!(chunk.iter().map(|u| u.shown).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
         }
+        assert_eq!(e.reorder, 0);
         assert_eq!(e.caps.structure(0).map(|s| s.name().as_str()), Some("video/x-h264"));
+    }
+
+    #[test]
+    fn b_frames_are_coded_out_of_showing_order_and_nothing_refers_to_them() {
+        use crate::camera::nal::{Framing, h264_reference};
+        let scene = Scene::parse("bframes=2; street; 2:front/bmw/3-series@0,0,0.5,0.5>0.5,0.5", 64, 48, 10).unwrap();
+        assert_eq!(scene.bframes, 2);
+        let e = encode_segments(&scene).unwrap();
+        assert!(e.reorder >= 1, "decoding runs ahead: {}", e.reorder);
+        let chunk = &e.chunks[0];
+        let mut shown: Vec<u64> = chunk.iter().map(|u| u.shown).collect();
+        assert_ne!(shown, (0..20).collect::<Vec<_>>(), "B-frames come after the frame shown after them");
+        shown.sort();
+        assert_eq!(shown, (0..20).collect::<Vec<_>>(), "every frame shown once");
+        // The units shown before one decoded earlier are the B-frames: non-reference.
+        let reference = |u: &Unit| h264_reference(&u.buffer.map_readable().unwrap(), Framing::ByteStream);
+        let mut b_frames = 0;
+        for (k, u) in chunk.iter().enumerate() {
+            let b = chunk[..k].iter().any(|earlier| earlier.shown > u.shown);
+            assert_eq!(reference(u), Some(!b), "unit {k} shown {}", u.shown);
+            b_frames += b as usize;
+        }
+        assert!(b_frames >= 10, "two of every three frames: {b_frames}");
+        assert!(Scene::parse("bframes=5; 1:", 64, 48, 10).is_err());
+        assert!(Scene::parse("1:; bframes=1", 64, 48, 10).is_err());
     }
 }
