@@ -220,6 +220,40 @@ fn auto_decoding_skips_to_keyframes_only_when_the_analysis_rate_allows() {
 }
 
 #[test]
+fn b_frames_are_left_undecoded_between_analysed_frames_and_the_camera_still_hits() {
+    // 25 fps with two B-frames (nothing refers to them) between reference frames,
+    // analysed at 2 fps: every reference frame is decoded, a B-frame only when due.
+    let dir = support::tempdir();
+    let broker = Mosquitto::start();
+    let scene = Scene::parse("bframes=2; 3600:front/volvo/c30", W, H, 25).unwrap();
+    let rtsp = RtspServer::start(vec![("/b".into(), scene)], 0, None).unwrap();
+    let cameras = camera("bee", &rtsp.url("/b"), "").replace("fps = 4", "fps = 2");
+    let config = Scenario::new(dir.path())
+        .mqtt(broker.port)
+        .cameras(&cameras)
+        .alerts("[[alert]]\nid = \"c30\"\nmake = \"volvo\"\nmodel = \"c30\"\n")
+        .matcher("confirm_frames = 2\ncooldown_s = 60")
+        .write();
+    let mut sub = Subscriber::connect(broker.port, "carwatch/#");
+    let watcher = Watcher::start(&config);
+    assert!(
+        sub.wait_for("carwatch/hits/c30", LONG, |_| true).is_some(),
+        "no hit from the decoded reference frames\n{}",
+        watcher.logs()
+    );
+    // Two of every three frames are B-frames, and about 2 of 25 a second are due.
+    let s = status(&mut sub, "bee", |s| s["skipped_before_decode"].as_u64().unwrap_or(0) > 40)
+        .unwrap_or_else(|| panic!("B-frames are decoded\n{}", watcher.logs()));
+    assert_eq!(s["decoding"], "reference frames", "{s}");
+    let rates: Vec<f64> = {
+        sub.collect_for(Duration::from_secs(4));
+        sub.on("carwatch/cameras/bee/status").iter().filter_map(|m| m.json()["fps_in"].as_f64()).collect()
+    };
+    assert!(rates.iter().rev().take(3).any(|r| *r >= 1.5), "the camera still gets its 2 fps: {rates:?}");
+    assert!(watcher.logs().contains("frames nothing refers to"), "{}", watcher.logs());
+}
+
+#[test]
 fn motion_gating_skips_still_scenes_and_still_hits() {
     let dir = support::tempdir();
     let broker = Mosquitto::start();

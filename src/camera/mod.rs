@@ -448,7 +448,8 @@ pub struct CameraShared {
     pub dropped: AtomicU64,
     /// Pipelines opened again after a failure.
     pub reconnects: AtomicU64,
-    /// Frames dropped before the decoder (`decode = "keyframes"`).
+    /// Frames dropped before the decoder: non-keyframes while only keyframes are
+    /// decoded, frames nothing refers to between analysed ones ([`pipeline::DecodeGate`]).
     pub skipped_decode: AtomicU64,
     /// Regions not classified because nothing moved (`motion`), and frames of a
     /// `locate = "motion"` camera with nothing moving in them.
@@ -468,8 +469,11 @@ pub struct CameraShared {
     pub decoder: Mutex<Option<String>>,
     /// Whether only keyframes reach the decoder now: always with `decode = "keyframes"`;
     /// with `"auto"`, while the stream's keyframes come at least as often as frames are
-    /// analysed (see [`pipeline::KeyframeGate`]). The status topic says which.
+    /// analysed (see [`pipeline::DecodeGate`]). The status topic says which.
     pub keyframes_only: AtomicBool,
+    /// Whether frames no other frame refers to (B-frames) are left out of decoding
+    /// unless one is due for analysis.
+    pub references_only: AtomicBool,
     /// The last interval between two keyframes, milliseconds (0 until measured).
     pub keyframe_interval_ms: AtomicU64,
     pub state: Mutex<StateInfo>,
@@ -500,6 +504,7 @@ impl CameraShared {
             located: AtomicU64::new(0),
             decoder: Mutex::new(None),
             keyframes_only: AtomicBool::new(keyframes),
+            references_only: AtomicBool::new(false),
             keyframe_interval_ms: AtomicU64::new(0),
             state: Mutex::new(StateInfo { state, since: SystemTime::now(), reason: None }),
             transitions: Mutex::new(Vec::new()),
@@ -508,6 +513,18 @@ impl CameraShared {
 
     pub fn name(&self) -> &str {
         self.camera.name.as_str()
+    }
+
+    /// What reaches the decoder now, as the status topic says it: `keyframes`,
+    /// `reference frames` (and one frame per analysis period), or `every frame`.
+    pub fn decoding(&self) -> &'static str {
+        if self.keyframes_only.load(Ordering::Relaxed) {
+            "keyframes"
+        } else if self.references_only.load(Ordering::Relaxed) {
+            "reference frames"
+        } else {
+            "every frame"
+        }
     }
 
     /// The current state (a copy).

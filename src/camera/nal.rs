@@ -96,7 +96,10 @@ mod tests {
             let (sei, idr) = ([SEI, 5, 1, 2][..].to_vec(), [IDR, 0x88, 0, 0, 1, 7][..].to_vec());
             assert_eq!(h264_reference(&frame(&[&[SPS, 1, 2], &sei, &idr]), framing), Some(true), "{framing:?}");
             assert_eq!(h264_reference(&frame(&[&[P_REF, 0x9a, 0, 0, 2]]), framing), Some(true));
-            assert_eq!(h264_reference(&frame(&[&sei, &[B_NONREF, 0x9e, 1], &[B_NONREF, 0x9e, 2]]), framing), Some(false));
+            assert_eq!(
+                h264_reference(&frame(&[&sei, &[B_NONREF, 0x9e, 1], &[B_NONREF, 0x9e, 2]]), framing),
+                Some(false)
+            );
             // One reference slice among non-reference ones makes the picture a reference.
             assert_eq!(h264_reference(&frame(&[&[B_NONREF, 1], &[0x21, 2]]), framing), Some(true));
             // No slice at all: nothing to decide.

@@ -29,7 +29,7 @@ use gstreamer_video::prelude::*;
 
 use gstreamer::glib;
 
-use super::{Camera, CameraShared, DecodeMode, Frame, RtspTransport};
+use super::{Camera, CameraShared, DecodeMode, Frame, RtspTransport, nal};
 use crate::pixels::{Pixels, YuvMatrix};
 
 /// What a pipeline has to say between frames.
@@ -127,20 +127,20 @@ fn steer_decoding(src: &gst::Element, shared: &Arc<CameraShared>) -> Result<(), 
                 *d = Some(name);
             }
         }
-        if matches!(mode, DecodeMode::Keyframes | DecodeMode::Auto)
-            && klass.contains("Parser")
+        if klass.contains("Parser")
             && klass.contains("Video")
             && let Some(pad) = element.static_pad("src")
         {
             // Between parser and decoder: frames the gate drops are never decoded.
-            let gate = std::sync::Mutex::new(KeyframeGate::new(mode, cam.camera.fps));
+            let gate = std::sync::Mutex::new(DecodeGate::new(mode, cam.camera.fps));
             let counter = Arc::downgrade(&cam);
-            pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
                 let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
                 let delta = buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+                let reference = !delta || is_reference(pad, buffer);
                 let pts = buffer.pts().map(|t| Duration::from_nanos(t.nseconds()));
                 let Ok(mut gate) = gate.lock() else { return gst::PadProbeReturn::Ok };
-                let pass = gate.pass(pts, delta);
+                let pass = gate.pass(pts, delta, reference);
                 let Some(c) = counter.upgrade() else { return gst::PadProbeReturn::Ok };
                 let was = c.keyframes_only.swap(gate.keyframes_only(), Ordering::Relaxed);
                 if was != gate.keyframes_only() {
@@ -150,6 +150,9 @@ fn steer_decoding(src: &gst::Element, shared: &Arc<CameraShared>) -> Result<(), 
                     } else {
                         tracing::info!(camera = %c.name(), "camera {}: keyframes every {interval:.2} s are too few for fps = {}: decoding every frame", c.name(), c.camera.fps);
                     }
+                }
+                if !c.references_only.swap(gate.skips_nonreference(), Ordering::Relaxed) && gate.skips_nonreference() {
+                    tracing::info!(camera = %c.name(), "camera {}: the stream has frames nothing refers to; decoding those only when one is due for fps = {}", c.name(), c.camera.fps);
                 }
                 if let Some(i) = gate.interval() {
                     c.keyframe_interval_ms.store(i.as_millis() as u64, Ordering::Relaxed);
@@ -185,26 +188,46 @@ fn matrix(info: &gst_video::VideoInfo) -> YuvMatrix {
 /// is at most the analysis period (within 2%), it passes keyframes only, and from the
 /// first keyframe that comes later than that, every frame again. Switching only at
 /// keyframes means the decoder never gets a frame whose references it lacks.
+///
+/// Otherwise (and with `"cpu"` and `"nvdec"`) every reference frame is decoded, but a
+/// frame no other frame refers to ([`super::nal`]) only when it is the first decoded
+/// frame of an analysis period: the rate limiter after the decoder would throw the
+/// others away anyway.
 #[derive(Debug)]
-pub struct KeyframeGate {
-    /// `None` for `"keyframes"`: no measuring, keyframes only.
+pub struct DecodeGate {
+    /// The analysis period (`None` with `fps = 0`: every frame is analysed).
     period: Option<Duration>,
+    /// Whether `auto` measures keyframes to decide `keyframes_only`.
+    measure: bool,
     last_keyframe: Option<Duration>,
     interval: Option<Duration>,
     keyframes_only: bool,
+    /// The analysis periods (`pts / period`) decoded frames fall in, the latest few
+    /// (frames arrive in decode order, which B-frames take out of time order).
+    covered: std::collections::BTreeSet<u128>,
+    /// Whether a non-reference frame has been left out of this stream.
+    skips_nonreference: bool,
 }
 
-impl KeyframeGate {
-    pub fn new(mode: DecodeMode, fps: f64) -> KeyframeGate {
+impl DecodeGate {
+    pub fn new(mode: DecodeMode, fps: f64) -> DecodeGate {
         let fixed = mode == DecodeMode::Keyframes;
-        let period = (!fixed && fps > 0.0).then(|| Duration::from_secs_f64(1.0 / fps));
-        KeyframeGate { period, last_keyframe: None, interval: None, keyframes_only: fixed }
+        DecodeGate {
+            period: (fps > 0.0).then(|| Duration::from_secs_f64(1.0 / fps)),
+            measure: mode == DecodeMode::Auto,
+            last_keyframe: None,
+            interval: None,
+            keyframes_only: fixed,
+            covered: std::collections::BTreeSet::new(),
+            skips_nonreference: false,
+        }
     }
 
-    /// Whether the buffer (stream time `pts`, a delta unit or a keyframe) is decoded.
-    pub fn pass(&mut self, pts: Option<Duration>, delta: bool) -> bool {
+    /// Whether the buffer (stream time `pts`; a keyframe or a delta unit, which is a
+    /// `reference` or not) is decoded.
+    pub fn pass(&mut self, pts: Option<Duration>, delta: bool, reference: bool) -> bool {
         if !delta {
-            if let (Some(period), Some(pts)) = (self.period, pts) {
+            if let (true, Some(period), Some(pts)) = (self.measure, self.period, pts) {
                 if let Some(last) = self.last_keyframe.filter(|l| pts > *l) {
                     let interval = pts - last;
                     self.interval = Some(interval);
@@ -212,19 +235,73 @@ impl KeyframeGate {
                 }
                 self.last_keyframe = Some(pts);
             }
+            self.cover(pts);
             return true;
         }
-        !self.keyframes_only
+        if self.keyframes_only {
+            return false;
+        }
+        if !reference
+            && let (Some(period), Some(pts)) = (self.period, pts)
+            && self.covered.contains(&(pts.as_nanos() / period.as_nanos().max(1)))
+        {
+            self.skips_nonreference = true;
+            return false;
+        }
+        self.cover(pts);
+        true
+    }
+
+    /// Notes that a frame of stream time `pts` is decoded.
+    fn cover(&mut self, pts: Option<Duration>) {
+        if let (Some(period), Some(pts)) = (self.period, pts) {
+            let slot = pts.as_nanos() / period.as_nanos().max(1);
+            if self.covered.last().is_some_and(|&last| slot + 16 < last) {
+                // Time went back (a file played again): what was covered is gone.
+                self.covered.clear();
+            }
+            self.covered.insert(slot);
+            // Reordering reaches a few frames back: older periods are done with.
+            while self.covered.len() > 16 {
+                self.covered.pop_first();
+            }
+        }
     }
 
     pub fn keyframes_only(&self) -> bool {
         self.keyframes_only
     }
 
+    /// Whether frames no other frame refers to are being left out (the stream has
+    /// them, and the analysis rate is below the stream's).
+    pub fn skips_nonreference(&self) -> bool {
+        self.skips_nonreference && !self.keyframes_only
+    }
+
     /// The last interval measured between two keyframes.
     pub fn interval(&self) -> Option<Duration> {
         self.interval
     }
+}
+
+/// Whether a buffer the parser leaves on `pad` is a reference picture. Only H.264
+/// says so in a byte; other codecs count every frame as one.
+fn is_reference(pad: &gst::Pad, buffer: &gst::BufferRef) -> bool {
+    let Some(caps) = pad.current_caps() else { return true };
+    let Some(s) = caps.structure(0) else { return true };
+    if s.name() != "video/x-h264" {
+        return true;
+    }
+    let framing = match s.get::<&str>("stream-format") {
+        Ok("byte-stream") => Some(nal::Framing::ByteStream),
+        Ok("avc" | "avc3") => s
+            .get::<gst::Buffer>("codec_data")
+            .ok()
+            .and_then(|c| c.map_readable().ok().and_then(|m| nal::Framing::from_avcc(&m))),
+        _ => None,
+    };
+    let (Some(framing), Ok(map)) = (framing, buffer.map_readable()) else { return true };
+    nal::h264_reference(&map, framing).unwrap_or(true)
 }
 
 /// Hands the camera's credentials (and RTSP transport) to the source element that
@@ -296,6 +373,7 @@ impl Pipeline {
         pass_credentials(&src, camera);
         // A new stream: `auto` measures its keyframes again before skipping any.
         shared.keyframes_only.store(camera.decode == DecodeMode::Keyframes, Ordering::Relaxed);
+        shared.references_only.store(false, Ordering::Relaxed);
         steer_decoding(&src, shared)?;
         // Link the first video pad uridecodebin exposes. The closure holds a weak
         // reference: a strong one would keep the pipeline alive forever.
@@ -443,15 +521,15 @@ mod tests {
     }
 
     /// Frames at 10 per second with a keyframe every `gop`; what the gate passes.
-    fn run(gate: &mut KeyframeGate, from: u64, frames: u64, gop: u64) -> Vec<bool> {
-        (from..from + frames).map(|i| gate.pass(ms(i * 100), i % gop != 0)).collect()
+    fn run(gate: &mut DecodeGate, from: u64, frames: u64, gop: u64) -> Vec<bool> {
+        (from..from + frames).map(|i| gate.pass(ms(i * 100), i % gop != 0, true)).collect()
     }
 
     #[test]
     fn auto_decodes_keyframes_only_when_they_come_as_often_as_frames_are_analysed() {
         // Keyframes every second, 1 frame analysed per second: keyframes are enough,
         // from the second keyframe on (the first interval has to be measured).
-        let mut gate = KeyframeGate::new(DecodeMode::Auto, 1.0);
+        let mut gate = DecodeGate::new(DecodeMode::Auto, 1.0);
         let passed = run(&mut gate, 0, 30, 10);
         assert!(passed[..10].iter().all(|p| *p), "every frame until an interval is measured");
         assert!(gate.keyframes_only());
@@ -459,13 +537,13 @@ mod tests {
         assert_eq!(passed[10..].iter().filter(|p| **p).count(), 2, "keyframes only after that: {passed:?}");
 
         // 2 frames analysed per second: keyframes once a second are too few.
-        let mut gate = KeyframeGate::new(DecodeMode::Auto, 2.0);
+        let mut gate = DecodeGate::new(DecodeMode::Auto, 2.0);
         assert!(run(&mut gate, 0, 30, 10).iter().all(|p| *p));
         assert!(!gate.keyframes_only());
 
         // The stream's keyframes thin out (at 3 s, then 6 s): every frame again from the
         // first keyframe that came late (6 s, index 39 of this run).
-        let mut gate = KeyframeGate::new(DecodeMode::Auto, 1.0);
+        let mut gate = DecodeGate::new(DecodeMode::Auto, 1.0);
         run(&mut gate, 0, 21, 10);
         assert!(gate.keyframes_only());
         let passed = run(&mut gate, 21, 60, 30);
@@ -474,15 +552,72 @@ mod tests {
         assert!(passed[39..].iter().all(|p| *p), "every frame from the late keyframe at 6 s: {passed:?}");
 
         // Without timestamps nothing can be measured: every frame.
-        let mut gate = KeyframeGate::new(DecodeMode::Auto, 0.5);
-        assert!((0..40).all(|i| gate.pass(None, i % 10 != 0)));
+        let mut gate = DecodeGate::new(DecodeMode::Auto, 0.5);
+        assert!((0..40).all(|i| gate.pass(None, i % 10 != 0, true)));
     }
 
     #[test]
     fn keyframes_mode_passes_keyframes_only_from_the_start() {
-        let mut gate = KeyframeGate::new(DecodeMode::Keyframes, 25.0);
+        let mut gate = DecodeGate::new(DecodeMode::Keyframes, 25.0);
         let passed = run(&mut gate, 0, 30, 10);
         assert_eq!(passed.iter().filter(|p| **p).count(), 3);
         assert!(gate.keyframes_only());
+    }
+
+    /// A 25 fps stream in decode order with two B-frames (nothing refers to them)
+    /// between references: I0 P3 B1 B2 P6 B4 B5 ..., a keyframe every `gop` frames (a multiple of 3).
+    /// Per frame: (presentation index, passed, was a B-frame).
+    fn with_b_frames(gate: &mut DecodeGate, frames: u64, gop: u64) -> Vec<(u64, bool, bool)> {
+        let mut order = vec![0];
+        let mut p = 0;
+        while order.len() < frames as usize {
+            p += 3;
+            order.extend([p, p - 2, p - 1]);
+        }
+        order.truncate(frames as usize);
+        order
+            .into_iter()
+            .map(|n| {
+                let (key, b) = (n % gop == 0, n % 3 != 0);
+                (n, gate.pass(ms(n * 40), !key, !b), b)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn frames_nothing_refers_to_are_decoded_only_when_one_is_due() {
+        // 2 analysed per second of a 25 fps stream: every reference frame, and a
+        // B-frame only when no frame decoded so far falls in its half second.
+        for mode in [DecodeMode::Auto, DecodeMode::Cpu, DecodeMode::Nvdec] {
+            let mut gate = DecodeGate::new(mode, 2.0);
+            let frames = with_b_frames(&mut gate, 250, 48);
+            assert!(frames.iter().filter(|f| !f.2).all(|f| f.1), "every reference frame: {mode:?}");
+            let b_passed: Vec<u64> = frames.iter().filter(|f| f.2 && f.1).map(|f| f.0).collect();
+            assert!(b_passed.len() <= 2, "B-frames left out: {b_passed:?}");
+            assert!(gate.skips_nonreference() && !gate.keyframes_only());
+            // Every half second still has a decoded frame within a frame of its start.
+            for slot in 0..19 {
+                let start = slot * 25 / 2;
+                assert!(
+                    frames.iter().any(|f| f.1 && f.0 >= start && f.0 <= start + 3),
+                    "a decoded frame near {start}: {mode:?}"
+                );
+            }
+        }
+        // Analysing every frame (fps = 25): B-frames are all due.
+        let mut gate = DecodeGate::new(DecodeMode::Cpu, 25.0);
+        assert!(with_b_frames(&mut gate, 100, 48).iter().all(|f| f.1));
+        assert!(!gate.skips_nonreference());
+        // A stream played again from the start is gated as before.
+        let mut gate = DecodeGate::new(DecodeMode::Cpu, 2.0);
+        let first = with_b_frames(&mut gate, 240, 48);
+        assert_eq!(with_b_frames(&mut gate, 240, 48), first);
+        // Without timestamps nothing is known to be due already: every frame.
+        let mut gate = DecodeGate::new(DecodeMode::Cpu, 2.0);
+        assert!((0..30).all(|i| gate.pass(None, i != 0, i % 3 == 0)));
+        // Keyframes only wins over everything.
+        let mut gate = DecodeGate::new(DecodeMode::Keyframes, 2.0);
+        assert_eq!(with_b_frames(&mut gate, 100, 48).iter().filter(|f| f.1).count(), 3);
+        assert!(!gate.skips_nonreference());
     }
 }

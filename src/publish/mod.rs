@@ -307,7 +307,7 @@ fn camera_status(cam: &CameraShared, s: &StateInfo, fps_in: f64, fps_analysed: f
         "fps_analysed": (fps_analysed * 100.0).round() / 100.0,
         "dropped": cam.dropped.load(Ordering::Relaxed),
         "decode": cam.camera.decode.name(),
-        "decoding": if cam.keyframes_only.load(Ordering::Relaxed) { "keyframes" } else { "every frame" },
+        "decoding": cam.decoding(),
         "keyframe_interval_s": match cam.keyframe_interval_ms.load(Ordering::Relaxed) {
             0 => serde_json::Value::Null,
             ms => serde_json::json!(ms as f64 / 1000.0),
