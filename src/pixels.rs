@@ -70,13 +70,101 @@ pub enum Pixels {
     Rgb(Vec<u8>),
     /// Tightly packed I420: the Y plane, then U and V at half width and height
     /// (rounded up).
-    I420 { data: Vec<u8>, matrix: YuvMatrix },
+    I420 { data: FrameBytes, matrix: YuvMatrix },
+}
+
+/// Most free buffers a [`BytePool`] keeps: about what one camera has in flight (the
+/// frame being filled, one queued, one in a batch).
+const POOL_KEEP: usize = 3;
+
+/// Frame-sized buffers for one camera, given back when its frames are dropped: frames
+/// are copied out of GStreamer into memory already allocated and faulted in, instead of
+/// a fresh 1.4 MB (720p) or 3 MB (1080p) allocation per frame. Frames held longer (a
+/// snapshot, a long queue) simply take new buffers; at most [`POOL_KEEP`] stay free.
+#[derive(Debug, Default)]
+pub struct BytePool {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+    /// Buffers this pool had to allocate (the rest were reused).
+    allocated: std::sync::atomic::AtomicU64,
+}
+
+impl BytePool {
+    pub fn new() -> std::sync::Arc<BytePool> {
+        std::sync::Arc::new(BytePool::default())
+    }
+
+    /// An empty buffer with room for `len` bytes, a free one when there is one.
+    pub fn take(self: &std::sync::Arc<Self>, len: usize) -> FrameBytes {
+        let reused = self.free.lock().ok().and_then(|mut f| f.pop()).filter(|v| v.capacity() >= len);
+        let mut data = reused.unwrap_or_else(|| {
+            self.allocated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Vec::with_capacity(len)
+        });
+        data.clear();
+        FrameBytes { data, pool: std::sync::Arc::downgrade(self) }
+    }
+
+    /// Buffers allocated so far; a camera streaming steadily stops adding to it.
+    pub fn allocated(&self) -> u64 {
+        self.allocated.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn give_back(&self, data: Vec<u8>) {
+        if let Ok(mut free) = self.free.lock()
+            && free.len() < POOL_KEEP
+        {
+            free.push(data);
+        }
+    }
+}
+
+/// A frame's bytes, going back to their [`BytePool`] (if any, and if it is still
+/// there) when dropped. A clone is a plain copy that belongs to no pool.
+#[derive(Debug, Default)]
+pub struct FrameBytes {
+    data: Vec<u8>,
+    pool: std::sync::Weak<BytePool>,
+}
+
+impl FrameBytes {
+    /// Appends `bytes` (filling a buffer just taken from the pool).
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.data.extend_from_slice(bytes);
+    }
+}
+
+impl std::ops::Deref for FrameBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl From<Vec<u8>> for FrameBytes {
+    fn from(data: Vec<u8>) -> FrameBytes {
+        FrameBytes { data, pool: std::sync::Weak::new() }
+    }
+}
+
+impl Clone for FrameBytes {
+    fn clone(&self) -> FrameBytes {
+        FrameBytes::from(self.data.clone())
+    }
+}
+
+impl Drop for FrameBytes {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.give_back(std::mem::take(&mut self.data));
+        }
+    }
 }
 
 impl Pixels {
     pub fn len(&self) -> usize {
         match self {
-            Pixels::Rgb(d) | Pixels::I420 { data: d, .. } => d.len(),
+            Pixels::Rgb(d) => d.len(),
+            Pixels::I420 { data, .. } => data.len(),
         }
     }
 
@@ -306,6 +394,29 @@ pub fn gstreamer_convert(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frame_bytes_go_back_to_their_pool_and_are_reused() {
+        let pool = BytePool::new();
+        let mut a = pool.take(1000);
+        a.extend_from_slice(&[7; 1000]);
+        let at = a.as_ptr();
+        drop(a);
+        let b = pool.take(1000);
+        assert_eq!((b.as_ptr(), b.len(), pool.allocated()), (at, 0, 1), "the same memory, emptied");
+        // More frames alive than the pool keeps free: new ones, and only a few kept.
+        let held: Vec<FrameBytes> = (0..6).map(|_| pool.take(1000)).collect();
+        assert_eq!(pool.allocated(), 7);
+        drop((b, held));
+        assert_eq!(pool.free.lock().unwrap().len(), POOL_KEEP);
+        // A bigger frame (the stream changed size) does not take a buffer too small.
+        assert!(pool.take(5000).data.capacity() >= 5000);
+        // A clone belongs to no pool; bytes outliving their pool are simply freed.
+        let c = pool.take(10);
+        assert!(c.clone().pool.upgrade().is_none());
+        drop(pool);
+        drop(c);
+    }
 
     /// The floating-point conversion, each chroma sample shared by its 2x2 block: what
     /// the fixed-point `to_rgb` must equal within a level.

@@ -135,7 +135,7 @@ pub fn accuracy(opts: &AccuracyOptions) -> Result<AccuracyResult, String> {
             height: h,
             // As a camera sends it: the locator and the model read I420, as in `watch`.
             pixels: Pixels::I420 {
-                data: rgb_to_i420(image.as_raw(), w, h, YuvMatrix::BT709),
+                data: rgb_to_i420(image.as_raw(), w, h, YuvMatrix::BT709).into(),
                 matrix: YuvMatrix::BT709,
             },
             boxes: None,

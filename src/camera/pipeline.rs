@@ -30,7 +30,7 @@ use gstreamer_video::prelude::*;
 use gstreamer::glib;
 
 use super::{Camera, CameraShared, DecodeMode, Frame, RtspTransport, nal};
-use crate::pixels::{Pixels, YuvMatrix};
+use crate::pixels::{BytePool, Pixels, YuvMatrix};
 
 /// What a pipeline has to say between frames.
 #[derive(Debug)]
@@ -48,6 +48,8 @@ pub struct Pipeline {
     appsink: gst_app::AppSink,
     bus: gst::Bus,
     camera: Arc<CameraShared>,
+    /// Where frames' bytes come from and go back to.
+    frames: Arc<BytePool>,
 }
 
 /// Why a camera's pipeline could not be built or driven.
@@ -398,7 +400,8 @@ impl Pipeline {
         let Some(bus) = pipeline.bus() else {
             return Err(PipelineError::Build(glib::bool_error!("the pipeline has no bus")));
         };
-        let p = Pipeline { pipeline: Some(pipeline), appsink, bus, camera: Arc::clone(shared) };
+        let p =
+            Pipeline { pipeline: Some(pipeline), appsink, bus, camera: Arc::clone(shared), frames: BytePool::new() };
         if let Err(source) = p.playing().set_state(gst::State::Playing) {
             let reason = p.take_error().unwrap_or_else(|| format!("cannot start pipeline: {source}"));
             p.close(Duration::from_secs(2));
@@ -428,8 +431,10 @@ impl Pipeline {
         let pts = buffer.pts().map(|t| Duration::from_nanos(t.nseconds()));
         let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info).ok()?;
         let (width, height) = (frame.width(), frame.height());
-        // The planes packed tightly (decoders pad rows): half the bytes of RGB.
-        let mut data = Vec::with_capacity(crate::pixels::i420_len(width, height));
+        // The planes packed tightly (decoders pad rows): half the bytes of RGB, in one
+        // of the camera's reused buffers. Not the decoder's buffer itself: its pool is
+        // small, and frames waiting in the queue would stall the decoder.
+        let mut data = self.frames.take(crate::pixels::i420_len(width, height));
         let (cw, ch) = (width.div_ceil(2) as usize, height.div_ceil(2) as usize);
         for (plane, (row, rows)) in [(width as usize, height as usize), (cw, ch), (cw, ch)].into_iter().enumerate() {
             let stride = frame.plane_stride()[plane] as usize;

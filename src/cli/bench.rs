@@ -31,16 +31,17 @@ pub(super) fn bench_cmd(cmd: BenchCommand) -> Result<ExitCode> {
             let r = carwatch::bench::frame_work(frames, width, height).map_err(anyhow::Error::msg)?;
             emit(json, &r, |r| {
                 format!(
-                    "per frame at {} (ms, one thread): whole frame to RGB {:.2} + preprocess {:.2} (+ motion {:.2}) = {:.2}; I420 kept: copy {:.2} + preprocess {:.2} (+ motion {:.2}) = {:.2}; a snapshot's conversion {:.2}",
+                    "per frame at {} (ms, one thread): whole frame to RGB {:.2} + preprocess {:.2} (+ motion {:.2}) = {:.2}; I420 kept: copy {:.2} (into fresh memory {:.2}) + preprocess {:.2} (+ motion {:.2}) = {:.2}; a snapshot's conversion {:.2}",
                     r.resolution,
                     r.rgb_convert_ms,
                     r.rgb_preprocess_ms,
                     r.rgb_motion_ms,
                     r.rgb_convert_ms + r.rgb_preprocess_ms,
+                    r.i420_copy_pooled_ms,
                     r.i420_copy_ms,
                     r.i420_preprocess_ms,
                     r.i420_motion_ms,
-                    r.i420_copy_ms + r.i420_preprocess_ms,
+                    r.i420_copy_pooled_ms + r.i420_preprocess_ms,
                     r.snapshot_rgb_ms
                 )
             })

@@ -432,8 +432,10 @@ mod tests {
     #[test]
     fn i420_frames_are_boxed_as_their_rgb_is() {
         use crate::pixels::{YuvMatrix, rgb_to_i420};
-        let i420 =
-            |rgb: &[u8]| Pixels::I420 { data: rgb_to_i420(rgb, W, H, YuvMatrix::BT709), matrix: YuvMatrix::BT709 };
+        let i420 = |rgb: &[u8]| Pixels::I420 {
+            data: rgb_to_i420(rgb, W, H, YuvMatrix::BT709).into(),
+            matrix: YuvMatrix::BT709,
+        };
         let base = street();
         let (mut from_rgb, mut from_yuv) =
             (MotionLocator::new(MotionConfig::default()), MotionLocator::new(MotionConfig::default()));
