@@ -260,7 +260,8 @@ fn motion_gating_skips_still_scenes_and_still_hits() {
     // Intermittent traffic: a car for 3 s, an empty road for 3 s, and so on.
     let scene = Scene::parse("3:front/audi/q7; 3:", W, H, 10).unwrap();
     let rtsp = RtspServer::start(vec![("/m".into(), scene)], 0, None).unwrap();
-    let cameras = camera("gate", &rtsp.url("/m"), "motion = { enabled = true }");
+    // Motion gating is on by default for `frame` and `regions` cameras.
+    let cameras = camera("gate", &rtsp.url("/m"), "");
     let alerts = "[[alert]]\nid = \"q7\"\nmake = \"audi\"\nmodel = \"q7\"\n";
     let config = Scenario::new(dir.path())
         .mqtt(broker.port)

@@ -111,11 +111,13 @@ impl DecodeMode {
     }
 }
 
-/// `motion`: a cheap frame difference before the backbone.
+/// `motion`: a cheap frame difference before the backbone. On by default: a region
+/// (or whole frame) that has not changed since it was last classified keeps that
+/// answer, which is the answer the model would give again.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MotionConfig {
-    #[serde(default)]
+    #[serde(default = "default_motion_enabled")]
     pub enabled: bool,
     /// A pixel has changed when its grey level moved by more than this (0-255).
     #[serde(default = "default_motion_threshold")]
@@ -123,6 +125,10 @@ pub struct MotionConfig {
     /// A region has changed when at least this share of its pixels did.
     #[serde(default = "default_motion_area")]
     pub min_area: f32,
+}
+
+fn default_motion_enabled() -> bool {
+    true
 }
 
 fn default_motion_threshold() -> u8 {
@@ -135,7 +141,7 @@ fn default_motion_area() -> f32 {
 
 impl Default for MotionConfig {
     fn default() -> Self {
-        MotionConfig { enabled: false, threshold: default_motion_threshold(), min_area: default_motion_area() }
+        MotionConfig { enabled: true, threshold: default_motion_threshold(), min_area: default_motion_area() }
     }
 }
 

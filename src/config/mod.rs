@@ -507,6 +507,17 @@ mod tests {
     }
 
     #[test]
+    fn motion_gating_is_on_unless_turned_off() {
+        let cam =
+            |extra: &str| format!("[[camera]]\nname = \"c\"\nurl = \"rtsp://cam/1\"\nlocate = \"frame\"\n{extra}\n");
+        let motion = |text: &str| parse(text).unwrap().cameras[0].motion;
+        assert!(motion(&cam("")).enabled, "on by default");
+        let tuned = motion(&cam("motion = { threshold = 30 }"));
+        assert!(tuned.enabled && tuned.threshold == 30, "setting a threshold keeps it on: {tuned:?}");
+        assert!(!motion(&cam("motion = { enabled = false }")).enabled);
+    }
+
+    #[test]
     fn each_camera_locates_as_told_or_by_default() {
         let cam = |extra: &str| format!("[[camera]]\nname = \"c\"\nurl = \"rtsp://cam/1\"\n{extra}\n");
         let region = "regions = [{ x = 0, y = 0, width = 0.5, height = 1.0 }]";
