@@ -446,7 +446,9 @@ impl Worker {
         let config = TrackerConfig::from(&self.locate);
         // Looked up by name first: the key is allocated once per camera, not per frame.
         if !self.vehicles.contains_key(cam.name()) {
-            self.vehicles.insert(cam.name().to_string(), Vehicles::new(config));
+            let mut vehicles = Vehicles::new(config);
+            vehicles.settle_after(self.confirm_looks());
+            self.vehicles.insert(cam.name().to_string(), vehicles);
         }
         let Some(vehicles) = self.vehicles.get_mut(cam.name()) else { return };
         let before = vehicles.evicted();
@@ -610,7 +612,16 @@ impl Worker {
             r.alerts(&set);
         }
         self.matcher.set_alerts(set);
+        let looks = self.confirm_looks();
+        for vehicles in self.vehicles.values_mut() {
+            vehicles.settle_after(looks);
+        }
         self.announce_alerts(true)
+    }
+
+    /// The most looks any alert wants before it hits a vehicle (`confirm_frames`).
+    fn confirm_looks(&self) -> u32 {
+        self.matcher.alerts().alerts.iter().map(|a| a.rule.confirm_frames).max().unwrap_or(0)
     }
 
     /// Sends the active alert list when it changed (or always, with `force`).

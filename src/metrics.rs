@@ -180,7 +180,7 @@ impl Collector for Cameras {
             ),
             (
                 "carwatch_camera_looks_skipped",
-                "Looks at tracked vehicles not classified: settled between relooks, or cut after a whole look.",
+                "Looks at tracked vehicles not classified: settled between relooks, entering between cut looks, or cut after a whole look.",
                 |c| c.looks_skipped.load(Ordering::Relaxed),
             ),
             ("carwatch_camera_tracks_evicted", "Tracks ended early because locate.max_tracks were alive.", |c| {

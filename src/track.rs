@@ -28,12 +28,14 @@ use crate::locate::Bounds;
 use crate::model::{Average, Label, Prediction};
 
 /// Whole looks after which a vehicle whose mean the model is sure of is settled: its
-/// decision needs no more looks, only the occasional one ([`RELOOK`]).
-pub const SETTLED_LOOKS: u32 = 3;
+/// decision needs no more looks, only the occasional one ([`RELOOK`]). More when an
+/// alert asks for more looks before it hits ([`Vehicles::settle_after`]).
+pub const SETTLED_LOOKS: u32 = 2;
 /// Confidence of a vehicle's mean (its most likely view, make and model together) that
 /// counts as sure.
 pub const SURE: f32 = 0.8;
-/// How often a settled vehicle is looked at again.
+/// How often a settled vehicle is looked at again, and a vehicle still cut by the
+/// frame's edge (entering) at all.
 pub const RELOOK: Duration = Duration::from_millis(1500);
 
 /// How boxes become tracks.
@@ -224,7 +226,7 @@ pub struct Vehicle {
     recorded: Option<SystemTime>,
     /// When its latest look was sent to the model (the seen time of that frame).
     looked: Option<Instant>,
-    /// Settled: [`SETTLED_LOOKS`] whole looks whose mean is [`SURE`] (kept up to date
+    /// Settled: enough whole looks ([`SETTLED_LOOKS`]) whose mean is [`SURE`] (kept up to date
     /// per classified look, so that deciding per frame costs nothing).
     settled: bool,
 }
@@ -263,11 +265,20 @@ impl Vehicle {
 pub struct Vehicles {
     tracker: Tracker,
     vehicles: HashMap<u64, Vehicle>,
+    /// Whole looks before a sure vehicle is settled.
+    settle_looks: u32,
 }
 
 impl Vehicles {
     pub fn new(config: TrackerConfig) -> Vehicles {
-        Vehicles { tracker: Tracker::new(config), vehicles: HashMap::new() }
+        Vehicles { tracker: Tracker::new(config), vehicles: HashMap::new(), settle_looks: SETTLED_LOOKS }
+    }
+
+    /// Settles vehicles only after `looks` whole looks (at least [`SETTLED_LOOKS`]): an
+    /// alert with `confirm_frames = 4` must get its four looks without waiting for
+    /// relooks.
+    pub fn settle_after(&mut self, looks: u32) {
+        self.settle_looks = looks.max(SETTLED_LOOKS);
     }
 
     /// Takes the boxes of one located frame: the track of each box (same order), and the
@@ -315,7 +326,7 @@ impl Vehicles {
             }
         }
         v.settled = v.whole
-            && v.looks() >= SETTLED_LOOKS
+            && v.looks() >= self.settle_looks
             && v.average.as_ref().is_some_and(|a| a.prediction().confidence() >= SURE);
         Some(v)
     }
@@ -326,13 +337,17 @@ impl Vehicles {
     /// [`Vehicles::classified`]), nor when the vehicle is settled ([`SETTLED_LOOKS`]
     /// whole looks whose mean is [`SURE`]) and was looked at less than [`RELOOK`] ago:
     /// one decision per vehicle needs a few good looks, not every frame, and a look not
-    /// taken is inference another camera can use.
+    /// taken is inference another camera can use. A vehicle not yet seen whole (one
+    /// entering at the edge) is looked at once, then again only every [`RELOOK`] while
+    /// it stays cut: its first whole look throws the cut ones away, and one that stays
+    /// cut for its whole passage still gets looks to be decided on.
     pub fn wants_look(&mut self, id: u64, now: Instant) -> bool {
         let Some(v) = self.vehicles.get_mut(&id) else { return true };
         if v.whole && v.cut {
             return false;
         }
-        if v.settled && v.looked.is_some_and(|t| now.saturating_duration_since(t) < RELOOK) {
+        let recently = v.looked.is_some_and(|t| now.saturating_duration_since(t) < RELOOK);
+        if recently && (v.settled || (v.cut && !v.whole)) {
             return false;
         }
         v.looked = Some(now);
@@ -523,7 +538,8 @@ mod tests {
     }
 
     #[test]
-    fn a_settled_vehicle_is_looked_at_again_only_every_relook_and_cut_looks_after_whole_ones_not_at_all() {
+    fn a_settled_vehicle_is_looked_at_again_only_every_relook_and_cut_looks_now_and_then_before_whole_ones_and_not_after()
+     {
         let cam = crate::camera::testing::camera("street");
         let frame = |seen: Instant| {
             let mut f = crate::camera::testing::frame(&cam, 1280, 720);
@@ -536,7 +552,7 @@ mod tests {
         for (p, settles) in [(0.95, true), (0.6, false)] {
             let mut vehicles = Vehicles::new(TrackerConfig::default());
             let mut wanted = Vec::new();
-            // A look every 250 ms, whole from the start: three looks, then settled
+            // A look every 250 ms, whole from the start: two looks, then settled
             // (when the model is sure) until 1.5 s after the third.
             for i in 0..10u64 {
                 let (ids, _) = vehicles.locate(&frame(at(250 * i)), &[b(100 + 20 * i as u32)]);
@@ -547,13 +563,27 @@ mod tests {
                 wanted.push(want);
             }
             let expected: Vec<bool> = if settles {
-                // Looked at 0, 250, 500 (settled), then again at 2000.
-                (0..10).map(|i| i < 3 || i == 8).collect()
+                // Looked at 0, 250 (settled), then again at 1750.
+                (0..10).map(|i| i < 2 || i == 7).collect()
             } else {
                 vec![true; 10]
             };
             assert_eq!(wanted, expected, "p = {p}");
         }
+        // An alert that wants four looks before it hits gets them at once.
+        let mut vehicles = Vehicles::new(TrackerConfig::default());
+        vehicles.settle_after(4);
+        let wanted: Vec<bool> = (0..10u64)
+            .map(|i| {
+                let (ids, _) = vehicles.locate(&frame(at(250 * i)), &[b(100 + 20 * i as u32)]);
+                let want = vehicles.wants_look(ids[0], at(250 * i));
+                if want {
+                    vehicles.classified(ids[0], &look("bmw", 0.95));
+                }
+                want
+            })
+            .collect();
+        assert_eq!(wanted, (0..10).map(|i| i < 4 || i == 9).collect::<Vec<_>>());
         // Seen whole, then cut by the frame's edge: the cut look would be dropped.
         let mut vehicles = Vehicles::new(TrackerConfig::default());
         let (first, _) = vehicles.locate(&frame(at(0)), &[b(1000)]);
@@ -562,6 +592,25 @@ mod tests {
         let (ids, _) = vehicles.locate(&frame(at(250)), &[Bounds { x: 1100, y: 300, width: 180, height: 150 }]);
         assert_eq!(ids, first);
         assert!(!vehicles.wants_look(ids[0], at(250)));
+        // Entering at the left edge: one cut look, then none until it is whole (at
+        // 750 ms) or has stayed cut for 1.5 s.
+        for (cut_for, expected) in [
+            (3, vec![true, false, false, true, true]),
+            (8, vec![true, false, false, false, false, false, true, false, true]),
+        ] {
+            let mut vehicles = Vehicles::new(TrackerConfig::default());
+            let mut wanted = Vec::new();
+            for i in 0..expected.len() as u64 {
+                let x = if i < cut_for { 0 } else { 2 + 20 * (i + 1 - cut_for) as u32 };
+                let (ids, _) = vehicles.locate(&frame(at(250 * i)), &[b(x)]);
+                let want = vehicles.wants_look(ids[0], at(250 * i));
+                if want {
+                    vehicles.classified(ids[0], &look("bmw", 0.6));
+                }
+                wanted.push(want);
+            }
+            assert_eq!(wanted, expected, "cut for {cut_for} looks");
+        }
     }
 
     #[test]

@@ -113,6 +113,7 @@ pub fn accuracy(opts: &AccuracyOptions) -> Result<AccuracyResult, String> {
     let locate = LocateConfig::default();
     let mut locator = MotionLocator::new(locate.motion);
     let mut vehicles = Vehicles::new(crate::track::TrackerConfig::from(&locate));
+    vehicles.settle_after(opts.confirm_frames);
     let mut tracks: HashMap<u64, TrackTruth> = HashMap::new();
     let mut hits: Vec<u64> = Vec::new();
     let (mut truth_boxes, mut located, mut matched_truth, mut matched_boxes) = (0usize, 0usize, 0usize, 0usize);

@@ -462,8 +462,9 @@ pub struct CameraShared {
     pub motion_skipped: AtomicU64,
     /// Located vehicles not classified: beyond `max_vehicles_per_frame`.
     pub vehicles_skipped: AtomicU64,
-    /// Looks at tracked vehicles not taken: settled ones between relooks, and cut looks
-    /// of vehicles already seen whole ([`crate::track::Vehicles::wants_look`]).
+    /// Looks at tracked vehicles not taken: settled ones between relooks, entering ones
+    /// between their cut looks, and cut looks of vehicles already seen whole
+    /// ([`crate::track::Vehicles::wants_look`]).
     pub looks_skipped: AtomicU64,
     /// Tracks ended early because `max_tracks` were alive.
     pub tracks_evicted: AtomicU64,

@@ -115,7 +115,7 @@ fn accuracy(a: BenchAccuracyArgs) -> Result<ExitCode> {
     table.row(vec!["locating: precision".into(), pct(r.locate_precision), r.located_boxes.to_string()]);
     table.row(vec!["make+model per crop".into(), pct(r.crop_accuracy), r.crops.to_string()]);
     table.row(vec![
-        "looks left out (settled, or cut after whole)".into(),
+        "looks left out (settled, entering, or cut after whole)".into(),
         r.looks_skipped.to_string(),
         (r.crops + r.looks_skipped).to_string(),
     ]);
