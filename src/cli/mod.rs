@@ -549,7 +549,8 @@ enum SynthCommand {
         /// The .mkv file written.
         #[arg(long)]
         out: PathBuf,
-        /// Segments `SECONDS:view/make/model[@x,y,w,h]+...;...` (see synthetic::video).
+        /// Segments `SECONDS:view/make/model[@x,y,w,h]+...;...`, optionally after `street;`
+        /// and `bframes=N;` (see synthetic::video).
         #[arg(long)]
         scene: String,
         /// Frame width in pixels.
