@@ -382,8 +382,8 @@ pub struct PipelineOptions {
     pub locate: crate::locate::Method,
     /// Runs the Python peer on the same cameras after carwatch.
     pub peer: Option<Peer>,
-    /// The alert asks for another make than the cameras show: no frame is a hit, so
-    /// nothing is encoded or published (the peer's terms: it publishes nothing).
+    /// The alert has expired: every frame is still classified and matched, none is a
+    /// hit, so nothing is encoded or published (the peer's terms: it publishes nothing).
     pub no_hits: bool,
     /// `batch.max_size` fixed instead of measured at start-up.
     pub batch: Option<u32>,
@@ -538,15 +538,13 @@ pub fn pipeline(opts: &PipelineOptions) -> Result<PipelineResult, String> {
     let rtsp_port = free_port()?;
     let scene = opts.scene.clone().unwrap_or_else(|| format!("3600:{shown}"));
     let _server = serve_cameras(opts, opts.cameras, &scene, rtsp_port)?;
-    let make = if opts.no_hits {
-        let leaves = manifest.leaves();
-        let other = leaves.iter().find(|l| l.make != vehicle.make);
-        other.map(|l| l.make.clone()).ok_or("--no-hits needs a cascade that knows a second make")?
-    } else {
-        vehicle.make.clone()
-    };
+    // With --no-hits the alert has expired: every frame still goes through the model
+    // and the matcher, and nothing is hit (a make the scene does not show would still
+    // be hit by a tracked vehicle at `min_confidence = 0`).
+    let expired = if opts.no_hits { "expires = 2000-01-01T00:00:00Z\n" } else { "" };
     let alert = format!(
-        "[[alert]]\nid = \"bench\"\nmake = \"{make}\"\nmin_confidence = 0.0\nconfirm_frames = 1\ncooldown_s = 0\n"
+        "[[alert]]\nid = \"bench\"\nmake = \"{}\"\nmin_confidence = 0.0\nconfirm_frames = 1\ncooldown_s = 0\n{expired}",
+        vehicle.make
     );
     let mut result = run_carwatch(opts, &alert, rtsp_port)?;
     // The peer takes the machine after carwatch has stopped: the same cameras, served by

@@ -226,7 +226,7 @@ struct BenchPipelineArgs {
     /// catalogue (as `bench accuracy` and the wide-view tests).
     #[arg(long, default_value = "angled/bmw/3-series", requires = "find_max")]
     wanted: String,
-    /// The alert asks for a make the cameras do not show: no frame is a hit, nothing is
+    /// The alert has expired: every frame is still classified, none is a hit, nothing is
     /// encoded or published (the peer's terms).
     #[arg(long)]
     no_hits: bool,
