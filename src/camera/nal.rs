@@ -25,15 +25,16 @@ impl Framing {
     }
 }
 
-/// The first byte of each NAL unit in `data`.
-fn headers(data: &[u8], framing: Framing) -> Vec<u8> {
-    let mut out = Vec::new();
+/// The header byte of the first NAL unit in `data` for which `wanted` holds.
+fn first_header(data: &[u8], framing: Framing, wanted: impl Fn(u8) -> bool) -> Option<u8> {
+    let mut i = 0;
     match framing {
         Framing::ByteStream => {
-            let mut i = 0;
             while i + 3 < data.len() {
                 if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
-                    out.push(data[i + 3]);
+                    if wanted(data[i + 3]) {
+                        return Some(data[i + 3]);
+                    }
                     i += 3;
                 } else {
                     i += 1;
@@ -41,25 +42,24 @@ fn headers(data: &[u8], framing: Framing) -> Vec<u8> {
             }
         }
         Framing::Length(size) => {
-            let mut i = 0;
             while i + size < data.len() {
                 let len = data[i..i + size].iter().fold(0usize, |n, &b| (n << 8) | b as usize);
-                out.push(data[i + size]);
+                if wanted(data[i + size]) {
+                    return Some(data[i + size]);
+                }
                 i = i.saturating_add(size).saturating_add(len);
             }
         }
     }
-    out
+    None
 }
 
-/// Whether the access unit in `data` is a reference picture. `Some(false)` only when
-/// it holds slices and every one has `nal_ref_idc` 0; `None` when it holds no slice
-/// (parameter sets alone, or framing that does not fit), which callers treat as a
-/// reference: when in doubt, decode.
+/// Whether the access unit in `data` is a reference picture, from its first slice's
+/// `nal_ref_idc` (the standard makes every slice of a picture agree, so the scan stops
+/// there); `None` when it holds no slice (parameter sets alone, or framing that does
+/// not fit), which callers treat as a reference: when in doubt, decode.
 pub fn h264_reference(data: &[u8], framing: Framing) -> Option<bool> {
-    let mut slices = headers(data, framing).into_iter().filter(|h| (1..=5).contains(&(h & 0x1f))).peekable();
-    slices.peek()?;
-    Some(slices.any(|h| h & 0x60 != 0))
+    first_header(data, framing, |h| (1..=5).contains(&(h & 0x1f))).map(|h| h & 0x60 != 0)
 }
 
 #[cfg(test)]
@@ -100,8 +100,8 @@ mod tests {
                 h264_reference(&frame(&[&sei, &[B_NONREF, 0x9e, 1], &[B_NONREF, 0x9e, 2]]), framing),
                 Some(false)
             );
-            // One reference slice among non-reference ones makes the picture a reference.
-            assert_eq!(h264_reference(&frame(&[&[B_NONREF, 1], &[0x21, 2]]), framing), Some(true));
+            // The first slice decides (every slice of a picture has the same nal_ref_idc).
+            assert_eq!(h264_reference(&frame(&[&sei, &[P_REF, 1], &[P_REF, 2]]), framing), Some(true));
             // No slice at all: nothing to decide.
             assert_eq!(h264_reference(&frame(&[&[SPS, 1], &sei]), framing), None);
         }
